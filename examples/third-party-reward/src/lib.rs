@@ -1,0 +1,1 @@
+flowgym_plugin_api::export_plugin!();

@@ -1,0 +1,66 @@
+//! The `flowgym-host` command line.
+
+mod check;
+mod list;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::plugins::Registry;
+
+/// Flow Gym: adapt a pre-trained flow or diffusion model to a reward with Value Matching.
+#[derive(Debug, Parser)]
+#[command(name = "flowgym-host", version, about, long_about = None)]
+pub struct Cli {
+    /// A directory of plugin files (repeatable). Searched before FLOWGYM_PLUGIN_PATH, the
+    /// executable's directory and the user directory (~/.local/share/flowgym/plugins).
+    #[arg(long = "plugins", value_name = "DIR", global = true)]
+    pub plugin_dirs: Vec<PathBuf>,
+    /// When an entry id is defined by several plugin files, use the one in FILE (repeatable).
+    #[arg(long, value_name = "FILE", global = true)]
+    pub prefer: Vec<PathBuf>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List plugin files, data types, models and rewards with their versions and arguments.
+    List(list::ListArgs),
+    /// Say whether a model and a reward can run together, and why not.
+    Check(check::CheckArgs),
+}
+
+impl Cli {
+    /// Loads every plugin the search path finds.
+    pub fn registry(&self) -> Registry {
+        Registry::discover(&self.plugin_dirs, &self.prefer)
+    }
+}
+
+/// Prints one warning per refused plugin file to stderr.
+pub fn warn_refused(registry: &Registry) {
+    for failure in &registry.failures {
+        eprintln!("warning: skipped {failure}");
+    }
+}
+
+/// Runs the command line; errors are printed with their causes.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::List(args) => list::run(&cli, args),
+        Command::Check(args) => check::run(&cli, args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,9 @@
+//! Finding, loading and checking plugin files, and looking entries up across them.
+
+pub mod discovery;
+pub mod loader;
+pub mod registry;
+
+pub use discovery::{candidate_files, search_dirs, SearchDir, SearchSource};
+pub use loader::{load_plugin, LoadFailure, Plugin};
+pub use registry::{EntryRef, Registry, RegistryError};

@@ -1,0 +1,112 @@
+//! Errors that cross the plugin boundary, and the panic guard every call goes through.
+
+use std::fmt;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use abi_stable::std_types::{RResult, RString};
+use abi_stable::StableAbi;
+
+/// An error reported by a plugin: a message meant for the user of the host.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, PartialEq, Eq)]
+pub struct PluginError {
+    message: RString,
+}
+
+impl PluginError {
+    /// An error with this message.
+    pub fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: RString::from(message.into()),
+        }
+    }
+
+    /// The message.
+    pub fn message(&self) -> &str {
+        self.message.as_str()
+    }
+
+    /// Prefixes the message with what was being done: `"{context}: {message}"`.
+    pub fn context(self, context: impl fmt::Display) -> Self {
+        Self::new(format!("{context}: {}", self.message))
+    }
+}
+
+impl fmt::Display for PluginError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for PluginError {}
+
+impl From<String> for PluginError {
+    fn from(message: String) -> Self {
+        Self::new(message)
+    }
+}
+
+impl From<&str> for PluginError {
+    fn from(message: &str) -> Self {
+        Self::new(message)
+    }
+}
+
+impl From<crate::tensor::TensorError> for PluginError {
+    fn from(err: crate::tensor::TensorError) -> Self {
+        Self::new(err.to_string())
+    }
+}
+
+impl From<crate::args::ArgsError> for PluginError {
+    fn from(err: crate::args::ArgsError) -> Self {
+        Self::new(err.to_string())
+    }
+}
+
+#[cfg(feature = "tch")]
+impl From<tch::TchError> for PluginError {
+    fn from(err: tch::TchError) -> Self {
+        Self::new(format!("libtorch: {err}"))
+    }
+}
+
+/// Shorthand for results of plugin code.
+pub type PluginResult<T> = Result<T, PluginError>;
+
+/// Runs `f`, turning both its error and a panic into a [`PluginError`], so that nothing unwinds
+/// across the FFI boundary. `what` names the call in the message (`"1d/gmm forward"`).
+pub fn guard<T>(what: &str, f: impl FnOnce() -> PluginResult<T>) -> RResult<T, PluginError> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(value)) => RResult::ROk(value),
+        Ok(Err(err)) => RResult::RErr(err),
+        Err(payload) => {
+            let detail = if let Some(s) = payload.downcast_ref::<&str>() {
+                (*s).to_string()
+            } else if let Some(s) = payload.downcast_ref::<String>() {
+                s.clone()
+            } else {
+                "a panic with a non-text payload".to_string()
+            };
+            RResult::RErr(PluginError::new(format!("{what} panicked: {detail}")))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn panics_become_errors_naming_the_call() {
+        let result: RResult<(), PluginError> = guard("toy forward", || panic!("boom {}", 7));
+        assert_eq!(
+            result.unwrap_err().message(),
+            "toy forward panicked: boom 7"
+        );
+        let ok = guard("toy", || Ok(3));
+        assert_eq!(ok.unwrap(), 3);
+        let err: RResult<(), PluginError> = guard("toy", || Err("bad input".into()));
+        assert_eq!(err.unwrap_err().message(), "bad input");
+    }
+}

@@ -1,0 +1,134 @@
+//! Rewards: black-box scores of final samples.
+//!
+//! A plugin implements [`Reward`] in plain Rust; the registration macro wraps it into the
+//! FFI-safe [`FfiReward`] trait object, catching panics on the plugin side. What a reward can do
+//! beyond scoring is declared in its [`Capabilities`], never assumed by the host.
+
+use abi_stable::sabi_trait;
+use abi_stable::std_types::{RBox, ROption, RResult};
+use abi_stable::StableAbi;
+
+use crate::data::Batch;
+use crate::error::{guard, PluginError, PluginResult};
+use crate::kwargs::Kwargs;
+use crate::tensor::ManagedTensor;
+
+/// The scores of a batch.
+#[repr(C)]
+#[derive(StableAbi, Debug)]
+pub struct RewardOutput {
+    /// Shape `[n]`, floating point: the reward of each sample.
+    pub reward: ManagedTensor,
+    /// Shape `[n]`, bool: whether each sample could be scored. `None` means all could.
+    /// Invalid samples are left out of training and statistics.
+    pub valid: ROption<ManagedTensor>,
+}
+
+impl RewardOutput {
+    /// Rewards for a batch in which every sample is valid.
+    pub fn all_valid(reward: ManagedTensor) -> Self {
+        Self {
+            reward,
+            valid: ROption::RNone,
+        }
+    }
+}
+
+/// What a reward declares about itself.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, PartialEq, Eq)]
+pub struct Capabilities {
+    /// The largest batch one call accepts (0: no limit); the host splits larger batches.
+    pub max_batch: u64,
+    /// Whether the reward reads tensors only from CPU memory (true for plugins that do not use
+    /// a GPU library): the host then moves samples to the CPU before the call.
+    pub cpu_only: bool,
+    /// Whether [`Reward::gradient`] is implemented.
+    pub gradient: bool,
+}
+
+impl Default for Capabilities {
+    /// No batch limit, CPU only, no gradient: what a plain-Rust reward can do.
+    fn default() -> Self {
+        Self {
+            max_batch: 0,
+            cpu_only: true,
+            gradient: false,
+        }
+    }
+}
+
+/// A reward, as a plugin implements it.
+pub trait Reward: Send {
+    /// Scores final samples. `sample` is what the model's postprocess produced, `latent` the
+    /// final state before it, `kwargs` the per-sample keyword arguments (prompts, say).
+    fn reward(
+        &mut self,
+        sample: Batch,
+        latent: Batch,
+        kwargs: Kwargs,
+    ) -> PluginResult<RewardOutput>;
+
+    /// The gradient of the reward with respect to the sample leaves, for rewards that declare
+    /// [`Capabilities::gradient`]. The default reports that there is none.
+    fn gradient(&mut self, sample: Batch, kwargs: Kwargs) -> PluginResult<Batch> {
+        drop((sample, kwargs));
+        Err(PluginError::new("this reward declares no gradient"))
+    }
+}
+
+/// FFI-safe form of [`Reward`]; built by the registration macro, called by the host.
+#[sabi_trait]
+pub trait FfiReward: Send {
+    /// See [`Reward::reward`].
+    fn reward(
+        &mut self,
+        sample: Batch,
+        latent: Batch,
+        kwargs: Kwargs,
+    ) -> RResult<RewardOutput, PluginError>;
+    /// See [`Reward::gradient`].
+    #[sabi(last_prefix_field)]
+    fn gradient(&mut self, sample: Batch, kwargs: Kwargs) -> RResult<Batch, PluginError>;
+}
+
+/// A boxed [`FfiReward`] trait object, as the host holds it.
+pub type RewardBox = FfiReward_TO<'static, RBox<()>>;
+
+/// Wraps a plugin's [`Reward`], naming the entry in errors and catching panics.
+pub struct RewardAdapter {
+    id: String,
+    inner: Box<dyn Reward>,
+}
+
+impl RewardAdapter {
+    /// Wraps `inner`, registered as `id`.
+    pub fn new(id: &str, inner: Box<dyn Reward>) -> Self {
+        Self {
+            id: id.to_string(),
+            inner,
+        }
+    }
+
+    /// The FFI trait object.
+    pub fn into_box(self) -> RewardBox {
+        FfiReward_TO::from_value(self, abi_stable::sabi_trait::TD_Opaque)
+    }
+}
+
+impl FfiReward for RewardAdapter {
+    fn reward(
+        &mut self,
+        sample: Batch,
+        latent: Batch,
+        kwargs: Kwargs,
+    ) -> RResult<RewardOutput, PluginError> {
+        let what = format!("`{}` reward", self.id);
+        guard(&what, || self.inner.reward(sample, latent, kwargs))
+    }
+
+    fn gradient(&mut self, sample: Batch, kwargs: Kwargs) -> RResult<Batch, PluginError> {
+        let what = format!("`{}` gradient", self.id);
+        guard(&what, || self.inner.gradient(sample, kwargs))
+    }
+}

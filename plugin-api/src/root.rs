@@ -1,0 +1,187 @@
+//! The root module every plugin file exports, and [`export_plugin!`](crate::export_plugin).
+//!
+//! The root module is an `abi_stable` prefix type: fields can be appended in minor versions of
+//! this crate and older plugins keep loading. The host reads the plugin-api version abi_stable
+//! records with it (`VERSION_STRINGS`) and accepts the file only when that version is
+//! semver-compatible with its own; layouts are checked by abi_stable on top of that.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use abi_stable::library::RootModule;
+use abi_stable::prefix_type::PrefixTypeTrait;
+use abi_stable::sabi_types::VersionStrings;
+use abi_stable::std_types::{ROption, RResult, RStr, RVec};
+use abi_stable::StableAbi;
+
+use crate::data::{DataTypeAdapter, DataTypeMeta, DataTypeOpsBox, DataTypeOps_TO};
+use crate::entry::{Constructor, DataTypeRegistration, EntryMeta, EntryRegistration};
+use crate::error::{guard, PluginError};
+use crate::model::{BaseModelAdapter, BaseModelBox, ConstructContext};
+use crate::reward::{RewardAdapter, RewardBox};
+
+/// The root module of a plugin file.
+#[repr(C)]
+#[derive(StableAbi)]
+#[sabi(kind(Prefix(prefix_ref = PluginModuleRef)))]
+#[sabi(missing_field(panic))]
+pub struct PluginModule {
+    /// The libtorch release (`2.13.0`) the plugin links, or none for plugins without libtorch.
+    /// Plugins that link libtorch share the host's copy, so the host refuses another release.
+    pub libtorch_version: ROption<RStr<'static>>,
+    /// Metadata of every entry in the file.
+    pub entries: extern "C" fn() -> RResult<RVec<EntryMeta>, PluginError>,
+    /// Metadata of every data type the file defines.
+    pub data_types: extern "C" fn() -> RResult<RVec<DataTypeMeta>, PluginError>,
+    /// Constructs the base model `id` from a JSON argument document.
+    pub construct_base_model: extern "C" fn(
+        id: RStr<'_>,
+        args_json: RStr<'_>,
+        ctx: &ConstructContext,
+    ) -> RResult<BaseModelBox, PluginError>,
+    /// Constructs the reward `id` from a JSON argument document.
+    pub construct_reward: extern "C" fn(
+        id: RStr<'_>,
+        args_json: RStr<'_>,
+        ctx: &ConstructContext,
+    ) -> RResult<RewardBox, PluginError>,
+    /// The batch operations of the custom data type `name`, if this file defines it.
+    #[sabi(last_prefix_field)]
+    pub data_type_ops:
+        extern "C" fn(name: RStr<'_>) -> RResult<ROption<DataTypeOpsBox>, PluginError>,
+}
+
+impl RootModule for PluginModuleRef {
+    abi_stable::declare_root_module_statics! {PluginModuleRef}
+    const BASE_NAME: &'static str = "flowgym_plugin";
+    const NAME: &'static str = "flowgym plugin";
+    const VERSION_STRINGS: VersionStrings = abi_stable::package_version_strings!();
+}
+
+/// The version of this crate, which every plugin records and the host checks.
+pub const API_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+extern "C" fn entries() -> RResult<RVec<EntryMeta>, PluginError> {
+    guard("listing entries", || {
+        Ok(inventory::iter::<EntryRegistration>
+            .into_iter()
+            .map(|registration| (registration.meta)())
+            .collect())
+    })
+}
+
+extern "C" fn data_types() -> RResult<RVec<DataTypeMeta>, PluginError> {
+    guard("listing data types", || {
+        Ok(inventory::iter::<DataTypeRegistration>
+            .into_iter()
+            .map(|registration| (registration.meta)())
+            .collect())
+    })
+}
+
+fn find_constructor(id: &str) -> Option<Constructor> {
+    inventory::iter::<EntryRegistration>
+        .into_iter()
+        .find(|registration| {
+            catch_unwind(AssertUnwindSafe(|| (registration.meta)().id.as_str() == id))
+                .unwrap_or(false)
+        })
+        .map(|registration| registration.constructor)
+}
+
+extern "C" fn construct_base_model(
+    id: RStr<'_>,
+    args_json: RStr<'_>,
+    ctx: &ConstructContext,
+) -> RResult<BaseModelBox, PluginError> {
+    let id = id.as_str();
+    guard("the constructor", || match find_constructor(id) {
+        Some(Constructor::BaseModel(construct)) => {
+            let model = construct(args_json.as_str(), ctx)?;
+            Ok(BaseModelAdapter::new(id, model).into_box())
+        }
+        Some(Constructor::Reward(_)) => Err(PluginError::new(format!(
+            "`{id}` is a reward, not a base model"
+        ))),
+        None => Err(PluginError::new(format!("this plugin has no entry `{id}`"))),
+    })
+}
+
+extern "C" fn construct_reward(
+    id: RStr<'_>,
+    args_json: RStr<'_>,
+    ctx: &ConstructContext,
+) -> RResult<RewardBox, PluginError> {
+    let id = id.as_str();
+    guard("the constructor", || match find_constructor(id) {
+        Some(Constructor::Reward(construct)) => {
+            let reward = construct(args_json.as_str(), ctx)?;
+            Ok(RewardAdapter::new(id, reward).into_box())
+        }
+        Some(Constructor::BaseModel(_)) => Err(PluginError::new(format!(
+            "`{id}` is a base model, not a reward"
+        ))),
+        None => Err(PluginError::new(format!("this plugin has no entry `{id}`"))),
+    })
+}
+
+extern "C" fn data_type_ops(name: RStr<'_>) -> RResult<ROption<DataTypeOpsBox>, PluginError> {
+    let name = name.as_str();
+    guard(&format!("data type `{name}`"), || {
+        for registration in inventory::iter::<DataTypeRegistration> {
+            let meta = (registration.meta)();
+            if meta.id.name.as_str() == name {
+                return Ok(registration
+                    .ops
+                    .map(|make| {
+                        let adapter = DataTypeAdapter {
+                            name: name.to_string(),
+                            inner: make(),
+                        };
+                        DataTypeOps_TO::from_value(adapter, abi_stable::sabi_trait::TD_Opaque)
+                    })
+                    .into());
+            }
+        }
+        Ok(ROption::RNone)
+    })
+}
+
+/// Builds the root module of the plugin being compiled (called by
+/// [`export_plugin!`](crate::export_plugin)).
+pub fn plugin_module(libtorch_version: ROption<RStr<'static>>) -> PluginModuleRef {
+    PluginModule {
+        libtorch_version,
+        entries,
+        data_types,
+        construct_base_model,
+        construct_reward,
+        data_type_ops,
+    }
+    .leak_into_prefix()
+}
+
+/// Exports the plugin's root module. Call it once, at the root of the plugin crate (which must
+/// be a `cdylib` and depend on `abi_stable`, as in abi_stable's own examples):
+///
+/// ```ignore
+/// flowgym_plugin_api::export_plugin!();          // a plugin without libtorch
+/// flowgym_plugin_api::export_plugin!(libtorch);  // a plugin that links libtorch (feature `tch`)
+/// ```
+#[macro_export]
+macro_rules! export_plugin {
+    () => {
+        $crate::export_plugin!(@with $crate::abi_stable::std_types::ROption::RNone);
+    };
+    (libtorch) => {
+        $crate::export_plugin!(@with $crate::abi_stable::std_types::ROption::RSome(
+            $crate::abi_stable::std_types::RStr::from_str($crate::LIBTORCH_VERSION)
+        ));
+    };
+    (@with $libtorch:expr) => {
+        /// The root module of this Flow Gym plugin.
+        #[::abi_stable::export_root_module]
+        pub fn flowgym_plugin_root_module() -> $crate::PluginModuleRef {
+            $crate::root::plugin_module($libtorch)
+        }
+    };
+}

@@ -1,0 +1,275 @@
+//! `cargo xtask`: the set-up behind the README's commands.
+//!
+//! tch needs libtorch when it compiles. Unless the user points at their own (`LIBTORCH`, or
+//! `LIBTORCH_USE_PYTORCH=1` with PyTorch installed), this fetches the libtorch 2.13.0 CPU
+//! libraries from the PyPI wheels into a cache outside the repository, once, and runs cargo with
+//! `LIBTORCH` set. The crates that link libtorch set an rpath to it, so nothing else is needed
+//! at run time.
+
+use std::env;
+use std::ffi::OsString;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+/// The libtorch release tch 0.26 is built for.
+const TORCH_VERSION: &str = "2.13.0";
+/// `libtorch_cpu.so` of the PyPI wheel also needs the CUDA runtime and CUPTI stubs.
+const LINUX_WHEELS: &[&str] = &[
+    "torch==2.13.0",
+    "nvidia-cuda-runtime==13.0.96",
+    "nvidia-cuda-cupti==13.0.85",
+];
+const OTHER_WHEELS: &[&str] = &["torch==2.13.0"];
+
+/// Packages whose build outputs the host finds next to its executable.
+const EXCLUDED_FROM_RUN_BUILD: &[&str] = &["xtask", "flowgym-tests", "third-party-reward"];
+
+const USAGE: &str = "\
+usage: cargo xtask <command> [args...]
+
+  run [ARGS...]     build the host and plugins (release), then `flowgym-host run ARGS`
+                    (no ARGS: the built-in toy, 1d/gmm adapted to 1d/binary)
+  host [ARGS...]    build, then `flowgym-host ARGS` (list, check, sample, bench, ...)
+  test [ARGS...]    the whole test suite: `cargo test --release --workspace ARGS`
+  cargo [ARGS...]   any cargo command with libtorch set up (clippy, doc, bench, ...)
+  env               print the environment variables the commands above set
+  libtorch          only fetch libtorch into the cache and print where it is
+
+libtorch: LIBTORCH=DIR or LIBTORCH_USE_PYTORCH=1 use your own; otherwise libtorch 2.13.0 (CPU)
+is fetched once from PyPI into $FLOWGYM_CACHE (default: ~/.cache/flowgym).";
+
+fn main() -> ExitCode {
+    let mut args: Vec<OsString> = env::args_os().skip(1).collect();
+    if args.is_empty() {
+        eprintln!("{USAGE}");
+        return ExitCode::from(2);
+    }
+    let command = args.remove(0);
+    let result = match command.to_str() {
+        Some("run") => {
+            let mut host_args = vec![OsString::from("run")];
+            host_args.extend(args);
+            build_and_run_host(host_args)
+        }
+        Some("host") => build_and_run_host(args),
+        Some("test") => {
+            let mut cargo_args: Vec<OsString> = ["test", "--release", "--workspace"]
+                .iter()
+                .map(OsString::from)
+                .collect();
+            cargo_args.extend(args);
+            cargo(&cargo_args)
+        }
+        Some("cargo") => cargo(&args),
+        Some("env") => print_env(),
+        Some("libtorch") => libtorch_env().map(|env| {
+            for (key, value) in env {
+                println!("{key}={value}");
+            }
+        }),
+        Some("help" | "-h" | "--help") => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        _ => Err(format!(
+            "unknown command `{}`\n\n{USAGE}",
+            command.to_string_lossy()
+        )),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("xtask: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print_env() -> Result<(), String> {
+    for (key, value) in libtorch_env()? {
+        println!("export {key}={}", shell_quote(&value));
+    }
+    Ok(())
+}
+
+fn shell_quote(value: &str) -> String {
+    format!("'{}'", value.replace('\'', r"'\''"))
+}
+
+fn build_and_run_host(host_args: Vec<OsString>) -> Result<(), String> {
+    let mut build: Vec<OsString> = ["build", "--release", "--workspace"]
+        .iter()
+        .map(OsString::from)
+        .collect();
+    for package in EXCLUDED_FROM_RUN_BUILD {
+        build.push("--exclude".into());
+        build.push(OsString::from(package));
+    }
+    cargo(&build)?;
+    let host = target_dir().join("release").join(exe("flowgym-host"));
+    let status = Command::new(&host)
+        .args(&host_args)
+        .envs(libtorch_env()?)
+        .status()
+        .map_err(|e| format!("could not start {}: {e}", host.display()))?;
+    exit_status(status, "flowgym-host")
+}
+
+fn cargo(args: &[OsString]) -> Result<(), String> {
+    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(cargo)
+        .args(args)
+        .current_dir(workspace_root())
+        .envs(libtorch_env()?)
+        .status()
+        .map_err(|e| format!("could not start cargo: {e}"))?;
+    exit_status(status, "cargo")
+}
+
+fn exit_status(status: std::process::ExitStatus, what: &str) -> Result<(), String> {
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{what} exited with {status}"))
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the workspace root")
+        .to_path_buf()
+}
+
+fn target_dir() -> PathBuf {
+    match env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => workspace_root().join("target"),
+    }
+}
+
+fn exe(name: &str) -> String {
+    format!("{name}{}", env::consts::EXE_SUFFIX)
+}
+
+/// The environment that makes tch find libtorch: the user's own if they set one, else the cache.
+fn libtorch_env() -> Result<Vec<(String, String)>, String> {
+    let mut vars = Vec::new();
+    if env::var_os("LIBTORCH_CXX11_ABI").is_none() {
+        vars.push(("LIBTORCH_CXX11_ABI".to_string(), "1".to_string()));
+    }
+    if env::var_os("LIBTORCH").is_some() || env::var_os("LIBTORCH_USE_PYTORCH").is_some() {
+        return Ok(vars);
+    }
+    let dir = ensure_cached_libtorch()?;
+    vars.push(("LIBTORCH".to_string(), dir.display().to_string()));
+    Ok(vars)
+}
+
+fn cache_root() -> Result<PathBuf, String> {
+    if let Some(dir) = env::var_os("FLOWGYM_CACHE") {
+        return Ok(PathBuf::from(dir));
+    }
+    if let Some(dir) = env::var_os("XDG_CACHE_HOME") {
+        return Ok(PathBuf::from(dir).join("flowgym"));
+    }
+    let home = env::var_os("HOME")
+        .or_else(|| env::var_os("USERPROFILE"))
+        .ok_or("neither FLOWGYM_CACHE, XDG_CACHE_HOME nor HOME is set: set FLOWGYM_CACHE to a directory for the libtorch cache")?;
+    Ok(PathBuf::from(home).join(".cache").join("flowgym"))
+}
+
+const COMPLETE_MARKER: &str = ".complete";
+
+fn ensure_cached_libtorch() -> Result<PathBuf, String> {
+    let root = cache_root()?;
+    let dir = root.join(format!("libtorch-{TORCH_VERSION}-cpu"));
+    if dir.join(COMPLETE_MARKER).exists() {
+        return Ok(dir);
+    }
+    eprintln!(
+        "xtask: fetching libtorch {TORCH_VERSION} (CPU) from the PyPI wheels into {} (once)",
+        dir.display()
+    );
+    fs::create_dir_all(&root).map_err(|e| format!("cannot create {}: {e}", root.display()))?;
+    let staging = root.join(format!(".staging-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&staging);
+    let wheels = staging.join("wheels");
+    let unpacked = staging.join("libtorch");
+    let python = env::var("PYTHON").unwrap_or_else(|_| "python3".to_string());
+    let requirements = if cfg!(target_os = "linux") {
+        LINUX_WHEELS
+    } else {
+        OTHER_WHEELS
+    };
+    let status = Command::new(&python)
+        .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:"])
+        .args(["--disable-pip-version-check", "--progress-bar", "off", "--dest"])
+        .arg(&wheels)
+        .args(requirements)
+        .status()
+        .map_err(|e| {
+            format!("could not run `{python} -m pip` to fetch libtorch ({e}); install Python 3 with pip, or set LIBTORCH to an unpacked libtorch {TORCH_VERSION}")
+        })?;
+    exit_status(status, "pip download")?;
+    let status = Command::new(&python)
+        .arg("-c")
+        .arg(UNPACK_WHEELS)
+        .arg(&wheels)
+        .arg(&unpacked)
+        .status()
+        .map_err(|e| format!("could not run {python}: {e}"))?;
+    exit_status(status, "unpacking the libtorch wheels")?;
+    fs::write(
+        unpacked.join("build-version"),
+        format!("{TORCH_VERSION}+cpu\n"),
+    )
+    .map_err(|e| format!("cannot write build-version: {e}"))?;
+    fs::write(unpacked.join(COMPLETE_MARKER), requirements.join("\n"))
+        .map_err(|e| format!("cannot write the cache marker: {e}"))?;
+    if dir.exists() {
+        fs::remove_dir_all(&dir)
+            .map_err(|e| format!("cannot replace the incomplete {}: {e}", dir.display()))?;
+    }
+    match fs::rename(&unpacked, &dir) {
+        Ok(()) => {}
+        // Another process finished the same fetch first: use theirs.
+        Err(_) if dir.join(COMPLETE_MARKER).exists() => {}
+        Err(e) => return Err(format!("cannot move libtorch into {}: {e}", dir.display())),
+    }
+    let _ = fs::remove_dir_all(&staging);
+    eprintln!("xtask: libtorch {TORCH_VERSION} is in {}", dir.display());
+    Ok(dir)
+}
+
+/// Copies, from the downloaded wheels, the libtorch shared libraries the CPU build needs and the
+/// C++ headers into the layout of a libtorch release (`lib/`, `include/`).
+const UNPACK_WHEELS: &str = r#"
+import os, re, sys, zipfile
+wheels, out = sys.argv[1], sys.argv[2]
+libs = re.compile(r"^(lib)?(torch_cpu|torch|c10|gomp|omp|iomp5)[.-].*(so|dylib|dll|lib)(\.[0-9]+)*$")
+cuda_stubs = re.compile(r"^lib(cudart|cupti)\.so\.[0-9]+$")
+for wheel in sorted(os.listdir(wheels)):
+    with zipfile.ZipFile(os.path.join(wheels, wheel)) as archive:
+        for info in archive.infolist():
+            name = info.filename
+            if name.endswith("/"):
+                continue
+            base = name.rsplit("/", 1)[-1]
+            if name.startswith("torch/include/"):
+                target = os.path.join(out, name[len("torch/"):])
+            elif name.startswith("torch/lib/") and libs.match(base):
+                target = os.path.join(out, "lib", base)
+            elif name.startswith("nvidia/") and "/lib/" in name and cuda_stubs.match(base):
+                target = os.path.join(out, "lib", base)
+            else:
+                continue
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            with archive.open(info) as src, open(target, "wb") as dst:
+                while True:
+                    chunk = src.read(1 << 20)
+                    if not chunk:
+                        break
+                    dst.write(chunk)
+"#;
