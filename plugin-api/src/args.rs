@@ -235,7 +235,7 @@ macro_rules! arguments {
                         &defaults.$field,
                         concat!($($doc, " ",)* ""),
                         $crate::arguments!(@accepted
-                            $(range($low, $high))? $(one_of($($choice),+))?),
+                            $(range($low, $high))? $(one_of($($choice),+))?).into_owned(),
                     ),
                 )*]
             }
@@ -269,13 +269,13 @@ macro_rules! arguments {
         }
     };
     (@accepted range($low:expr, $high:expr)) => {
-        $crate::args::range_text($low as f64, $high as f64)
+        ::std::borrow::Cow::<'static, str>::Owned($crate::args::range_text($low as f64, $high as f64))
     };
     (@accepted one_of($($choice:literal),+)) => {
-        $crate::args::choices_text(&[$($choice),+])
+        ::std::borrow::Cow::<'static, str>::Owned($crate::args::choices_text(&[$($choice),+]))
     };
     (@accepted) => {
-        ::std::string::String::new()
+        ::std::borrow::Cow::<'static, str>::Borrowed("")
     };
 }
 

@@ -178,10 +178,13 @@ macro_rules! export_plugin {
         ));
     };
     (@with $libtorch:expr) => {
-        /// The root module of this Flow Gym plugin.
-        #[::abi_stable::export_root_module]
-        pub fn flowgym_plugin_root_module() -> $crate::PluginModuleRef {
-            $crate::root::plugin_module($libtorch)
+        #[doc(hidden)]
+        mod __flowgym_plugin_root {
+            /// The root module of this Flow Gym plugin.
+            #[::abi_stable::export_root_module]
+            pub fn flowgym_plugin_root_module() -> $crate::PluginModuleRef {
+                $crate::root::plugin_module($libtorch)
+            }
         }
     };
 }
