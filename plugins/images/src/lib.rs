@@ -9,3 +9,14 @@ pub mod nn;
 pub mod weights;
 
 flowgym_plugin_api::export_plugin!(libtorch);
+pub mod aesthetic;
+pub mod cifar;
+pub mod hub;
+pub mod preprocess;
+pub mod sd;
+
+flowgym_plugin_api::register_data_type! {
+    name: "images",
+    version: "1.0.0",
+    description: "Images: leaf `x`, [n, 3, H, W] float32 in [0, 1] after postprocess (latents before)",
+}

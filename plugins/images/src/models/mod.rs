@@ -1,1 +1,12 @@
 //! One module per published architecture.
+pub mod aesthetic;
+pub mod attention;
+pub mod clip;
+pub mod clip_tokenizer;
+pub mod embeddings;
+pub mod resnet;
+pub mod scheduler;
+pub mod unet_2d;
+pub mod unet_2d_blocks;
+pub mod unet_2d_condition;
+pub mod vae;

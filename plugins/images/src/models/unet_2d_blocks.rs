@@ -1,0 +1,575 @@
+//! The down, mid and up blocks of the diffusers UNets and VAEs
+//! (`diffusers.models.unets.unet_2d_blocks`), by their published names.
+//!
+//! Down blocks return their output and the skip connections they leave for the up path; up
+//! blocks take those skips back, last first, as diffusers does.
+
+use tch::Tensor;
+
+use crate::models::attention::{
+    Attention, AttentionConfig, Transformer2DConfig, Transformer2DModel,
+};
+use crate::models::resnet::{Downsample2D, ResnetBlock2D, ResnetBlock2DConfig, Upsample2D};
+use crate::weights::WeightPath;
+
+/// The cross-attention settings of one level of a conditional UNet.
+#[derive(Debug, Clone, Copy)]
+pub struct CrossAttnConfig {
+    /// Number of heads (what the SD configs call `attention_head_dim`).
+    pub num_attention_heads: i64,
+    /// Transformer blocks per `Transformer2DModel`.
+    pub transformer_layers: usize,
+    /// Features of the encoder hidden states.
+    pub cross_attention_dim: i64,
+    /// Linear projections (SD 2) instead of 1x1 convolutions (SD 1).
+    pub use_linear_projection: bool,
+    /// Attend only to the context in the first attention too.
+    pub only_cross_attention: bool,
+}
+
+impl CrossAttnConfig {
+    fn transformer(&self, channels: i64, groups: i64) -> Transformer2DConfig {
+        Transformer2DConfig {
+            num_attention_heads: self.num_attention_heads,
+            attention_head_dim: channels / self.num_attention_heads,
+            in_channels: channels,
+            num_layers: self.transformer_layers,
+            norm_num_groups: groups,
+            cross_attention_dim: Some(self.cross_attention_dim),
+            use_linear_projection: self.use_linear_projection,
+            only_cross_attention: self.only_cross_attention,
+        }
+    }
+}
+
+fn with_out(resnet: ResnetBlock2DConfig, out_channels: i64) -> ResnetBlock2DConfig {
+    ResnetBlock2DConfig {
+        out_channels: Some(out_channels),
+        ..resnet
+    }
+}
+
+fn down_resnets(
+    p: &WeightPath,
+    in_channels: i64,
+    out_channels: i64,
+    num_layers: usize,
+    resnet: ResnetBlock2DConfig,
+) -> Vec<ResnetBlock2D> {
+    (0..num_layers)
+        .map(|i| {
+            let from = if i == 0 { in_channels } else { out_channels };
+            ResnetBlock2D::new(&p.pp("resnets").pp(i), from, with_out(resnet, out_channels))
+        })
+        .collect()
+}
+
+/// The resnets of an up block: resnet `i` reads the running features (`prev_output_channel`
+/// wide for the first, `out_channels` after) concatenated with one skip connection
+/// (`in_channels` wide for the last, `out_channels` before).
+fn up_resnets(
+    p: &WeightPath,
+    in_channels: i64,
+    prev_output_channel: i64,
+    out_channels: i64,
+    num_layers: usize,
+    resnet: ResnetBlock2DConfig,
+) -> Vec<ResnetBlock2D> {
+    (0..num_layers)
+        .map(|i| {
+            let skip = if i + 1 == num_layers {
+                in_channels
+            } else {
+                out_channels
+            };
+            let from = if i == 0 {
+                prev_output_channel
+            } else {
+                out_channels
+            };
+            ResnetBlock2D::new(
+                &p.pp("resnets").pp(i),
+                from + skip,
+                with_out(resnet, out_channels),
+            )
+        })
+        .collect()
+}
+
+fn downsampler(p: &WeightPath, channels: i64, padding: Option<i64>) -> Option<Downsample2D> {
+    padding
+        .map(|padding| Downsample2D::new(&p.pp("downsamplers").pp(0), channels, channels, padding))
+}
+
+fn upsampler(p: &WeightPath, channels: i64, add: bool) -> Option<Upsample2D> {
+    add.then(|| Upsample2D::new(&p.pp("upsamplers").pp(0), channels, channels))
+}
+
+/// The skip connection resnet `i` of an up block consumes: the skips are taken last first.
+fn skip(res: &[Tensor], i: usize) -> &Tensor {
+    &res[res.len() - 1 - i]
+}
+
+/// `DownBlock2D` (and the VAE's `DownEncoderBlock2D`, the same without a time embedding):
+/// resnets, then an optional stride-2 convolution.
+#[derive(Debug)]
+pub struct DownBlock2D {
+    resnets: Vec<ResnetBlock2D>,
+    downsampler: Option<Downsample2D>,
+}
+
+impl DownBlock2D {
+    /// `num_layers` resnets `in_channels -> out_channels`; `downsample_padding` is `Some` when
+    /// the block down-samples.
+    pub fn new(
+        p: &WeightPath,
+        in_channels: i64,
+        out_channels: i64,
+        num_layers: usize,
+        resnet: ResnetBlock2DConfig,
+        downsample_padding: Option<i64>,
+    ) -> Self {
+        Self {
+            resnets: down_resnets(p, in_channels, out_channels, num_layers, resnet),
+            downsampler: downsampler(p, out_channels, downsample_padding),
+        }
+    }
+
+    /// The output and the skip connections (one per resnet, plus the down-sampled output).
+    pub fn forward(&self, x: &Tensor, temb: Option<&Tensor>) -> (Tensor, Vec<Tensor>) {
+        let mut x = x.shallow_clone();
+        let mut skips = Vec::new();
+        for resnet in &self.resnets {
+            x = resnet.forward(&x, temb);
+            skips.push(x.shallow_clone());
+        }
+        if let Some(down) = &self.downsampler {
+            x = down.forward(&x);
+            skips.push(x.shallow_clone());
+        }
+        (x, skips)
+    }
+}
+
+/// `AttnDownBlock2D`: each resnet followed by a spatial self-attention.
+#[derive(Debug)]
+pub struct AttnDownBlock2D {
+    resnets: Vec<ResnetBlock2D>,
+    attentions: Vec<Attention>,
+    downsampler: Option<Downsample2D>,
+}
+
+impl AttnDownBlock2D {
+    /// Like [`DownBlock2D::new`], with attention heads of `attention_head_dim` features.
+    pub fn new(
+        p: &WeightPath,
+        in_channels: i64,
+        out_channels: i64,
+        num_layers: usize,
+        resnet: ResnetBlock2DConfig,
+        attention_head_dim: i64,
+        downsample_padding: Option<i64>,
+    ) -> Self {
+        let attention = AttentionConfig::spatial(
+            out_channels,
+            attention_head_dim,
+            Some(resnet.groups),
+            resnet.eps,
+            resnet.output_scale_factor,
+        );
+        Self {
+            resnets: down_resnets(p, in_channels, out_channels, num_layers, resnet),
+            attentions: (0..num_layers)
+                .map(|i| Attention::spatial(&p.pp("attentions").pp(i), attention))
+                .collect(),
+            downsampler: downsampler(p, out_channels, downsample_padding),
+        }
+    }
+
+    /// See [`DownBlock2D::forward`].
+    pub fn forward(&self, x: &Tensor, temb: Option<&Tensor>) -> (Tensor, Vec<Tensor>) {
+        let mut x = x.shallow_clone();
+        let mut skips = Vec::new();
+        for (resnet, attention) in self.resnets.iter().zip(&self.attentions) {
+            x = attention.forward(&resnet.forward(&x, temb), None);
+            skips.push(x.shallow_clone());
+        }
+        if let Some(down) = &self.downsampler {
+            x = down.forward(&x);
+            skips.push(x.shallow_clone());
+        }
+        (x, skips)
+    }
+}
+
+/// `CrossAttnDownBlock2D`: each resnet followed by a `Transformer2DModel` attending to the
+/// encoder hidden states.
+#[derive(Debug)]
+pub struct CrossAttnDownBlock2D {
+    resnets: Vec<ResnetBlock2D>,
+    attentions: Vec<Transformer2DModel>,
+    downsampler: Option<Downsample2D>,
+}
+
+impl CrossAttnDownBlock2D {
+    /// Like [`DownBlock2D::new`], with the cross-attention settings of this level.
+    pub fn new(
+        p: &WeightPath,
+        in_channels: i64,
+        out_channels: i64,
+        num_layers: usize,
+        resnet: ResnetBlock2DConfig,
+        cross: CrossAttnConfig,
+        downsample_padding: Option<i64>,
+    ) -> Self {
+        let transformer = cross.transformer(out_channels, resnet.groups);
+        Self {
+            resnets: down_resnets(p, in_channels, out_channels, num_layers, resnet),
+            attentions: (0..num_layers)
+                .map(|i| Transformer2DModel::new(&p.pp("attentions").pp(i), transformer))
+                .collect(),
+            downsampler: downsampler(p, out_channels, downsample_padding),
+        }
+    }
+
+    /// See [`DownBlock2D::forward`]; `context` is `[n, seq, cross_attention_dim]`.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        temb: Option<&Tensor>,
+        context: Option<&Tensor>,
+    ) -> (Tensor, Vec<Tensor>) {
+        let mut x = x.shallow_clone();
+        let mut skips = Vec::new();
+        for (resnet, attention) in self.resnets.iter().zip(&self.attentions) {
+            x = attention.forward(&resnet.forward(&x, temb), context);
+            skips.push(x.shallow_clone());
+        }
+        if let Some(down) = &self.downsampler {
+            x = down.forward(&x);
+            skips.push(x.shallow_clone());
+        }
+        (x, skips)
+    }
+}
+
+/// `UNetMidBlock2D`: a resnet, then (attention, resnet) pairs; the attention is optional.
+#[derive(Debug)]
+pub struct UNetMidBlock2D {
+    resnets: Vec<ResnetBlock2D>,
+    attentions: Vec<Option<Attention>>,
+}
+
+impl UNetMidBlock2D {
+    /// `num_layers` (attention, resnet) pairs after the first resnet, all `channels` wide.
+    /// `attention` is `(attention_head_dim, attn_groups)`, or `None` without attention
+    /// (`add_attention = false`); `attn_groups` `None` means no group norm before it.
+    pub fn new(
+        p: &WeightPath,
+        channels: i64,
+        num_layers: usize,
+        resnet: ResnetBlock2DConfig,
+        attention: Option<(i64, Option<i64>)>,
+    ) -> Self {
+        let resnet = with_out(resnet, channels);
+        let resnets = (0..=num_layers)
+            .map(|i| ResnetBlock2D::new(&p.pp("resnets").pp(i), channels, resnet))
+            .collect();
+        let attentions = (0..num_layers)
+            .map(|i| {
+                attention.map(|(head_dim, groups)| {
+                    Attention::spatial(
+                        &p.pp("attentions").pp(i),
+                        AttentionConfig::spatial(
+                            channels,
+                            head_dim,
+                            groups,
+                            resnet.eps,
+                            resnet.output_scale_factor,
+                        ),
+                    )
+                })
+            })
+            .collect();
+        Self {
+            resnets,
+            attentions,
+        }
+    }
+
+    /// Keeps the shape of `x`.
+    pub fn forward(&self, x: &Tensor, temb: Option<&Tensor>) -> Tensor {
+        let mut x = self.resnets[0].forward(x, temb);
+        for (attention, resnet) in self.attentions.iter().zip(&self.resnets[1..]) {
+            if let Some(attention) = attention {
+                x = attention.forward(&x, None);
+            }
+            x = resnet.forward(&x, temb);
+        }
+        x
+    }
+}
+
+/// `UNetMidBlock2DCrossAttn`: a resnet, then (transformer, resnet) pairs.
+#[derive(Debug)]
+pub struct UNetMidBlock2DCrossAttn {
+    resnets: Vec<ResnetBlock2D>,
+    attentions: Vec<Transformer2DModel>,
+}
+
+impl UNetMidBlock2DCrossAttn {
+    /// `num_layers` (transformer, resnet) pairs after the first resnet, all `channels` wide.
+    pub fn new(
+        p: &WeightPath,
+        channels: i64,
+        num_layers: usize,
+        resnet: ResnetBlock2DConfig,
+        cross: CrossAttnConfig,
+    ) -> Self {
+        let resnet = with_out(resnet, channels);
+        let transformer = cross.transformer(channels, resnet.groups);
+        Self {
+            resnets: (0..=num_layers)
+                .map(|i| ResnetBlock2D::new(&p.pp("resnets").pp(i), channels, resnet))
+                .collect(),
+            attentions: (0..num_layers)
+                .map(|i| Transformer2DModel::new(&p.pp("attentions").pp(i), transformer))
+                .collect(),
+        }
+    }
+
+    /// Keeps the shape of `x`.
+    pub fn forward(&self, x: &Tensor, temb: Option<&Tensor>, context: Option<&Tensor>) -> Tensor {
+        let mut x = self.resnets[0].forward(x, temb);
+        for (attention, resnet) in self.attentions.iter().zip(&self.resnets[1..]) {
+            x = resnet.forward(&attention.forward(&x, context), temb);
+        }
+        x
+    }
+}
+
+/// `UpBlock2D`: resnets over the features concatenated with the skip connections, then an
+/// optional up-sampling.
+#[derive(Debug)]
+pub struct UpBlock2D {
+    resnets: Vec<ResnetBlock2D>,
+    upsampler: Option<Upsample2D>,
+}
+
+impl UpBlock2D {
+    /// `num_layers` resnets; see diffusers' `UpBlock2D` for the channel arithmetic.
+    pub fn new(
+        p: &WeightPath,
+        in_channels: i64,
+        prev_output_channel: i64,
+        out_channels: i64,
+        num_layers: usize,
+        resnet: ResnetBlock2DConfig,
+        add_upsample: bool,
+    ) -> Self {
+        Self {
+            resnets: up_resnets(
+                p,
+                in_channels,
+                prev_output_channel,
+                out_channels,
+                num_layers,
+                resnet,
+            ),
+            upsampler: upsampler(p, out_channels, add_upsample),
+        }
+    }
+
+    /// How many skip connections the block consumes.
+    pub fn num_skips(&self) -> usize {
+        self.resnets.len()
+    }
+
+    /// `res` holds this block's skip connections in the order the down path produced them.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        res: &[Tensor],
+        temb: Option<&Tensor>,
+        upsample_size: Option<[i64; 2]>,
+    ) -> Tensor {
+        let mut x = x.shallow_clone();
+        for (i, resnet) in self.resnets.iter().enumerate() {
+            x = resnet.forward(&Tensor::cat(&[&x, skip(res, i)], 1), temb);
+        }
+        match &self.upsampler {
+            Some(up) => up.forward(&x, upsample_size),
+            None => x,
+        }
+    }
+}
+
+/// `AttnUpBlock2D`: [`UpBlock2D`] with a spatial self-attention after each resnet.
+#[derive(Debug)]
+pub struct AttnUpBlock2D {
+    resnets: Vec<ResnetBlock2D>,
+    attentions: Vec<Attention>,
+    upsampler: Option<Upsample2D>,
+}
+
+impl AttnUpBlock2D {
+    /// Like [`UpBlock2D::new`], with attention heads of `attention_head_dim` features.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        p: &WeightPath,
+        in_channels: i64,
+        prev_output_channel: i64,
+        out_channels: i64,
+        num_layers: usize,
+        resnet: ResnetBlock2DConfig,
+        attention_head_dim: i64,
+        add_upsample: bool,
+    ) -> Self {
+        let attention = AttentionConfig::spatial(
+            out_channels,
+            attention_head_dim,
+            Some(resnet.groups),
+            resnet.eps,
+            resnet.output_scale_factor,
+        );
+        Self {
+            resnets: up_resnets(
+                p,
+                in_channels,
+                prev_output_channel,
+                out_channels,
+                num_layers,
+                resnet,
+            ),
+            attentions: (0..num_layers)
+                .map(|i| Attention::spatial(&p.pp("attentions").pp(i), attention))
+                .collect(),
+            upsampler: upsampler(p, out_channels, add_upsample),
+        }
+    }
+
+    /// How many skip connections the block consumes.
+    pub fn num_skips(&self) -> usize {
+        self.resnets.len()
+    }
+
+    /// See [`UpBlock2D::forward`].
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        res: &[Tensor],
+        temb: Option<&Tensor>,
+        upsample_size: Option<[i64; 2]>,
+    ) -> Tensor {
+        let mut x = x.shallow_clone();
+        for (i, (resnet, attention)) in self.resnets.iter().zip(&self.attentions).enumerate() {
+            let h = resnet.forward(&Tensor::cat(&[&x, skip(res, i)], 1), temb);
+            x = attention.forward(&h, None);
+        }
+        match &self.upsampler {
+            Some(up) => up.forward(&x, upsample_size),
+            None => x,
+        }
+    }
+}
+
+/// `CrossAttnUpBlock2D`: [`UpBlock2D`] with a `Transformer2DModel` after each resnet.
+#[derive(Debug)]
+pub struct CrossAttnUpBlock2D {
+    resnets: Vec<ResnetBlock2D>,
+    attentions: Vec<Transformer2DModel>,
+    upsampler: Option<Upsample2D>,
+}
+
+impl CrossAttnUpBlock2D {
+    /// Like [`UpBlock2D::new`], with the cross-attention settings of this level.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        p: &WeightPath,
+        in_channels: i64,
+        prev_output_channel: i64,
+        out_channels: i64,
+        num_layers: usize,
+        resnet: ResnetBlock2DConfig,
+        cross: CrossAttnConfig,
+        add_upsample: bool,
+    ) -> Self {
+        let transformer = cross.transformer(out_channels, resnet.groups);
+        Self {
+            resnets: up_resnets(
+                p,
+                in_channels,
+                prev_output_channel,
+                out_channels,
+                num_layers,
+                resnet,
+            ),
+            attentions: (0..num_layers)
+                .map(|i| Transformer2DModel::new(&p.pp("attentions").pp(i), transformer))
+                .collect(),
+            upsampler: upsampler(p, out_channels, add_upsample),
+        }
+    }
+
+    /// How many skip connections the block consumes.
+    pub fn num_skips(&self) -> usize {
+        self.resnets.len()
+    }
+
+    /// See [`UpBlock2D::forward`]; `context` is `[n, seq, cross_attention_dim]`.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        res: &[Tensor],
+        temb: Option<&Tensor>,
+        context: Option<&Tensor>,
+        upsample_size: Option<[i64; 2]>,
+    ) -> Tensor {
+        let mut x = x.shallow_clone();
+        for (i, (resnet, attention)) in self.resnets.iter().zip(&self.attentions).enumerate() {
+            let h = resnet.forward(&Tensor::cat(&[&x, skip(res, i)], 1), temb);
+            x = attention.forward(&h, context);
+        }
+        match &self.upsampler {
+            Some(up) => up.forward(&x, upsample_size),
+            None => x,
+        }
+    }
+}
+
+/// `UpDecoderBlock2D` (VAE decoder): resnets without skip connections or time embedding, then
+/// an optional up-sampling.
+#[derive(Debug)]
+pub struct UpDecoderBlock2D {
+    resnets: Vec<ResnetBlock2D>,
+    upsampler: Option<Upsample2D>,
+}
+
+impl UpDecoderBlock2D {
+    /// `num_layers` resnets `in_channels -> out_channels`.
+    pub fn new(
+        p: &WeightPath,
+        in_channels: i64,
+        out_channels: i64,
+        num_layers: usize,
+        resnet: ResnetBlock2DConfig,
+        add_upsample: bool,
+    ) -> Self {
+        Self {
+            resnets: down_resnets(p, in_channels, out_channels, num_layers, resnet),
+            upsampler: upsampler(p, out_channels, add_upsample),
+        }
+    }
+
+    /// `[n, in, h, w]` to `[n, out, 2h, 2w]` (or `[n, out, h, w]` without up-sampling).
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        let mut x = x.shallow_clone();
+        for resnet in &self.resnets {
+            x = resnet.forward(&x, None);
+        }
+        match &self.upsampler {
+            Some(up) => up.forward(&x, None),
+            None => x,
+        }
+    }
+}

@@ -1,0 +1,436 @@
+//! `images/cifar` against diffusers: the tiny `UNet2DModel` of
+//! `tests/fixtures/diffusers/cifar-tiny` (same block types as `google/ddpm-cifar10-32`, random
+//! weights) and the fixtures `scripts/make_diffusers_fixtures.py` wrote with diffusers 0.42.1 /
+//! torch 2.13.0.
+
+mod diffusers_common;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use diffusers_common::{
+    copy_dir, fixture, get, max_abs, max_abs_diff, phantom_weights, published, read_tensors,
+    write_tensors, TempDir,
+};
+use flowgym_images::cifar::{CifarArgs, CifarFiles, CifarModel};
+use flowgym_images::hub::{HubCache, LoadError};
+use flowgym_images::models::scheduler::SchedulerConfig;
+use flowgym_images::models::unet_2d::{UNet2DConfig, UNet2DModel};
+use flowgym_plugin_api::{
+    Arguments, Batch, ConstructContext, Constructor, EntryRegistration, Kwargs, ManagedTensor,
+    OutputType, Scheduler,
+};
+use tch::{Device, Kind, Tensor};
+
+fn args(weights: &str) -> CifarArgs {
+    CifarArgs {
+        weights: weights.to_string(),
+        ..CifarArgs::default()
+    }
+}
+
+fn tiny_dir() -> PathBuf {
+    fixture("cifar-tiny")
+}
+
+fn load(dir: &std::path::Path) -> Result<CifarModel, LoadError> {
+    let files = CifarFiles::locate(
+        &args(dir.to_str().unwrap()),
+        &[],
+        &HubCache::at("/nonexistent"),
+    )?;
+    CifarModel::load(&files, Device::Cpu)
+}
+
+fn tiny() -> CifarModel {
+    load(&tiny_dir()).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The forward error of `model` on `cifar_forward.safetensors`.
+fn forward_error(model: &CifarModel) -> f64 {
+    let io = read_tensors(&fixture("io/cifar_forward.safetensors"));
+    let eps = model.predict(get(&io, "x"), get(&io, "timesteps")).unwrap();
+    max_abs_diff(&eps, get(&io, "eps"))
+}
+
+#[test]
+fn forward_matches_diffusers() {
+    // Measured: 8.3e-7 max abs error (|eps| up to 1.6).
+    let error = forward_error(&tiny());
+    eprintln!("cifar forward: max abs error {error:.3e}");
+    assert!(error < 1e-4, "max abs error {error}");
+}
+
+#[test]
+fn schedules_equal_diffusers_alphas_cumprod() {
+    let reference = read_tensors(&fixture("io/schedules.safetensors"));
+    for (schedule, start, end) in [
+        ("linear", 1e-4, 0.02),
+        ("scaled_linear", 0.00085, 0.012),
+        ("squaredcos_cap_v2", 1e-4, 0.02),
+    ] {
+        let json = format!(
+            r#"{{"_class_name": "DDPMScheduler", "num_train_timesteps": 1000,
+                "beta_start": {start}, "beta_end": {end}, "beta_schedule": "{schedule}",
+                "clip_sample": true, "variance_type": "fixed_small"}}"#
+        );
+        let config: SchedulerConfig = serde_json::from_str(&json).unwrap();
+        let ours = config.alphas_cumprod().unwrap();
+        let theirs = Vec::<f32>::try_from(get(&reference, schedule)).unwrap();
+        assert_eq!(ours.len(), 1000);
+        for (k, (a, b)) in ours.iter().zip(&theirs).enumerate() {
+            assert_eq!(*a, f64::from(*b), "{schedule}: alphas_cumprod[{k}]");
+        }
+    }
+    // The fixture's own scheduler_config.json (the published one of google/ddpm-cifar10-32).
+    let model = tiny();
+    let linear = Vec::<f32>::try_from(get(&reference, "linear")).unwrap();
+    let linear: Vec<f64> = linear.into_iter().map(f64::from).collect();
+    assert_eq!(model.alpha_bar(), linear.as_slice());
+}
+
+#[test]
+fn unsupported_schedules_are_named() {
+    let config: SchedulerConfig =
+        serde_json::from_str(r#"{"beta_schedule": "quadratic"}"#).unwrap();
+    let err = config.alphas_cumprod().unwrap_err().to_string();
+    assert!(err.contains("`beta_schedule` = \"quadratic\""), "{err}");
+    assert!(err.contains("scaled_linear"), "{err}");
+}
+
+#[test]
+fn published_config_builds_exactly_the_published_parameters() {
+    let (config, parameters) = published("google/ddpm-cifar10-32");
+    let config: UNet2DConfig = serde_json::from_value(config).unwrap();
+    assert_eq!(config.attention_head_dim, None);
+    assert_eq!(config.downsample_padding, 0);
+    assert_eq!(config.mid_block_type.as_deref(), Some("UNetMidBlock2D"));
+    let weights = phantom_weights(&parameters);
+    let _unet = UNet2DModel::new(&weights.root(), &config).unwrap();
+    weights.finish().unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(parameters.len(), 328, "published parameter count changed");
+}
+
+#[test]
+fn pipeline_layout_and_hub_cache_load() {
+    let tmp = TempDir::new("cifar-layouts");
+    // Pipeline layout: unet/ and scheduler/.
+    let pipeline = tmp.path().join("pipeline");
+    copy_dir(&tiny_dir(), &pipeline.join("unet"));
+    std::fs::create_dir_all(pipeline.join("scheduler")).unwrap();
+    std::fs::rename(
+        pipeline.join("unet/scheduler_config.json"),
+        pipeline.join("scheduler/scheduler_config.json"),
+    )
+    .unwrap();
+    let error = forward_error(&load(&pipeline).unwrap());
+    assert!(error < 1e-4, "pipeline layout: max abs error {error}");
+
+    // Hugging Face cache layout, snapshot chosen by refs/main.
+    let hub = tmp.path().join("hub");
+    let repo = hub.join("models--google--ddpm-cifar10-32");
+    copy_dir(&tiny_dir(), &repo.join("snapshots/0123abc"));
+    std::fs::create_dir_all(repo.join("snapshots/older")).unwrap();
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), "0123abc").unwrap();
+    let files = CifarFiles::locate(&args(""), &[], &HubCache::at(&hub)).unwrap();
+    assert_eq!(files.unet.dir, repo.join("snapshots/0123abc"));
+    let error = forward_error(&CifarModel::load(&files, Device::Cpu).unwrap());
+    assert!(error < 1e-4, "hub cache: max abs error {error}");
+
+    // A host weight directory holding `ddpm-cifar10-32/` is searched before the cache.
+    let weights_dir = tmp.path().join("weights");
+    copy_dir(&tiny_dir(), &weights_dir.join("ddpm-cifar10-32"));
+    let files = CifarFiles::locate(
+        &args(""),
+        std::slice::from_ref(&weights_dir),
+        &HubCache::at(&hub),
+    )
+    .unwrap();
+    assert_eq!(files.unet.dir, weights_dir.join("ddpm-cifar10-32"));
+}
+
+#[test]
+fn deprecated_attention_names_load() {
+    // Checkpoints saved before diffusers renamed the attention projections (the DDPM repositories
+    // date from diffusers 0.0.4) may name them `query`, `key`, `value`, `proj_attn`; diffusers
+    // renames them on load, and so do we.
+    let tmp = TempDir::new("cifar-legacy");
+    copy_dir(&tiny_dir(), tmp.path());
+    let file = tmp.path().join("diffusion_pytorch_model.safetensors");
+    let renamed: BTreeMap<String, Tensor> = read_tensors(&file)
+        .into_iter()
+        .map(|(name, tensor)| {
+            let name = name
+                .replace(".to_q.", ".query.")
+                .replace(".to_k.", ".key.")
+                .replace(".to_v.", ".value.")
+                .replace(".to_out.0.", ".proj_attn.");
+            (name, tensor)
+        })
+        .collect();
+    assert!(renamed
+        .keys()
+        .any(|k| k.ends_with("attentions.0.query.weight")));
+    write_tensors(&renamed, &file);
+    let error = forward_error(&load(tmp.path()).unwrap());
+    assert!(error < 1e-4, "max abs error {error}");
+}
+
+/// An edit of a weight file's tensors.
+type Edit = fn(&mut BTreeMap<String, Tensor>);
+
+#[test]
+fn weight_mismatches_are_all_listed() {
+    let tmp = TempDir::new("cifar-mismatch");
+    let cases: [(&str, Edit, &str); 3] = [
+        (
+            "deleted",
+            |t| {
+                t.remove("mid_block.resnets.1.conv2.weight");
+            },
+            "missing (1):\n    mid_block.resnets.1.conv2.weight\n",
+        ),
+        (
+            "extra",
+            |t| {
+                t.insert(
+                    "up_blocks.9.extra.weight".into(),
+                    Tensor::zeros([2], (Kind::Float, Device::Cpu)),
+                );
+            },
+            "unused (1):\n    up_blocks.9.extra.weight\n",
+        ),
+        (
+            "reshaped",
+            |t| {
+                t.insert(
+                    "conv_in.bias".into(),
+                    Tensor::zeros([9], (Kind::Float, Device::Cpu)),
+                );
+            },
+            "wrong shape (1):\n    conv_in.bias: file has [9], expected [8]\n",
+        ),
+    ];
+    for (name, edit, expected) in cases {
+        let dir = tmp.path().join(name);
+        copy_dir(&tiny_dir(), &dir);
+        let file = dir.join("diffusion_pytorch_model.safetensors");
+        let mut tensors = read_tensors(&file);
+        edit(&mut tensors);
+        write_tensors(&tensors, &file);
+        let err = load(&dir).unwrap_err();
+        assert!(matches!(err, LoadError::Weights(_)), "{name}: {err}");
+        let message = err.to_string();
+        assert!(
+            message.starts_with(&format!("the weights in {} do not fit", file.display())),
+            "{message}"
+        );
+        assert!(message.contains(expected), "{name}: {message}");
+    }
+}
+
+#[test]
+fn missing_weights_say_where_and_how() {
+    let tmp = TempDir::new("cifar-missing");
+    let folder = tmp.path().join("no-such-folder");
+    let err = CifarFiles::locate(&args(folder.to_str().unwrap()), &[], &HubCache::at("/x"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("no weights found for `images/cifar` (google/ddpm-cifar10-32)"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("{} (does not exist)", folder.display())),
+        "{err}"
+    );
+    assert!(
+        err.contains("huggingface-cli download google/ddpm-cifar10-32"),
+        "{err}"
+    );
+    assert!(err.contains(r#"{"weights": "/path/to/folder"}"#), "{err}");
+
+    // No argument: the host's weight directories, then the cache, are all listed.
+    let hub = tmp.path().join("hub");
+    let dirs = [tmp.path().join("weights")];
+    let err = CifarFiles::locate(&args(""), &dirs, &HubCache::at(&hub))
+        .unwrap_err()
+        .to_string();
+    for place in [
+        dirs[0].join("google/ddpm-cifar10-32"),
+        dirs[0].join("ddpm-cifar10-32"),
+        hub.join("models--google--ddpm-cifar10-32/snapshots"),
+    ] {
+        assert!(
+            err.contains(&place.display().to_string()),
+            "{place:?} not in: {err}"
+        );
+    }
+
+    // A folder with a config but no safetensors says so.
+    let dir = tmp.path().join("bin-only");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(tiny_dir().join("config.json"), dir.join("config.json")).unwrap();
+    std::fs::write(dir.join("diffusion_pytorch_model.bin"), b"").unwrap();
+    let err = CifarFiles::locate(&args(dir.to_str().unwrap()), &[], &HubCache::at("/x"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("only safetensors weights are read"), "{err}");
+}
+
+#[test]
+fn other_unet_shapes_are_refused() {
+    let tmp = TempDir::new("cifar-shape");
+    copy_dir(&tiny_dir(), tmp.path());
+    let path = tmp.path().join("config.json");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        text.replace("\"sample_size\": 32", "\"sample_size\": 256"),
+    )
+    .unwrap();
+    let err = load(tmp.path()).unwrap_err().to_string();
+    assert!(err.contains("sample_size"), "{err}");
+    assert!(err.contains("256"), "{err}");
+}
+
+/// The coefficients of the host's Euler-Maruyama step on the memoryless SDE at time `t` for an
+/// epsilon model on `alpha_bar[0..=K]` (DESIGN.md): `(k, kappa, b, s)` with drift
+/// `kappa x + b eps` and diffusion `s`.
+fn coefficients(ab: &[f64], t: f64) -> (usize, f64, f64, f64) {
+    let big_k = (ab.len() - 1) as f64;
+    let k = ((1.0 - t) * big_k + 0.5).floor() as usize;
+    let a_bar = ab[k];
+    let prev = if k == 0 { 1.0 } else { ab[k - 1] };
+    let d = big_k * (prev - a_bar);
+    let (alpha, beta) = (a_bar.sqrt(), (1.0 - a_bar).sqrt());
+    let (alpha_d, beta_d) = (d / (2.0 * alpha), -d / (2.0 * beta));
+    let kappa = alpha_d / alpha;
+    let eta = beta * (kappa * beta - beta_d);
+    let s = (2.0 * eta).sqrt();
+    let g = s * s / 2.0 + eta;
+    (k, kappa, -g / beta, s)
+}
+
+#[test]
+fn base_sampling_path_matches_diffusers() {
+    let model = tiny();
+    let f = read_tensors(&fixture("io/cifar_sampling.safetensors"));
+    let ab = model.alpha_bar();
+    assert_eq!(
+        ab,
+        Vec::<f64>::try_from(get(&f, "alpha_bar"))
+            .unwrap()
+            .as_slice()
+    );
+    let (t0, steps) = (0.02, 100usize);
+    let dt = (1.0 - t0) / steps as f64;
+    let t_ref = Vec::<f64>::try_from(get(&f, "t")).unwrap();
+    let k_ref = Vec::<i64>::try_from(get(&f, "k")).unwrap();
+    let kappa_ref = Vec::<f64>::try_from(get(&f, "kappa")).unwrap();
+    let b_ref = Vec::<f64>::try_from(get(&f, "b")).unwrap();
+    let s_ref = Vec::<f64>::try_from(get(&f, "s")).unwrap();
+    let recorded = Vec::<i64>::try_from(get(&f, "eps_steps")).unwrap();
+    let eps_ref = get(&f, "eps");
+    let noise = get(&f, "noise");
+
+    let mut x = get(&f, "x0").copy();
+    let mut worst_eps: f64 = 0.0;
+    for j in 0..steps {
+        let t = t0 + j as f64 * (1.0 - t0) / steps as f64;
+        assert_eq!(t, t_ref[j], "t_{j}");
+        let (k, kappa, b, s) = coefficients(ab, t);
+        assert_eq!(k as i64, k_ref[j], "k at step {j}");
+        for (name, ours, theirs) in [
+            ("kappa", kappa, kappa_ref[j]),
+            ("b", b, b_ref[j]),
+            ("s", s, s_ref[j]),
+        ] {
+            assert!(
+                (ours - theirs).abs() <= 1e-12 * theirs.abs(),
+                "{name} at step {j}: {ours} vs {theirs}"
+            );
+        }
+        let ks = Tensor::from_slice(&[k as f32, k as f32]);
+        let eps = model.predict(&x, &ks).unwrap();
+        if let Some(index) = recorded.iter().position(|&r| r == j as i64) {
+            let reference = eps_ref.get(index as i64);
+            let error = max_abs_diff(&eps, &reference) / max_abs(&reference).max(1.0);
+            worst_eps = worst_eps.max(error);
+            assert!(error < 1e-3, "eps at step {j}: relative error {error:.3e}");
+        }
+        x = &x
+            + (&x * kappa + &eps * b) * dt
+            + noise.get(j as i64).to_kind(Kind::Float) * (dt.sqrt() * s);
+    }
+    let x_ref = get(&f, "x_final");
+    let error = max_abs_diff(&x, x_ref) / max_abs(x_ref);
+    eprintln!("cifar sampling: eps max rel error {worst_eps:.3e}, x_final max rel error {error:.3e} (|x_final| up to {:.0})", max_abs(x_ref));
+    // Measured: eps 5.4e-7, x_final 4.3e-7, relative to max |reference| (|x_final| up to 774:
+    // the random UNet is no denoiser, so the drift's `kappa x` term expands x ~150-fold).
+    assert!(error < 1e-3, "x_final: relative error {error:.3e}");
+}
+
+#[test]
+fn entry_runs_through_the_plugin_contract() {
+    let registration = flowgym_plugin_api::inventory::iter::<EntryRegistration>
+        .into_iter()
+        .find(|r| (r.meta)().id.as_str() == "images/cifar")
+        .expect("images/cifar is registered");
+    let meta = (registration.meta)();
+    assert_eq!(meta.data_type.name.as_str(), "images");
+    assert_eq!(meta.leaves.len(), 1);
+    assert_eq!(meta.leaves[0].name.as_str(), "x");
+    let names: Vec<String> = meta.arguments.iter().map(|a| a.name.to_string()).collect();
+    assert_eq!(names, ["weights", "repo_id"]);
+    assert_eq!(
+        CifarArgs::from_json("").unwrap().repo_id,
+        "google/ddpm-cifar10-32"
+    );
+
+    let Constructor::BaseModel(construct) = registration.constructor else {
+        panic!("images/cifar is not a base model");
+    };
+    let json = serde_json::json!({ "weights": tiny_dir() }).to_string();
+    let mut model = construct(&json, &ConstructContext::cpu()).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(model.output_type(), OutputType::Epsilon);
+    let Scheduler::DiscreteDiffusion { alpha_bar } = model.scheduler() else {
+        panic!("not a discrete diffusion");
+    };
+    assert_eq!(alpha_bar.len(), 1000);
+    assert!(alpha_bar[0] > alpha_bar[999]);
+
+    let (x, _) = model.sample_p0(3, 0, Kwargs::new()).unwrap();
+    assert_eq!(x.data_type.as_str(), "images");
+    assert_eq!(x.require("x").unwrap().shape(), &[3, 3, 32, 32]);
+
+    let io = read_tensors(&fixture("io/cifar_forward.safetensors"));
+    let batch = Batch::from_tch("images", [("x", get(&io, "x"))]).unwrap();
+    let t = ManagedTensor::from_tch(get(&io, "timesteps")).unwrap();
+    let mut out = model.forward(batch, t, Kwargs::new()).unwrap();
+    let eps = out.take_tch("x").unwrap();
+    assert!(max_abs_diff(&eps, get(&io, "eps")) < 1e-4);
+
+    let x = Tensor::from_slice(&[-3.0f32, -1.0, 0.0, 0.5, 1.0, 2.0]).reshape([1, 1, 2, 3]);
+    let batch = Batch::from_tch("images", [("x", &x)]).unwrap();
+    let mut images = model.postprocess(batch, Kwargs::new()).unwrap().unwrap();
+    let images = Vec::<f32>::try_from(&images.take_tch("x").unwrap().reshape([-1])).unwrap();
+    assert_eq!(images, [0.0, 0.0, 0.5, 0.75, 1.0, 1.0]);
+
+    // Wrong input shapes are errors, not panics.
+    let batch = Batch::from_tch(
+        "images",
+        [(
+            "x",
+            &Tensor::zeros([2, 3, 16, 16], (Kind::Float, Device::Cpu)),
+        )],
+    )
+    .unwrap();
+    let t = ManagedTensor::from_tch(&Tensor::zeros([2], (Kind::Float, Device::Cpu))).unwrap();
+    let err = model
+        .forward(batch, t, Kwargs::new())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("expected [n, 3, 32, 32]"), "{err}");
+}
