@@ -1,1 +1,253 @@
-//! Helpers shared by the end-to-end tests.
+//! Helpers for the end-to-end tests: they build the real plugin files and the host with cargo
+//! (so the tests pass from an empty target directory), run the host binary in a sandbox, and
+//! read what it wrote.
+//!
+//! Each test gets a sandbox directory holding a copy of the host executable, so that the
+//! executable-directory search finds exactly the plugins the test puts there, and a private
+//! user directory and `FLOWGYM_PLUGIN_PATH`.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Mutex, OnceLock};
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ lives in the workspace")
+        .to_path_buf()
+}
+
+/// `target/` and the profile directory this test binary was built in (`release`, `debug`).
+fn target_and_profile() -> (PathBuf, String) {
+    let exe = std::env::current_exe().expect("test binaries know their path");
+    // target/<profile>/deps/<test binary>
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps");
+    let target = profile_dir.parent().expect("target/").to_path_buf();
+    let profile = profile_dir
+        .file_name()
+        .expect("a profile directory")
+        .to_string_lossy()
+        .into_owned();
+    (target, profile)
+}
+
+/// Where cargo builds test-only plugin fixtures: a target directory of their own, so that
+/// they never land next to the host in `target/<profile>/` where users' runs would find them.
+pub fn fixture_target() -> PathBuf {
+    target_and_profile().0.join("test-plugins")
+}
+
+fn cargo() -> Command {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut command = Command::new(cargo);
+    command.current_dir(workspace());
+    command
+}
+
+/// Builds `packages` in one cargo invocation into `target` (None: the workspace's), in this
+/// test binary's profile. Packages of one call share features, so libtorch-free plugins are
+/// built in calls of their own.
+pub fn cargo_build(packages: &[&str], target: Option<&Path>) {
+    static BUILT: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
+    let key = format!("{packages:?}{target:?}");
+    let built = BUILT.get_or_init(|| Mutex::new(HashSet::new()));
+    let mut built = built.lock().unwrap_or_else(|e| e.into_inner());
+    if built.contains(&key) {
+        return;
+    }
+    let (_, profile) = target_and_profile();
+    let mut command = cargo();
+    command.arg("build");
+    if profile == "release" {
+        command.arg("--release");
+    }
+    for package in packages {
+        command.args(["-p", package]);
+    }
+    if let Some(target) = target {
+        command.env("CARGO_TARGET_DIR", target);
+    }
+    let output = command.output().expect("cargo runs");
+    assert!(
+        output.status.success(),
+        "cargo build {packages:?} failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    built.insert(key);
+}
+
+/// The file name of the dynamic library of crate `package` on this platform.
+pub fn library_name(package: &str) -> String {
+    format!(
+        "{}{}{}",
+        std::env::consts::DLL_PREFIX,
+        package.replace('-', "_"),
+        std::env::consts::DLL_SUFFIX
+    )
+}
+
+/// A plugin of the workspace, built (in its own cargo call) and located.
+pub fn plugin(package: &str) -> PathBuf {
+    cargo_build(&[package], None);
+    let (target, profile) = target_and_profile();
+    target.join(profile).join(library_name(package))
+}
+
+/// A test-only plugin fixture (under `tests/plugins/`), built into the fixture target.
+pub fn fixture_plugin(package: &str) -> PathBuf {
+    let target = fixture_target();
+    cargo_build(&[package], Some(&target));
+    let (_, profile) = target_and_profile();
+    target.join(profile).join(library_name(package))
+}
+
+/// The host executable, built.
+pub fn host() -> PathBuf {
+    cargo_build(&["flowgym-host"], None);
+    let (target, profile) = target_and_profile();
+    target
+        .join(profile)
+        .join(format!("flowgym-host{}", std::env::consts::EXE_SUFFIX))
+}
+
+/// A private directory with a copy of the host and the plugins a test puts there.
+pub struct Sandbox {
+    /// The sandbox root (removed on drop).
+    pub root: PathBuf,
+}
+
+impl Sandbox {
+    /// A fresh sandbox holding a copy of the host, named after the test.
+    pub fn new(name: &str) -> Self {
+        let root = std::env::temp_dir().join(format!("flowgym-e2e-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(root.join("bin")).expect("temp dir");
+        std::fs::create_dir_all(root.join("home")).expect("temp dir");
+        std::fs::copy(
+            host(),
+            root.join("bin").join(host().file_name().expect("a file")),
+        )
+        .expect("copy the host");
+        Self { root }
+    }
+
+    /// The directory next to the host executable.
+    pub fn bin(&self) -> PathBuf {
+        self.root.join("bin")
+    }
+
+    /// Copies a plugin file next to the host under its own name; returns the copy.
+    pub fn install(&self, plugin: &Path) -> PathBuf {
+        let to = self.bin().join(plugin.file_name().expect("a file name"));
+        std::fs::copy(plugin, &to).expect("copy a plugin");
+        to
+    }
+
+    /// Copies a plugin file into `dir` (relative to the sandbox) under `name`; returns the copy.
+    pub fn install_as(&self, plugin: &Path, dir: &str, name: &str) -> PathBuf {
+        let dir = self.root.join(dir);
+        std::fs::create_dir_all(&dir).expect("plugin dir");
+        let to = dir.join(name);
+        std::fs::copy(plugin, &to).expect("copy a plugin");
+        to
+    }
+
+    /// The toy plugins (`1d/gmm`, `1d/binary`, `1d/gaussian`) next to the host.
+    pub fn with_toys(self) -> Self {
+        self.install(&plugin("flowgym-toy"));
+        self.install(&plugin("flowgym-toy-rewards"));
+        self
+    }
+
+    /// Runs the sandboxed host with `args` in the sandbox directory.
+    pub fn run(&self, args: &[&str]) -> Output {
+        let exe = self.bin().join(host().file_name().expect("a file"));
+        Command::new(exe)
+            .args(args)
+            .current_dir(&self.root)
+            .env("FLOWGYM_HOME", self.root.join("home"))
+            .env_remove("FLOWGYM_PLUGIN_PATH")
+            .output()
+            .expect("the host starts")
+    }
+
+    /// A path inside the sandbox.
+    pub fn path(&self, relative: &str) -> PathBuf {
+        self.root.join(relative)
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.root);
+        }
+    }
+}
+
+/// Standard output as text.
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Standard error as text.
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Asserts the host exited normally (no signal, no abort) with `code`.
+pub fn assert_exit(output: &Output, code: i32) {
+    assert_eq!(
+        output.status.code(),
+        Some(code),
+        "expected exit code {code}; stdout:\n{}\nstderr:\n{}",
+        stdout(output),
+        stderr(output)
+    );
+}
+
+/// Reads every tensor of a safetensors file as `f64` values with its shape.
+pub fn read_tensors(path: &Path) -> Vec<(String, Vec<usize>, Vec<f64>)> {
+    let bytes =
+        std::fs::read(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let file = safetensors::SafeTensors::deserialize(&bytes).expect("a safetensors file");
+    let mut out = Vec::new();
+    for (name, view) in file.tensors() {
+        let data = view.data();
+        let values: Vec<f64> = match view.dtype() {
+            safetensors::Dtype::F32 => data
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64)
+                .collect(),
+            safetensors::Dtype::F64 => data
+                .chunks_exact(8)
+                .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+                .collect(),
+            safetensors::Dtype::I64 => data
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f64)
+                .collect(),
+            safetensors::Dtype::BOOL | safetensors::Dtype::U8 => {
+                data.iter().map(|&b| b as f64).collect()
+            }
+            other => panic!("unexpected dtype {other:?} for {name}"),
+        };
+        out.push((name, view.shape().to_vec(), values));
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// The values of tensor `name` in a safetensors file.
+pub fn tensor(path: &Path, name: &str) -> Vec<f64> {
+    read_tensors(path)
+        .into_iter()
+        .find(|(n, _, _)| n == name)
+        .unwrap_or_else(|| panic!("{} has no tensor `{name}`", path.display()))
+        .2
+}

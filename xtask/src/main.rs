@@ -22,8 +22,12 @@ const LINUX_WHEELS: &[&str] = &[
 ];
 const OTHER_WHEELS: &[&str] = &["torch==2.13.0"];
 
-/// Packages whose build outputs the host finds next to its executable.
+/// Packages that are not part of what `run` needs next to the host executable.
 const EXCLUDED_FROM_RUN_BUILD: &[&str] = &["xtask", "flowgym-tests", "third-party-reward"];
+
+/// Plugins that link no libtorch. They are built in a cargo invocation of their own: built
+/// together with the others, cargo would unify plugin-api's `tch` feature into them.
+pub const LIBTORCH_FREE_PLUGINS: &[&str] = &["flowgym-toy-rewards", "flowgym-image-rewards"];
 
 const USAGE: &str = "\
 usage: cargo xtask <command> [args...]
@@ -102,11 +106,17 @@ fn build_and_run_host(host_args: Vec<OsString>) -> Result<(), String> {
         .iter()
         .map(OsString::from)
         .collect();
-    for package in EXCLUDED_FROM_RUN_BUILD {
+    for package in EXCLUDED_FROM_RUN_BUILD.iter().chain(LIBTORCH_FREE_PLUGINS) {
         build.push("--exclude".into());
         build.push(OsString::from(package));
     }
     cargo(&build)?;
+    let mut free: Vec<OsString> = vec!["build".into(), "--release".into()];
+    for package in LIBTORCH_FREE_PLUGINS {
+        free.push("-p".into());
+        free.push(OsString::from(package));
+    }
+    cargo(&free)?;
     let host = target_dir().join("release").join(exe("flowgym-host"));
     let status = Command::new(&host)
         .args(&host_args)
@@ -153,18 +163,55 @@ fn exe(name: &str) -> String {
     format!("{name}{}", env::consts::EXE_SUFFIX)
 }
 
-/// The environment that makes tch find libtorch: the user's own if they set one, else the cache.
+/// The environment that makes tch find libtorch: the user's own if they set one, else the
+/// cache. It also adds an rpath to libtorch's directory to `RUSTFLAGS`, so that every binary
+/// the workspace links runs without `LD_LIBRARY_PATH`, test binaries of libtorch-free crates
+/// included (cargo unifies plugin-api's `tch` feature across a workspace build).
 fn libtorch_env() -> Result<Vec<(String, String)>, String> {
     let mut vars = Vec::new();
     if env::var_os("LIBTORCH_CXX11_ABI").is_none() {
         vars.push(("LIBTORCH_CXX11_ABI".to_string(), "1".to_string()));
     }
-    if env::var_os("LIBTORCH").is_some() || env::var_os("LIBTORCH_USE_PYTORCH").is_some() {
-        return Ok(vars);
-    }
-    let dir = ensure_cached_libtorch()?;
-    vars.push(("LIBTORCH".to_string(), dir.display().to_string()));
+    let lib_dir = if let Some(lib) = env::var_os("LIBTORCH_LIB") {
+        PathBuf::from(lib).join("lib")
+    } else if let Some(root) = env::var_os("LIBTORCH") {
+        PathBuf::from(root).join("lib")
+    } else if env::var_os("LIBTORCH_USE_PYTORCH").is_some() {
+        pytorch_lib_dir()?
+    } else {
+        let dir = ensure_cached_libtorch()?;
+        vars.push(("LIBTORCH".to_string(), dir.display().to_string()));
+        dir.join("lib")
+    };
+    let rpath = format!("-C link-arg=-Wl,-rpath,{}", lib_dir.display());
+    let rustflags = match env::var("RUSTFLAGS") {
+        Ok(existing) if existing.contains(&rpath) => existing,
+        Ok(existing) if !existing.trim().is_empty() => format!("{existing} {rpath}"),
+        _ => rpath,
+    };
+    vars.push(("RUSTFLAGS".to_string(), rustflags));
     Ok(vars)
+}
+
+/// The `lib` directory of the PyTorch installation `LIBTORCH_USE_PYTORCH=1` points tch at.
+fn pytorch_lib_dir() -> Result<PathBuf, String> {
+    let python = env::var("PYTHON").unwrap_or_else(|_| "python3".to_string());
+    let output = Command::new(&python)
+        .args([
+            "-c",
+            "import os, torch; print(os.path.join(os.path.dirname(torch.__file__), 'lib'))",
+        ])
+        .output()
+        .map_err(|e| format!("LIBTORCH_USE_PYTORCH is set but {python} cannot be run: {e}"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "LIBTORCH_USE_PYTORCH is set but {python} cannot import torch: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        ));
+    }
+    Ok(PathBuf::from(
+        String::from_utf8_lossy(&output.stdout).trim(),
+    ))
 }
 
 fn cache_root() -> Result<PathBuf, String> {

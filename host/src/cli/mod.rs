@@ -1,7 +1,10 @@
 //! The `flowgym-host` command line.
 
+mod bench;
 mod check;
 mod list;
+mod run;
+mod sample;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -33,6 +36,12 @@ pub enum Command {
     List(list::ListArgs),
     /// Say whether a model and a reward can run together, and why not.
     Check(check::CheckArgs),
+    /// Adapt a model to a reward with Value Matching (default: the 1-d toy).
+    Run(Box<run::RunArgs>),
+    /// Draw samples from a base model, or from a model adapted by a run.
+    Sample(sample::SampleArgs),
+    /// Print speed figures (Value Matching on the toy, or a model's sampling throughput).
+    Bench(bench::BenchArgs),
 }
 
 impl Cli {
@@ -55,6 +64,9 @@ pub fn main() -> ExitCode {
     let result = match &cli.command {
         Command::List(args) => list::run(&cli, args),
         Command::Check(args) => check::run(&cli, args),
+        Command::Run(args) => run::run(&cli, args),
+        Command::Sample(args) => sample::run(&cli, args),
+        Command::Bench(args) => bench::run(&cli, args),
     };
     match result {
         Ok(code) => code,

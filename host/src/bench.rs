@@ -1,0 +1,317 @@
+//! Benchmarks that print figures (`flowgym-host bench ...`): no thresholds, ratios measured in
+//! one process.
+//!
+//! - [`value_matching`]: seconds per Value Matching iteration through the plugins, controlled
+//!   sampling steps per second, and the host's overhead: the same iteration issued directly
+//!   against libtorch (the toy's closed-form flow and reward inlined, no plugin boundary, no
+//!   checks) gives the floor, and `1 - floor / host` is the share of wall time the host adds
+//!   outside libtorch's own work.
+//! - [`sampling`]: seconds per denoising step of a base model (any plugin), and images per
+//!   second at 100 steps.
+
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use serde::Serialize;
+use tch::{Device, Kind, Tensor};
+
+use crate::data::State;
+use crate::env::drift::step_coefficients;
+use crate::env::{sample, time_grid, Interrupted, NoiseSchedule, SamplerOptions, Schedule};
+use crate::method::adam::Adam;
+use crate::method::value_matching::{ValueMatching, VmSettings};
+use crate::method::Method;
+use crate::model::Model;
+use crate::reward::Reward;
+use crate::value::{mlp::MlpValue, value_gradient, ValueNetwork};
+
+/// Figures of the Value Matching benchmark.
+#[derive(Debug, Clone, Serialize)]
+pub struct VmFigures {
+    /// Trajectories per iteration.
+    pub batch_size: usize,
+    /// Steps per trajectory.
+    pub steps: usize,
+    /// libtorch threads.
+    pub threads: i32,
+    /// Median seconds per iteration through the host and plugins.
+    pub seconds_per_iteration: f64,
+    /// Median seconds per iteration of the direct libtorch loop.
+    pub floor_seconds_per_iteration: f64,
+    /// `1 - floor / host`.
+    pub host_overhead_share: f64,
+    /// Controlled sampling steps (whole batch) per second through the host.
+    pub sampling_steps_per_second: f64,
+    /// Median seconds of the sampling part of an iteration.
+    pub sampling_seconds: f64,
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// Times Value Matching iterations of `model` + `reward` through the host, and the direct
+/// libtorch floor of the toy (`1d/gmm` with `1d/binary`, default arguments).
+pub fn value_matching(
+    model: &mut Model,
+    reward: &mut Reward,
+    batch_size: usize,
+    steps: usize,
+    iterations: usize,
+) -> Result<VmFigures> {
+    if model.id != "1d/gmm" || reward.id != "1d/binary" {
+        bail!("the Value Matching benchmark compares against the toy's closed form: use --model 1d/gmm --reward 1d/binary");
+    }
+    let device = Device::Cpu;
+    let options = SamplerOptions {
+        steps,
+        t0: 0.02,
+        noise: NoiseSchedule::Memoryless,
+        batch_size,
+    };
+    let settings = VmSettings {
+        reward_scale: 5.0,
+        lr: 1e-3,
+        grad_clip: 1.0,
+        batch_size,
+        train_chunk: 0,
+        sampler: options,
+        seed: 0,
+        device,
+    };
+    tch::manual_seed(0);
+    let example = State::new(
+        "1d",
+        vec![("x".into(), Tensor::zeros([1, 1], (Kind::Float, device)))],
+    );
+    let network = crate::value::build(crate::value::ValueArch::Mlp, &example, device)?;
+    let mut method = ValueMatching::new(network, settings)?;
+    let warmup = 2;
+    let mut host = Vec::new();
+    for i in 0..warmup + iterations {
+        let start = Instant::now();
+        method.iteration(model, reward, i, &|_| false)?;
+        if i >= warmup {
+            host.push(start.elapsed().as_secs_f64());
+        }
+    }
+    let mut sampling = Vec::new();
+    for i in 0..iterations {
+        let start = Instant::now();
+        sample(
+            model,
+            Some(reward),
+            method.control(),
+            batch_size,
+            &options,
+            i as u64,
+            device,
+            true,
+            &|_| false,
+        )?;
+        sampling.push(start.elapsed().as_secs_f64());
+    }
+    let mut floor = Vec::new();
+    let mut reference = DirectLoop::new(batch_size, steps, device);
+    for i in 0..warmup + iterations {
+        let start = Instant::now();
+        reference.iteration(i as i64);
+        if i >= warmup {
+            floor.push(start.elapsed().as_secs_f64());
+        }
+    }
+    let (host, floor, sampling) = (median(host), median(floor), median(sampling));
+    Ok(VmFigures {
+        batch_size,
+        steps,
+        threads: tch::get_num_threads(),
+        seconds_per_iteration: host,
+        floor_seconds_per_iteration: floor,
+        host_overhead_share: 1.0 - floor / host,
+        sampling_steps_per_second: steps as f64 / sampling,
+        sampling_seconds: sampling,
+    })
+}
+
+/// The toy's Value Matching iteration written directly against libtorch: the floor the host's
+/// own cost is measured against. Same arithmetic as the host path (closed-form velocity of the
+/// default mixture, binary reward on [0, 1], the MLP value network, Adam with clipping).
+struct DirectLoop {
+    value: MlpValue,
+    adam: Adam,
+    batch_size: i64,
+    grid: Vec<f64>,
+    schedule: Schedule,
+    means: Tensor,
+    variances: Tensor,
+    log_weights: Tensor,
+}
+
+impl DirectLoop {
+    fn new(batch_size: usize, steps: usize, device: Device) -> Self {
+        tch::manual_seed(0);
+        let value = MlpValue::new(device, 1);
+        let adam = Adam::new(value.var_store(), 1e-3);
+        let row = |v: &[f32]| Tensor::from_slice(v).view([1, -1]).to_device(device);
+        Self {
+            value,
+            adam,
+            batch_size: batch_size as i64,
+            grid: time_grid(steps, 0.02),
+            schedule: Schedule::OptimalTransport,
+            means: row(&[0.0, 3.0]),
+            variances: row(&[1.0, 0.16]),
+            log_weights: row(&[0.5f32.ln(), 0.5f32.ln()]),
+        }
+    }
+
+    fn velocity(&self, x: &Tensor, t: f64) -> Tensor {
+        let variance = &self.variances * (t * t) + (1.0 - t) * (1.0 - t);
+        let deviation = x - &self.means * t;
+        let log_density =
+            &self.log_weights - variance.log() * 0.5 - deviation.square() / (&variance * 2.0);
+        let posterior = log_density.softmax(1, Kind::Float);
+        let component = &self.means + (&self.variances * t - (1.0 - t)) / variance * deviation;
+        (posterior * component).sum_dim_intlist(1, true, Kind::Float)
+    }
+
+    fn iteration(&mut self, seed: i64) {
+        let lambda = 5.0;
+        let n = self.batch_size;
+        let steps = self.grid.len() - 1;
+        let _no_grad = tch::no_grad_guard();
+        tch::manual_seed(seed);
+        let mut x = Tensor::randn([n, 1], (Kind::Float, Device::Cpu));
+        let mut states = Vec::with_capacity(steps);
+        let mut costs = Vec::with_capacity(steps);
+        let mut weights_sum = vec![0.0; steps];
+        let mut dts = vec![0.0; steps];
+        for k in 0..steps {
+            let (t, dt) = (self.grid[k], self.grid[k + 1] - self.grid[k]);
+            let c = step_coefficients(
+                &self.schedule,
+                NoiseSchedule::Memoryless,
+                flowgym_plugin_api::OutputType::Velocity,
+                t,
+            );
+            let f = self.velocity(&x, t);
+            let state = State::new("1d", vec![("x".into(), x.shallow_clone())]);
+            let t_vec = Tensor::full([n], t, (Kind::Float, Device::Cpu));
+            let grad = tch::with_grad(|| value_gradient(&self.value, &state, &t_vec)).remove(0);
+            let u = grad * (-c.s * lambda);
+            costs.push(u.square().sum_dim_intlist(1, false, Kind::Float) * 0.5);
+            let drift = &x * c.drift.a + f * c.drift.b + &u * c.s;
+            let next = &x + drift * dt + x.randn_like() * (dt.sqrt() * c.s);
+            states.push(x);
+            x = next;
+            weights_sum[k] = c.s * c.s * dt;
+            dts[k] = dt;
+        }
+        let reward = x
+            .ge(0.0)
+            .logical_and(&x.le(1.0))
+            .to_kind(Kind::Float)
+            .view([-1]);
+        let dt = Tensor::from_slice(&dts).to_kind(Kind::Float).view([-1, 1]);
+        let cost = Tensor::stack(&costs, 0) * dt;
+        let targets = ((cost.flip([0]).cumsum(0, Kind::Float).flip([0])
+            - reward.view([1, -1]) * lambda)
+            / lambda)
+            .reshape([-1]);
+        let mut remaining = 0.0;
+        let mut weights = vec![0.0; steps];
+        for k in (0..steps).rev() {
+            remaining += weights_sum[k];
+            weights[k] = 1.0 / (1.0 + 0.5 * remaining);
+        }
+        let times = Tensor::from_slice(&self.grid[..steps])
+            .to_kind(Kind::Float)
+            .repeat_interleave_self_int(n, 0, None);
+        let weights = Tensor::from_slice(&weights)
+            .to_kind(Kind::Float)
+            .repeat_interleave_self_int(n, 0, None);
+        let all = State::new("1d", vec![("x".into(), Tensor::cat(&states, 0))]);
+        self.adam.zero_grad();
+        tch::with_grad(|| {
+            let prediction = self.value.forward(&all, &times);
+            let loss = ((prediction - targets).square() * weights).sum(Kind::Float)
+                / (steps as f64 * n as f64);
+            loss.backward();
+        });
+        self.adam.step(1.0);
+    }
+}
+
+/// Figures of the sampling benchmark.
+#[derive(Debug, Clone, Serialize)]
+pub struct SamplingFigures {
+    /// Model id.
+    pub model: String,
+    /// Samples denoised at once.
+    pub batch_size: usize,
+    /// Steps timed (after the warm-up ones).
+    pub timed_steps: usize,
+    /// libtorch threads.
+    pub threads: i32,
+    /// Median seconds per denoising step of the whole batch.
+    pub seconds_per_step: f64,
+    /// `batch_size / (100 * seconds_per_step)`.
+    pub images_per_second_at_100_steps: f64,
+}
+
+/// Times `timed` base-model denoising steps (after `warmup`) on a batch of `batch_size`, on the
+/// model's own 100-step time grid.
+pub fn sampling(
+    model: &mut Model,
+    batch_size: usize,
+    warmup: usize,
+    timed: usize,
+    device: Device,
+) -> Result<SamplingFigures> {
+    let options = SamplerOptions {
+        steps: 100,
+        t0: 0.02,
+        noise: NoiseSchedule::Memoryless,
+        batch_size,
+    };
+    let marks = std::cell::RefCell::new(vec![Instant::now()]);
+    let total = warmup + timed;
+    let result = sample(
+        model,
+        None,
+        None,
+        batch_size,
+        &options,
+        0,
+        device,
+        false,
+        &|k| {
+            marks.borrow_mut().push(Instant::now());
+            k + 1 >= total
+        },
+    );
+    match result {
+        Err(e) if e.is::<Interrupted>() => {}
+        Err(e) => return Err(e),
+        Ok(_) => {}
+    }
+    let marks = marks.into_inner();
+    let per_step: Vec<f64> = marks
+        .windows(2)
+        .skip(warmup)
+        .map(|w| (w[1] - w[0]).as_secs_f64())
+        .collect();
+    if per_step.is_empty() {
+        bail!("no steps were timed");
+    }
+    let seconds_per_step = median(per_step);
+    Ok(SamplingFigures {
+        model: model.id.clone(),
+        batch_size,
+        timed_steps: timed,
+        threads: tch::get_num_threads(),
+        seconds_per_step,
+        images_per_second_at_100_steps: batch_size as f64 / (100.0 * seconds_per_step),
+    })
+}

@@ -1,0 +1,368 @@
+//! Batches on the host side: named libtorch tensors, with the arithmetic the sampler does.
+//!
+//! Floating leaves take part in arithmetic, noise and gradients; integer and bool leaves pass
+//! through unchanged. Leaves carry the batch on dimension 0 (plain data).
+
+use anyhow::{bail, Context, Result};
+use flowgym_plugin_api::tch_interop::dtype_of;
+use flowgym_plugin_api::Batch;
+use tch::{Device, Kind, Tensor};
+
+/// A batch of samples as libtorch tensors.
+#[derive(Debug)]
+pub struct State {
+    /// The data type's name.
+    pub data_type: String,
+    /// `(name, tensor)` in the data type's order.
+    pub leaves: Vec<(String, Tensor)>,
+}
+
+/// Whether a tensor takes part in arithmetic.
+pub fn is_floating(t: &Tensor) -> bool {
+    t.is_floating_point()
+}
+
+impl State {
+    /// A state with these leaves.
+    pub fn new(data_type: impl Into<String>, leaves: Vec<(String, Tensor)>) -> Self {
+        Self {
+            data_type: data_type.into(),
+            leaves,
+        }
+    }
+
+    /// Imports a plugin batch without copying, checking it is plain data with a floating leaf.
+    pub fn from_batch(batch: Batch) -> Result<Self> {
+        let data_type = batch.data_type.to_string();
+        let leaves = batch.into_tch().map_err(|e| anyhow::anyhow!("{e}"))?;
+        let state = Self { data_type, leaves };
+        state.validate()?;
+        Ok(state)
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.leaves.is_empty() {
+            bail!("a batch of `{}` has no leaves", self.data_type);
+        }
+        let n = self.len();
+        for (name, t) in &self.leaves {
+            if dtype_of(t.kind()).is_none() {
+                bail!(
+                    "leaf `{name}` has the unsupported element type {:?}",
+                    t.kind()
+                );
+            }
+            if t.dim() == 0 || t.size()[0] as usize != n {
+                bail!(
+                    "leaf `{name}` has shape {:?}, but every leaf must have the batch ({n}) on dimension 0",
+                    t.size()
+                );
+            }
+        }
+        if !self.leaves.iter().any(|(_, t)| is_floating(t)) {
+            bail!(
+                "a batch of `{}` has no floating-point leaf to evolve",
+                self.data_type
+            );
+        }
+        Ok(())
+    }
+
+    /// Exports the leaves without copying.
+    pub fn to_batch(&self) -> Result<Batch> {
+        Batch::from_tch(
+            &self.data_type,
+            self.leaves.iter().map(|(n, t)| (n.as_str(), t)),
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))
+    }
+
+    /// Number of samples.
+    pub fn len(&self) -> usize {
+        self.leaves
+            .first()
+            .map_or(0, |(_, t)| t.size().first().copied().unwrap_or(1) as usize)
+    }
+
+    /// Whether there are no samples.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The floating leaves.
+    pub fn floating(&self) -> impl Iterator<Item = &Tensor> {
+        self.leaves
+            .iter()
+            .map(|(_, t)| t)
+            .filter(|t| is_floating(t))
+    }
+
+    /// The leaf called `name`.
+    pub fn leaf(&self, name: &str) -> Option<&Tensor> {
+        self.leaves.iter().find(|(n, _)| n == name).map(|(_, t)| t)
+    }
+
+    /// `f` applied to every floating leaf; other leaves are shared unchanged.
+    pub fn map_floating(&self, mut f: impl FnMut(&Tensor) -> Tensor) -> State {
+        State {
+            data_type: self.data_type.clone(),
+            leaves: self
+                .leaves
+                .iter()
+                .map(|(n, t)| {
+                    let t = if is_floating(t) {
+                        f(t)
+                    } else {
+                        t.shallow_clone()
+                    };
+                    (n.clone(), t)
+                })
+                .collect(),
+        }
+    }
+
+    /// `f` applied to matching floating leaves of `self` and `other` (same leaf order).
+    pub fn zip_floating(
+        &self,
+        other: &State,
+        mut f: impl FnMut(&Tensor, &Tensor) -> Tensor,
+    ) -> State {
+        State {
+            data_type: self.data_type.clone(),
+            leaves: self
+                .leaves
+                .iter()
+                .zip(&other.leaves)
+                .map(|((n, a), (_, b))| {
+                    let t = if is_floating(a) {
+                        f(a, b)
+                    } else {
+                        a.shallow_clone()
+                    };
+                    (n.clone(), t)
+                })
+                .collect(),
+        }
+    }
+
+    /// The floating leaves of `other` in place of this state's (checked by name and shape),
+    /// keeping the non-floating leaves of `self`. Used to read model outputs.
+    pub fn with_floating_from(&self, other: State, what: &str) -> Result<State> {
+        let mut out = Vec::with_capacity(self.leaves.len());
+        for (name, t) in &self.leaves {
+            if !is_floating(t) {
+                out.push((name.clone(), t.shallow_clone()));
+                continue;
+            }
+            let produced = other
+                .leaves
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, t)| t)
+                .with_context(|| {
+                    let names: Vec<&str> = other.leaves.iter().map(|(n, _)| n.as_str()).collect();
+                    format!(
+                        "{what} has no leaf `{name}` (it returned: {})",
+                        names.join(", ")
+                    )
+                })?;
+            if produced.size() != t.size() {
+                bail!(
+                    "{what} returned leaf `{name}` with shape {:?}, expected {:?}",
+                    produced.size(),
+                    t.size()
+                );
+            }
+            if !is_floating(produced) {
+                bail!(
+                    "{what} returned leaf `{name}` as {:?}, expected floating point",
+                    produced.kind()
+                );
+            }
+            out.push((name.clone(), produced.shallow_clone()));
+        }
+        Ok(State::new(self.data_type.clone(), out))
+    }
+
+    /// A view of every leaf cut off from autograd.
+    pub fn detach(&self) -> State {
+        State {
+            data_type: self.data_type.clone(),
+            leaves: self
+                .leaves
+                .iter()
+                .map(|(n, t)| (n.clone(), t.detach()))
+                .collect(),
+        }
+    }
+
+    /// Shares the tensors.
+    pub fn shallow_clone(&self) -> State {
+        State {
+            data_type: self.data_type.clone(),
+            leaves: self
+                .leaves
+                .iter()
+                .map(|(n, t)| (n.clone(), t.shallow_clone()))
+                .collect(),
+        }
+    }
+
+    /// Every leaf moved to `device`.
+    pub fn to_device(&self, device: Device) -> State {
+        State {
+            data_type: self.data_type.clone(),
+            leaves: self
+                .leaves
+                .iter()
+                .map(|(n, t)| (n.clone(), t.to_device(device)))
+                .collect(),
+        }
+    }
+
+    /// Samples `start..end`.
+    pub fn slice(&self, start: usize, end: usize) -> State {
+        State {
+            data_type: self.data_type.clone(),
+            leaves: self
+                .leaves
+                .iter()
+                .map(|(n, t)| (n.clone(), t.narrow(0, start as i64, (end - start) as i64)))
+                .collect(),
+        }
+    }
+
+    /// The batches one after the other.
+    pub fn cat(parts: &[State]) -> Result<State> {
+        let first = parts.first().context("nothing to concatenate")?;
+        let leaves = first
+            .leaves
+            .iter()
+            .enumerate()
+            .map(|(i, (name, _))| {
+                let tensors: Vec<&Tensor> = parts.iter().map(|p| &p.leaves[i].1).collect();
+                (name.clone(), Tensor::cat(&tensors, 0))
+            })
+            .collect();
+        Ok(State::new(first.data_type.clone(), leaves))
+    }
+
+    /// Per-sample sum of `f(leaf)` over the elements of every floating leaf: shape `[n]`.
+    pub fn per_sample_sum(&self, mut f: impl FnMut(&Tensor) -> Tensor) -> Tensor {
+        let n = self.len() as i64;
+        let mut total: Option<Tensor> = None;
+        for t in self.floating() {
+            let s = f(t).reshape([n, -1]).sum_dim_intlist(1, false, Kind::Float);
+            total = Some(match total {
+                Some(acc) => acc + s,
+                None => s,
+            });
+        }
+        total.expect("validated states have a floating leaf")
+    }
+
+    /// Whether every floating element is finite (one scalar bool tensor, no device sync).
+    pub fn all_finite(&self) -> Tensor {
+        let mut ok: Option<Tensor> = None;
+        for t in self.floating() {
+            let leaf_ok = t.isfinite().all();
+            ok = Some(match ok {
+                Some(acc) => acc.logical_and(&leaf_ok),
+                None => leaf_ok,
+            });
+        }
+        ok.expect("validated states have a floating leaf")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state() -> State {
+        State::new(
+            "points",
+            vec![
+                (
+                    "x".into(),
+                    Tensor::from_slice(&[1.0f32, 2.0, 3.0, 4.0]).view([2, 2]),
+                ),
+                ("id".into(), Tensor::from_slice(&[7i64, 8])),
+            ],
+        )
+    }
+
+    #[test]
+    fn arithmetic_touches_only_floating_leaves() {
+        let s = state();
+        let doubled = s.map_floating(|t| t * 2.0);
+        assert_eq!(
+            Vec::<f32>::try_from(doubled.leaf("x").unwrap().view([-1])).unwrap(),
+            vec![2.0, 4.0, 6.0, 8.0]
+        );
+        assert_eq!(
+            Vec::<i64>::try_from(doubled.leaf("id").unwrap()).unwrap(),
+            vec![7, 8]
+        );
+        let sums = s.per_sample_sum(|t| t.square());
+        assert_eq!(Vec::<f32>::try_from(&sums).unwrap(), vec![5.0, 25.0]);
+    }
+
+    #[test]
+    fn slicing_and_concatenation_round_trip() {
+        let s = state();
+        let parts = [s.slice(0, 1), s.slice(1, 2)];
+        let joined = State::cat(&parts).unwrap();
+        assert!(joined.leaf("x").unwrap().equal(s.leaf("x").unwrap()));
+        assert!(joined.leaf("id").unwrap().equal(s.leaf("id").unwrap()));
+    }
+
+    #[test]
+    fn model_outputs_are_checked_leaf_by_leaf() {
+        let s = state();
+        let wrong = State::new(
+            "points",
+            vec![(
+                "x".into(),
+                Tensor::zeros([2, 3], (Kind::Float, Device::Cpu)),
+            )],
+        );
+        let err = s
+            .with_floating_from(wrong, "model `m` forward")
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "model `m` forward returned leaf `x` with shape [2, 3], expected [2, 2]"
+        );
+        let renamed = State::new(
+            "points",
+            vec![(
+                "y".into(),
+                Tensor::zeros([2, 2], (Kind::Float, Device::Cpu)),
+            )],
+        );
+        let err = s
+            .with_floating_from(renamed, "model `m` forward")
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "model `m` forward has no leaf `x` (it returned: y)"
+        );
+    }
+
+    #[test]
+    fn imported_batches_are_validated() {
+        let ragged = Batch::from_tch(
+            "points",
+            [
+                ("x", &Tensor::zeros([2, 1], (Kind::Float, Device::Cpu))),
+                ("m", &Tensor::zeros([3], (Kind::Bool, Device::Cpu))),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            State::from_batch(ragged).unwrap_err().to_string(),
+            "leaf `m` has shape [3], but every leaf must have the batch (2) on dimension 0"
+        );
+    }
+}

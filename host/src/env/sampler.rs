@@ -1,0 +1,303 @@
+//! Euler-Maruyama sampling of the (controlled) memoryless SDE, recording what Value Matching
+//! trains on.
+//!
+//! `K` steps on `t_k = t_0 + k (1 - t_0) / K`: `x += dt (a x + b f(x, t) + s u) + sqrt(dt) s
+//! noise`, with the control `u = -s grad_x V(x, t)` when a value network steers (the default
+//! memoryless `s` is `sigma_m`). Then `sample = postprocess(x_K)`, `(r, valid) = reward(sample,
+//! x_K)`, and the cost-to-go `C_k = sum_{j >= k} |u_j|^2 / 2 dt - lambda r`.
+
+use anyhow::{anyhow, bail, Result};
+use tch::{Device, Kind, Tensor};
+
+use super::drift::{step_coefficients, NoiseSchedule};
+use crate::data::State;
+use crate::kwargs::HostKwargs;
+use crate::model::Model;
+use crate::reward::{Reward, Scores};
+use crate::value::{value_gradient, ValueNetwork};
+
+/// How to discretise.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SamplerOptions {
+    /// Number of Euler-Maruyama steps `K`.
+    pub steps: usize,
+    /// First time (avoids the singularity of the schedule at 0).
+    pub t0: f64,
+    /// The diffusion coefficient.
+    pub noise: NoiseSchedule,
+    /// Largest number of samples simulated at once; larger requests run in chunks.
+    pub batch_size: usize,
+}
+
+/// A value network steering the sampler: `V(x, t) = scale * value(x, t)`.
+#[derive(Clone, Copy)]
+pub struct Control<'a> {
+    /// The network.
+    pub value: &'a dyn ValueNetwork,
+    /// The reward scale `lambda` the network's output is measured in.
+    pub scale: f64,
+}
+
+/// The sampler was asked to stop (Ctrl-C).
+#[derive(Debug, thiserror::Error)]
+#[error("interrupted")]
+pub struct Interrupted;
+
+/// What one call of [`sample`] produced.
+#[derive(Debug)]
+pub struct Trajectory {
+    /// `t_0 .. t_{K-1}`.
+    pub times: Vec<f64>,
+    /// `t_{k+1} - t_k`.
+    pub dts: Vec<f64>,
+    /// `s(t_k)`.
+    pub diffusion: Vec<f64>,
+    /// `x` at `t_0 .. t_{K-1}` (empty unless recorded).
+    pub states: Vec<State>,
+    /// `|u_k|^2 / 2` per sample: `[K, n]`.
+    pub running_cost: Tensor,
+    /// `x_K`.
+    pub final_state: State,
+    /// `postprocess(x_K)`.
+    pub sample: State,
+    /// The keyword arguments of the samples (after preprocess).
+    pub kwargs: HostKwargs,
+    /// Rewards and validity (zeros and all valid when no reward was given).
+    pub scores: Scores,
+}
+
+impl Trajectory {
+    /// `C_k = sum_{j >= k} |u_j|^2 / 2 dt_j - lambda r`: `[K, n]`.
+    pub fn cost_to_go(&self, lambda: f64) -> Tensor {
+        let dt = Tensor::from_slice(&self.dts)
+            .to_kind(Kind::Float)
+            .to_device(self.running_cost.device())
+            .view([-1, 1]);
+        let cost = &self.running_cost * dt;
+        let remaining = cost.flip([0]).cumsum(0, Kind::Float).flip([0]);
+        remaining - self.scores.reward.view([1, -1]) * lambda
+    }
+
+    /// Total control cost `sum_k |u_k|^2 / 2 dt_k` per sample: `[n]`.
+    pub fn control_cost(&self) -> Tensor {
+        self.cost_to_go(0.0).get(0)
+    }
+}
+
+/// The time grid `t_0 .. t_K = 1`.
+pub fn time_grid(steps: usize, t0: f64) -> Vec<f64> {
+    (0..=steps)
+        .map(|k| t0 + (1.0 - t0) * k as f64 / steps as f64)
+        .collect()
+}
+
+/// Seeds libtorch's generator for chunk `chunk` of a call seeded `seed`.
+fn chunk_seed(seed: u64, chunk: usize) -> u64 {
+    seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        .wrapping_add(chunk as u64)
+}
+
+/// Samples `n` trajectories, in chunks of `options.batch_size`, scoring them with `reward`
+/// if given. `record` keeps the intermediate states (for training). `on_step` is called after
+/// every step (with the step index) and stops sampling with [`Interrupted`] by returning true.
+#[allow(clippy::too_many_arguments)]
+pub fn sample(
+    model: &mut Model,
+    mut reward: Option<&mut Reward>,
+    control: Option<Control<'_>>,
+    n: usize,
+    options: &SamplerOptions,
+    seed: u64,
+    device: Device,
+    record: bool,
+    on_step: &dyn Fn(usize) -> bool,
+) -> Result<Trajectory> {
+    if options.steps == 0 {
+        bail!("the sampler needs at least one step");
+    }
+    let chunk = options.batch_size.max(1);
+    let mut parts = Vec::new();
+    let mut start = 0;
+    while start < n {
+        let size = chunk.min(n - start);
+        let part = sample_chunk(
+            model,
+            reward.as_deref_mut(),
+            control,
+            size,
+            options,
+            chunk_seed(seed, parts.len()),
+            device,
+            record,
+            on_step,
+        )?;
+        parts.push(part);
+        start += size;
+    }
+    concatenate(parts)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn sample_chunk(
+    model: &mut Model,
+    reward: Option<&mut Reward>,
+    control: Option<Control<'_>>,
+    n: usize,
+    options: &SamplerOptions,
+    seed: u64,
+    device: Device,
+    record: bool,
+    on_step: &dyn Fn(usize) -> bool,
+) -> Result<Trajectory> {
+    let _no_grad = tch::no_grad_guard();
+    tch::manual_seed(seed as i64);
+    let grid = time_grid(options.steps, options.t0);
+    let (x0, kwargs) = model.sample_p0(n, seed)?;
+    let mut x = x0.to_device(device);
+    let kwargs = model.preprocess(&x, &kwargs.to_device(device))?;
+    let mut states = Vec::with_capacity(if record { options.steps } else { 0 });
+    let mut costs = Vec::with_capacity(options.steps);
+    let mut model_ok = Vec::with_capacity(options.steps);
+    let mut control_ok = Vec::with_capacity(options.steps);
+    let mut diffusion = Vec::with_capacity(options.steps);
+    for k in 0..options.steps {
+        let (t, dt) = (grid[k], grid[k + 1] - grid[k]);
+        let c = step_coefficients(&model.schedule, options.noise, model.output_type, t);
+        diffusion.push(c.s);
+        let model_t = Tensor::full(
+            [n as i64],
+            model.schedule.model_time(t),
+            (Kind::Float, device),
+        );
+        let f = model.forward(&x, &model_t, &kwargs)?;
+        model_ok.push(f.all_finite());
+        let mut drift = x.zip_floating(&f, |x, f| x * c.drift.a + f * c.drift.b);
+        match control {
+            Some(control) => {
+                let t_vec = Tensor::full([n as i64], t, (Kind::Float, device));
+                let grads = tch::with_grad(|| value_gradient(control.value, &x, &t_vec));
+                let mut grads = grads.into_iter();
+                // u = -s grad V = -s lambda grad value; the drift gains s u.
+                let u = x.map_floating(|_| {
+                    grads.next().expect("one gradient per floating leaf") * (-c.s * control.scale)
+                });
+                control_ok.push(u.all_finite());
+                costs.push(u.per_sample_sum(|u| u.square() * 0.5));
+                drift = drift.zip_floating(&u, |d, u| d + u * c.s);
+            }
+            None => costs.push(Tensor::zeros([n as i64], (Kind::Float, device))),
+        }
+        let next = x.zip_floating(&drift, |x, d| {
+            x + d * dt + x.randn_like() * (dt.sqrt() * c.s)
+        });
+        if record {
+            states.push(x);
+        }
+        x = next;
+        if on_step(k) {
+            return Err(Interrupted.into());
+        }
+    }
+    check_finite(model, &grid, &model_ok, &control_ok)?;
+    let sample = model.postprocess(&x, &kwargs)?;
+    let scores = match reward {
+        Some(reward) => reward.score(&sample, &x, &kwargs, device)?,
+        None => Scores {
+            reward: Tensor::zeros([n as i64], (Kind::Float, device)),
+            valid: Tensor::ones([n as i64], (Kind::Bool, device)),
+        },
+    };
+    Ok(Trajectory {
+        times: grid[..options.steps].to_vec(),
+        dts: grid.windows(2).map(|w| w[1] - w[0]).collect(),
+        diffusion,
+        states,
+        running_cost: Tensor::stack(&costs, 0),
+        final_state: x,
+        sample,
+        kwargs,
+        scores,
+    })
+}
+
+/// Names the first step where the model or the control produced NaN or infinite values (one
+/// device synchronisation per chunk, not per step).
+fn check_finite(
+    model: &Model,
+    grid: &[f64],
+    model_ok: &[Tensor],
+    control_ok: &[Tensor],
+) -> Result<()> {
+    let first_bad = |flags: &[Tensor]| -> Option<usize> {
+        if flags.is_empty() {
+            return None;
+        }
+        let ok = Vec::<bool>::try_from(Tensor::stack(flags, 0)).ok()?;
+        ok.iter().position(|ok| !ok)
+    };
+    let model_bad = first_bad(model_ok);
+    let control_bad = first_bad(control_ok);
+    match (model_bad, control_bad) {
+        (_, Some(k)) if model_bad.is_none_or(|m| k < m) => Err(anyhow!(
+            "the value network's control became NaN or infinite at step {k} (t = {:.4}): training diverged; try a lower learning rate or reward scale",
+            grid[k]
+        )),
+        (Some(k), _) => Err(anyhow!(
+            "model `{}` forward returned NaN or infinite values at step {k} (t = {:.4})",
+            model.id,
+            grid[k]
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn concatenate(mut parts: Vec<Trajectory>) -> Result<Trajectory> {
+    if parts.len() == 1 {
+        return Ok(parts.pop().expect("one part"));
+    }
+    let first = parts
+        .first()
+        .ok_or_else(|| anyhow!("no samples were asked for"))?;
+    let (times, dts, diffusion) = (
+        first.times.clone(),
+        first.dts.clone(),
+        first.diffusion.clone(),
+    );
+    let steps = first.states.len();
+    let states = (0..steps)
+        .map(|k| {
+            State::cat(
+                &parts
+                    .iter()
+                    .map(|p| p.states[k].shallow_clone())
+                    .collect::<Vec<_>>(),
+            )
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let costs: Vec<&Tensor> = parts.iter().map(|p| &p.running_cost).collect();
+    let rewards: Vec<&Tensor> = parts.iter().map(|p| &p.scores.reward).collect();
+    let valids: Vec<&Tensor> = parts.iter().map(|p| &p.scores.valid).collect();
+    let finals: Vec<State> = parts
+        .iter()
+        .map(|p| p.final_state.shallow_clone())
+        .collect();
+    let samples: Vec<State> = parts.iter().map(|p| p.sample.shallow_clone()).collect();
+    let kwargs: Vec<HostKwargs> = parts
+        .iter()
+        .map(|p| p.kwargs.slice(0, p.sample.len()))
+        .collect();
+    Ok(Trajectory {
+        times,
+        dts,
+        diffusion,
+        states,
+        running_cost: Tensor::cat(&costs, 1),
+        final_state: State::cat(&finals)?,
+        sample: State::cat(&samples)?,
+        kwargs: HostKwargs::cat(&kwargs),
+        scores: Scores {
+            reward: Tensor::cat(&rewards, 0),
+            valid: Tensor::cat(&valids, 0),
+        },
+    })
+}

@@ -1,0 +1,264 @@
+//! Noise schedules `alpha(t)`, `beta(t)` and their time derivatives.
+
+use flowgym_plugin_api::Scheduler;
+
+/// `alpha`, `beta` and their derivatives at one time.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Coefficients {
+    /// Weight of the data.
+    pub alpha: f64,
+    /// Weight of the noise.
+    pub beta: f64,
+    /// `d alpha / dt`.
+    pub alpha_dot: f64,
+    /// `d beta / dt`.
+    pub beta_dot: f64,
+}
+
+/// A schedule the host can evaluate.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Schedule {
+    /// `alpha = t`.
+    OptimalTransport,
+    /// `alpha = 1 - cos^2(pi/2 t^nu)`.
+    Cosine {
+        /// Exponent of `t`.
+        nu: f64,
+    },
+    /// Discrete diffusion from `alpha_bar[0..=K]`, index 0 the cleanest.
+    Discrete {
+        /// The cumulative products.
+        alpha_bar: Vec<f64>,
+    },
+    /// Linear interpolation of a table.
+    Tabulated {
+        /// Increasing grid.
+        t: Vec<f64>,
+        /// `[alpha, beta, alpha', beta']` at each grid point.
+        values: Vec<[f64; 4]>,
+    },
+}
+
+impl Schedule {
+    /// The host's form of a plugin's scheduler descriptor, checked for sense.
+    pub fn from_plugin(scheduler: &Scheduler) -> Result<Self, String> {
+        match scheduler {
+            Scheduler::OptimalTransport => Ok(Schedule::OptimalTransport),
+            Scheduler::Cosine { nu } => {
+                if *nu > 0.0 && nu.is_finite() {
+                    Ok(Schedule::Cosine { nu: *nu })
+                } else {
+                    Err(format!("cosine scheduler needs nu > 0, got {nu}"))
+                }
+            }
+            Scheduler::DiscreteDiffusion { alpha_bar } => {
+                let alpha_bar: Vec<f64> = alpha_bar.to_vec();
+                if alpha_bar.len() < 2 {
+                    return Err("discrete scheduler needs at least two alpha_bar values".into());
+                }
+                if alpha_bar.iter().any(|a| !(*a > 0.0 && *a <= 1.0)) {
+                    return Err("discrete scheduler's alpha_bar must lie in (0, 1]".into());
+                }
+                if alpha_bar.windows(2).any(|w| w[1] > w[0]) {
+                    return Err(
+                        "discrete scheduler's alpha_bar must not increase with the index (index 0 is the cleanest)"
+                            .into(),
+                    );
+                }
+                Ok(Schedule::Discrete { alpha_bar })
+            }
+            Scheduler::Tabulated {
+                t,
+                alpha,
+                beta,
+                alpha_dot,
+                beta_dot,
+            } => {
+                let n = t.len();
+                if n < 2 || [alpha.len(), beta.len(), alpha_dot.len(), beta_dot.len()] != [n; 4] {
+                    return Err(
+                        "tabulated scheduler needs at least two points and equal-length columns"
+                            .into(),
+                    );
+                }
+                if t.windows(2).any(|w| w[1] <= w[0]) {
+                    return Err("tabulated scheduler's t must increase".into());
+                }
+                let values = (0..n)
+                    .map(|i| [alpha[i], beta[i], alpha_dot[i], beta_dot[i]])
+                    .collect();
+                Ok(Schedule::Tabulated {
+                    t: t.to_vec(),
+                    values,
+                })
+            }
+        }
+    }
+
+    /// The discrete step `k(t) = round((1 - t) K)` of a discrete schedule.
+    fn step_index(alpha_bar: &[f64], t: f64) -> usize {
+        let k_max = (alpha_bar.len() - 1) as f64;
+        ((1.0 - t) * k_max).round().clamp(0.0, k_max) as usize
+    }
+
+    /// `alpha`, `beta` and their derivatives at `t`.
+    pub fn at(&self, t: f64) -> Coefficients {
+        match self {
+            Schedule::OptimalTransport => Coefficients {
+                alpha: t,
+                beta: 1.0 - t,
+                alpha_dot: 1.0,
+                beta_dot: -1.0,
+            },
+            Schedule::Cosine { nu } => {
+                let phase = std::f64::consts::FRAC_PI_2 * t.powf(*nu);
+                let alpha = 1.0 - phase.cos().powi(2);
+                // d/dt [1 - cos^2(phase)] = sin(2 phase) * phase'
+                let phase_dot = std::f64::consts::FRAC_PI_2 * nu * t.powf(nu - 1.0);
+                let alpha_dot = (2.0 * phase).sin() * phase_dot;
+                Coefficients {
+                    alpha,
+                    beta: 1.0 - alpha,
+                    alpha_dot,
+                    beta_dot: -alpha_dot,
+                }
+            }
+            Schedule::Discrete { alpha_bar } => {
+                let k = Self::step_index(alpha_bar, t);
+                let k_max = (alpha_bar.len() - 1) as f64;
+                let ab = alpha_bar[k];
+                let previous = if k == 0 { 1.0 } else { alpha_bar[k - 1] };
+                let ab_dot = k_max * (previous - ab);
+                let alpha = ab.sqrt();
+                let beta = (1.0 - ab).max(0.0).sqrt();
+                Coefficients {
+                    alpha,
+                    beta,
+                    alpha_dot: ab_dot / (2.0 * alpha),
+                    beta_dot: if beta > 0.0 {
+                        -ab_dot / (2.0 * beta)
+                    } else {
+                        0.0
+                    },
+                }
+            }
+            Schedule::Tabulated { t: grid, values } => {
+                let last = grid.len() - 1;
+                let i = grid.partition_point(|&g| g <= t).clamp(1, last);
+                let (t0, t1) = (grid[i - 1], grid[i]);
+                let w = ((t - t0) / (t1 - t0)).clamp(0.0, 1.0);
+                let lerp = |j: usize| values[i - 1][j] * (1.0 - w) + values[i][j] * w;
+                Coefficients {
+                    alpha: lerp(0),
+                    beta: lerp(1),
+                    alpha_dot: lerp(2),
+                    beta_dot: lerp(3),
+                }
+            }
+        }
+    }
+
+    /// The time the model's `forward` receives: `t`, or the step `k(t)` for a discrete schedule.
+    pub fn model_time(&self, t: f64) -> f64 {
+        match self {
+            Schedule::Discrete { alpha_bar } => Self::step_index(alpha_bar, t) as f64,
+            _ => t,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn linear_alpha_bar(k: usize) -> Vec<f64> {
+        // DDPM's linear betas from 1e-4 to 0.02, cumulative products.
+        let mut ab = Vec::with_capacity(k);
+        let mut prod = 1.0;
+        for i in 0..k {
+            let beta = 1e-4 + (0.02 - 1e-4) * i as f64 / (k - 1) as f64;
+            prod *= 1.0 - beta;
+            ab.push(prod);
+        }
+        ab
+    }
+
+    #[test]
+    fn continuous_derivatives_match_finite_differences() {
+        let h = 1e-6;
+        for schedule in [
+            Schedule::OptimalTransport,
+            Schedule::Cosine { nu: 1.0 },
+            Schedule::Cosine { nu: 0.7 },
+        ] {
+            for &t in &[0.05, 0.3, 0.5, 0.8, 0.97] {
+                let c = schedule.at(t);
+                let (lo, hi) = (schedule.at(t - h), schedule.at(t + h));
+                let alpha_dot = (hi.alpha - lo.alpha) / (2.0 * h);
+                let beta_dot = (hi.beta - lo.beta) / (2.0 * h);
+                assert!((c.alpha_dot - alpha_dot).abs() < 1e-6, "{schedule:?} t={t}");
+                assert!((c.beta_dot - beta_dot).abs() < 1e-6, "{schedule:?} t={t}");
+            }
+        }
+    }
+
+    #[test]
+    fn cosine_ends_at_noise_and_data() {
+        let s = Schedule::Cosine { nu: 1.0 };
+        assert!(s.at(0.0).alpha.abs() < 1e-12 && (s.at(0.0).beta - 1.0).abs() < 1e-12);
+        assert!((s.at(1.0).alpha - 1.0).abs() < 1e-12 && s.at(1.0).beta.abs() < 1e-12);
+    }
+
+    #[test]
+    fn discrete_schedule_follows_alpha_bar_and_its_difference_quotient() {
+        let ab = linear_alpha_bar(1000);
+        let s = Schedule::Discrete {
+            alpha_bar: ab.clone(),
+        };
+        let k_max = 999.0;
+        // t = 0.5 -> k = round(0.5 * 999) = 500 (round half away from zero).
+        let c = s.at(0.5);
+        assert_eq!(s.model_time(0.5), 500.0);
+        assert!((c.alpha - ab[500].sqrt()).abs() < 1e-15);
+        assert!((c.beta - (1.0 - ab[500]).sqrt()).abs() < 1e-15);
+        let ab_dot = k_max * (ab[499] - ab[500]);
+        assert!((c.alpha_dot - ab_dot / (2.0 * ab[500].sqrt())).abs() < 1e-12);
+        // alpha^2 + beta^2 = 1 makes alpha alpha' + beta beta' = 0.
+        assert!((c.alpha * c.alpha_dot + c.beta * c.beta_dot).abs() < 1e-12);
+        // The derivative approximates d/dt alpha_bar(k(t)) over one index step.
+        let h = 1.0 / k_max;
+        let fd = (s.at(0.5).alpha.powi(2) - s.at(0.5 - h).alpha.powi(2)) / h;
+        assert!((fd - ab_dot).abs() / ab_dot < 0.01);
+        // The cleanest end uses alpha_bar[-1] = 1.
+        assert_eq!(s.model_time(1.0), 0.0);
+        assert!((s.at(1.0).alpha_dot - k_max * (1.0 - ab[0]) / (2.0 * ab[0].sqrt())).abs() < 1e-12);
+    }
+
+    #[test]
+    fn tabulated_interpolates_linearly() {
+        let s = Schedule::from_plugin(&Scheduler::Tabulated {
+            t: vec![0.0, 1.0].into(),
+            alpha: vec![0.0, 1.0].into(),
+            beta: vec![1.0, 0.0].into(),
+            alpha_dot: vec![1.0, 1.0].into(),
+            beta_dot: vec![-1.0, -1.0].into(),
+        })
+        .unwrap();
+        assert_eq!(s.at(0.25), Schedule::OptimalTransport.at(0.25));
+    }
+
+    #[test]
+    fn malformed_descriptors_are_refused() {
+        let increasing = Scheduler::DiscreteDiffusion {
+            alpha_bar: vec![0.5, 0.9].into(),
+        };
+        assert_eq!(
+            Schedule::from_plugin(&increasing).unwrap_err(),
+            "discrete scheduler's alpha_bar must not increase with the index (index 0 is the cleanest)"
+        );
+        assert_eq!(
+            Schedule::from_plugin(&Scheduler::Cosine { nu: 0.0 }).unwrap_err(),
+            "cosine scheduler needs nu > 0, got 0"
+        );
+    }
+}

@@ -1,0 +1,22 @@
+//! Ctrl-C: the first press asks the run to stop at the next step and write a checkpoint; a
+//! second press exits at once.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+static REQUESTED: AtomicBool = AtomicBool::new(false);
+
+/// Installs the handler (once per process; later calls are no-ops).
+pub fn install() {
+    let _ = ctrlc::set_handler(|| {
+        if REQUESTED.swap(true, Ordering::SeqCst) {
+            eprintln!("\nsecond interrupt: exiting now");
+            std::process::exit(130);
+        }
+        eprintln!("\ninterrupt: stopping after this step and writing a checkpoint (press Ctrl-C again to exit now)");
+    });
+}
+
+/// Whether a stop was asked for.
+pub fn requested() -> bool {
+    REQUESTED.load(Ordering::SeqCst)
+}

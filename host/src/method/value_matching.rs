@@ -1,0 +1,270 @@
+//! Value Matching: sample with the current control (no gradients), then regress the value
+//! network on the cost-to-go.
+//!
+//! Loss: `sum_k w_k / K * mean_n (V(x_k, t_k) - C_k)^2 / lambda^2` with
+//! `w_k = 1 / (1 + 0.5 * integral_{t_k}^1 s^2 dt)` (the integral summed on the time grid) and
+//! the mean over samples the reward could score. The network outputs `V / lambda`, so it
+//! regresses `C_k / lambda`, the same loss at a scale that does not depend on `lambda`.
+
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use tch::{Device, Kind, Tensor};
+
+use super::adam::Adam;
+use super::{IterationStats, Method};
+use crate::data::State;
+use crate::env::{sample, Control, SamplerOptions, Trajectory};
+use crate::model::Model;
+use crate::reward::Reward;
+use crate::seed::derive_seed;
+use crate::value::ValueNetwork;
+
+/// Hyperparameters of Value Matching.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct VmSettings {
+    /// `lambda`: reward scale.
+    pub reward_scale: f64,
+    /// Adam learning rate.
+    pub lr: f64,
+    /// Gradient-norm clip.
+    pub grad_clip: f64,
+    /// Trajectories per iteration.
+    pub batch_size: usize,
+    /// Points per gradient-accumulation chunk when fitting the value (0: all at once).
+    pub train_chunk: usize,
+    /// The sampler.
+    pub sampler: SamplerOptions,
+    /// Base seed of the run.
+    pub seed: u64,
+    /// Where to compute.
+    pub device: Device,
+}
+
+/// Value Matching with a built-in value network.
+pub struct ValueMatching {
+    value: Box<dyn ValueNetwork>,
+    adam: Adam,
+    settings: VmSettings,
+}
+
+/// `w_k = 1 / (1 + 0.5 sum_{j >= k} s_j^2 dt_j)`: `[K]`.
+pub fn loss_weights(trajectory: &Trajectory) -> Vec<f64> {
+    let mut remaining = 0.0;
+    let mut weights = vec![0.0; trajectory.times.len()];
+    for k in (0..weights.len()).rev() {
+        remaining += trajectory.diffusion[k].powi(2) * trajectory.dts[k];
+        weights[k] = 1.0 / (1.0 + 0.5 * remaining);
+    }
+    weights
+}
+
+impl ValueMatching {
+    /// Value Matching training `value` with `settings`.
+    pub fn new(value: Box<dyn ValueNetwork>, settings: VmSettings) -> Result<Self> {
+        if !(settings.reward_scale > 0.0 && settings.reward_scale.is_finite()) {
+            bail!(
+                "the reward scale must be positive, got {}",
+                settings.reward_scale
+            );
+        }
+        let adam = Adam::new(value.var_store(), settings.lr);
+        Ok(Self {
+            value,
+            adam,
+            settings,
+        })
+    }
+
+    /// The value network.
+    pub fn value(&self) -> &dyn ValueNetwork {
+        self.value.as_ref()
+    }
+
+    /// Fits the value network to one batch of trajectories; returns (loss, gradient norm).
+    fn fit(&mut self, trajectory: &Trajectory, iteration: usize) -> Result<(f64, f64)> {
+        let lambda = self.settings.reward_scale;
+        let device = self.settings.device;
+        let steps = trajectory.states.len();
+        let n = trajectory.final_state.len() as i64;
+        let targets = (trajectory.cost_to_go(lambda) / lambda)
+            .reshape([-1])
+            .detach();
+        let repeat = |values: &[f64]| {
+            Tensor::from_slice(values)
+                .to_kind(Kind::Float)
+                .to_device(device)
+                .repeat_interleave_self_int(n, 0, None)
+        };
+        let times = repeat(&trajectory.times);
+        let weights = repeat(&loss_weights(trajectory));
+        let valid = trajectory.scores.valid.to_kind(Kind::Float);
+        let mask = valid.repeat([steps as i64]);
+        let denominator = steps as f64 * valid.sum(Kind::Float).double_value(&[]).max(1.0);
+        let states = State::cat(
+            &trajectory
+                .states
+                .iter()
+                .map(State::shallow_clone)
+                .collect::<Vec<_>>(),
+        )?;
+        let total = states.len();
+        let chunk = match self.settings.train_chunk {
+            0 => total,
+            c => c,
+        };
+        self.adam.zero_grad();
+        let mut loss = Tensor::zeros([], (Kind::Float, device));
+        let mut start = 0;
+        while start < total {
+            let end = (start + chunk).min(total);
+            let len = (end - start) as i64;
+            let x = states.slice(start, end);
+            let prediction = self.value.forward(&x, &times.narrow(0, start as i64, len));
+            let residual = prediction - targets.narrow(0, start as i64, len);
+            let part = (residual.square()
+                * weights.narrow(0, start as i64, len)
+                * mask.narrow(0, start as i64, len))
+            .sum(Kind::Float)
+                / denominator;
+            part.backward();
+            loss += part.detach();
+            start = end;
+        }
+        let loss = loss.double_value(&[]);
+        if !loss.is_finite() {
+            bail!("the Value Matching loss became {loss} at iteration {iteration}");
+        }
+        let grad_norm = self.adam.step(self.settings.grad_clip);
+        if !grad_norm.is_finite() {
+            bail!("the value network's gradient became {grad_norm} at iteration {iteration}");
+        }
+        Ok((loss, grad_norm))
+    }
+}
+
+/// Mean and standard deviation of the valid rewards, and the valid share.
+pub fn reward_statistics(reward: &Tensor, valid: &Tensor) -> (f64, f64, f64) {
+    let n = reward.size()[0].max(1) as f64;
+    let mask = valid.to_kind(Kind::Double);
+    let count = mask.sum(Kind::Double).double_value(&[]);
+    if count == 0.0 {
+        return (f64::NAN, f64::NAN, 0.0);
+    }
+    let r = reward.to_kind(Kind::Double) * &mask;
+    let mean = r.sum(Kind::Double).double_value(&[]) / count;
+    let var = ((reward.to_kind(Kind::Double) - mean).square() * &mask)
+        .sum(Kind::Double)
+        .double_value(&[])
+        / count;
+    (mean, var.max(0.0).sqrt(), count / n)
+}
+
+impl Method for ValueMatching {
+    fn name(&self) -> &'static str {
+        "value-matching"
+    }
+
+    fn iteration(
+        &mut self,
+        model: &mut Model,
+        reward: &mut Reward,
+        iteration: usize,
+        on_step: &dyn Fn(usize) -> bool,
+    ) -> Result<IterationStats> {
+        let start = Instant::now();
+        let trajectory = sample(
+            model,
+            Some(reward),
+            self.control(),
+            self.settings.batch_size,
+            &self.settings.sampler,
+            derive_seed(self.settings.seed, "train", iteration as u64),
+            self.settings.device,
+            true,
+            on_step,
+        )?;
+        let (loss, grad_norm) = self.fit(&trajectory, iteration)?;
+        let (reward_mean, reward_std, valid_fraction) =
+            reward_statistics(&trajectory.scores.reward, &trajectory.scores.valid);
+        let control_cost = trajectory
+            .control_cost()
+            .mean(Kind::Float)
+            .double_value(&[]);
+        Ok(IterationStats {
+            iteration,
+            loss,
+            reward_mean,
+            reward_std,
+            valid_fraction,
+            control_cost,
+            grad_norm,
+            seconds: start.elapsed().as_secs_f64(),
+        })
+    }
+
+    fn control(&self) -> Option<Control<'_>> {
+        Some(Control {
+            value: self.value.as_ref(),
+            scale: self.settings.reward_scale,
+        })
+    }
+
+    fn state(&self) -> Vec<(String, Tensor)> {
+        let mut named: Vec<(String, Tensor)> = self
+            .value
+            .var_store()
+            .variables()
+            .into_iter()
+            .map(|(name, t)| (format!("value.{name}"), t))
+            .collect();
+        named.sort_by(|a, b| a.0.cmp(&b.0));
+        named.extend(self.adam.state());
+        named
+    }
+
+    fn load_state(&mut self, tensors: Vec<(String, Tensor)>) -> Result<()> {
+        load_value(self.value.as_mut(), &tensors)?;
+        self.adam.load_state(&tensors)
+    }
+}
+
+/// Copies `value.<name>` tensors into the network's variables, checking names and shapes.
+pub fn load_value(value: &mut dyn ValueNetwork, tensors: &[(String, Tensor)]) -> Result<()> {
+    let _guard = tch::no_grad_guard();
+    let mut variables = value.var_store_mut().variables();
+    let mut names: Vec<&String> = variables.keys().collect();
+    names.sort();
+    let mut missing = Vec::new();
+    for name in names.clone() {
+        let key = format!("value.{name}");
+        match tensors.iter().find(|(n, _)| *n == key) {
+            Some((_, saved)) => {
+                let target = variables.get(name).expect("listed above");
+                if saved.size() != target.size() {
+                    bail!(
+                        "checkpoint's `{key}` has shape {:?} but the value network's has {:?}; was it written for another model or architecture?",
+                        saved.size(),
+                        target.size()
+                    );
+                }
+            }
+            None => missing.push(key),
+        }
+    }
+    if !missing.is_empty() {
+        bail!(
+            "the checkpoint does not fit this value network: missing {}",
+            missing.join(", ")
+        );
+    }
+    for (name, target) in variables.iter_mut() {
+        let key = format!("value.{name}");
+        let (_, saved) = tensors
+            .iter()
+            .find(|(n, _)| *n == key)
+            .expect("checked above");
+        target.copy_(&saved.to_device(target.device()));
+    }
+    Ok(())
+}

@@ -1,0 +1,113 @@
+//! A constructed base model, seen from the host: libtorch tensors in and out, every output
+//! checked, every plugin error named.
+
+use anyhow::{anyhow, bail, Result};
+use flowgym_plugin_api::{BaseModelBox, ManagedTensor, OutputType};
+use tch::Tensor;
+
+use crate::data::State;
+use crate::env::Schedule;
+use crate::kwargs::HostKwargs;
+
+/// A base model loaded from a plugin.
+pub struct Model {
+    /// Entry id.
+    pub id: String,
+    /// The data type its samples have.
+    pub data_type: String,
+    /// What `forward` predicts.
+    pub output_type: OutputType,
+    /// Its noise schedule.
+    pub schedule: Schedule,
+    inner: BaseModelBox,
+}
+
+impl Model {
+    /// Wraps a constructed plugin model, reading its output type and schedule.
+    pub fn new(id: &str, data_type: &str, inner: BaseModelBox) -> Result<Self> {
+        let output_type = inner.output_type();
+        let schedule = Schedule::from_plugin(&inner.scheduler())
+            .map_err(|e| anyhow!("model `{id}` declares an unusable scheduler: {e}"))?;
+        Ok(Self {
+            id: id.to_string(),
+            data_type: data_type.to_string(),
+            output_type,
+            schedule,
+            inner,
+        })
+    }
+
+    fn what(&self, call: &str) -> String {
+        format!("model `{}` {call}", self.id)
+    }
+
+    /// `n` samples of the source distribution and their keyword arguments.
+    pub fn sample_p0(&mut self, n: usize, seed: u64) -> Result<(State, HostKwargs)> {
+        let what = self.what("sample_p0");
+        let out = self
+            .inner
+            .sample_p0(n as u64, seed, flowgym_plugin_api::Kwargs::new())
+            .into_result()
+            .map_err(|e| anyhow!("{what}: {e}"))?;
+        let state = State::from_batch(out.0).map_err(|e| anyhow!("{what}: {e}"))?;
+        if state.data_type != self.data_type {
+            bail!(
+                "{what} returned data type `{}`, but the entry declares `{}`",
+                state.data_type,
+                self.data_type
+            );
+        }
+        if state.len() != n {
+            bail!(
+                "{what} returned {} samples, {n} were asked for",
+                state.len()
+            );
+        }
+        let kwargs = HostKwargs::from_plugin(out.1, n, &what)?;
+        Ok((state, kwargs))
+    }
+
+    /// The model's once-per-batch preparation of the keyword arguments.
+    pub fn preprocess(&mut self, x: &State, kwargs: &HostKwargs) -> Result<HostKwargs> {
+        let what = self.what("preprocess");
+        let out = self
+            .inner
+            .preprocess(x.to_batch()?, kwargs.to_plugin()?)
+            .into_result()
+            .map_err(|e| anyhow!("{what}: {e}"))?;
+        HostKwargs::from_plugin(out, x.len(), &what)
+    }
+
+    /// The network's prediction at `x` and model time `t` (`[n]`).
+    pub fn forward(&mut self, x: &State, t: &Tensor, kwargs: &HostKwargs) -> Result<State> {
+        let what = self.what("forward");
+        let t = ManagedTensor::from_tch(t).map_err(|e| anyhow!("{what}: {e}"))?;
+        let out = self
+            .inner
+            .forward(x.to_batch()?, t, kwargs.to_plugin()?)
+            .into_result()
+            .map_err(|e| anyhow!("{what}: {e}"))?;
+        let out = State::from_batch(out).map_err(|e| anyhow!("{what}: {e}"))?;
+        x.with_floating_from(out, &what)
+    }
+
+    /// The samples a reward reads, from final states.
+    pub fn postprocess(&mut self, x: &State, kwargs: &HostKwargs) -> Result<State> {
+        let what = self.what("postprocess");
+        let out = self
+            .inner
+            .postprocess(x.to_batch()?, kwargs.to_plugin()?)
+            .into_result()
+            .map_err(|e| anyhow!("{what}: {e}"))?;
+        match out.into_option() {
+            None => Ok(x.shallow_clone()),
+            Some(batch) => {
+                let sample = State::from_batch(batch).map_err(|e| anyhow!("{what}: {e}"))?;
+                if sample.len() != x.len() {
+                    bail!("{what} returned {} samples for {}", sample.len(), x.len());
+                }
+                Ok(sample)
+            }
+        }
+    }
+}

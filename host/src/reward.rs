@@ -1,0 +1,147 @@
+//! A constructed reward, seen from the host: batches split to its declared limit, samples
+//! moved to the CPU when it reads only host memory, and every result checked.
+
+use anyhow::{anyhow, bail, Result};
+use flowgym_plugin_api::{Capabilities, RewardBox};
+use tch::{Device, Kind, Tensor};
+
+use crate::data::State;
+use crate::kwargs::HostKwargs;
+
+/// Rewards and validity of a batch, on the host's device.
+#[derive(Debug)]
+pub struct Scores {
+    /// `[n]` float32 rewards (0 where invalid).
+    pub reward: Tensor,
+    /// `[n]` bool: whether each sample could be scored.
+    pub valid: Tensor,
+}
+
+/// A reward loaded from a plugin.
+pub struct Reward {
+    /// Entry id.
+    pub id: String,
+    /// What it declared.
+    pub capabilities: Capabilities,
+    inner: RewardBox,
+}
+
+impl Reward {
+    /// Wraps a constructed plugin reward.
+    pub fn new(id: &str, capabilities: Capabilities, inner: RewardBox) -> Self {
+        Self {
+            id: id.to_string(),
+            capabilities,
+            inner,
+        }
+    }
+
+    /// Scores `sample` (from `latent`), returning tensors on `device`.
+    pub fn score(
+        &mut self,
+        sample: &State,
+        latent: &State,
+        kwargs: &HostKwargs,
+        device: Device,
+    ) -> Result<Scores> {
+        let n = sample.len();
+        let chunk = match self.capabilities.max_batch {
+            0 => n.max(1),
+            limit => limit as usize,
+        };
+        let mut rewards = Vec::new();
+        let mut valids = Vec::new();
+        let mut start = 0;
+        while start < n {
+            let end = (start + chunk).min(n);
+            let scores = self.score_chunk(
+                &sample.slice(start, end),
+                &latent.slice(start, end),
+                &kwargs.slice(start, end),
+                start,
+            )?;
+            rewards.push(scores.reward.to_device(device));
+            valids.push(scores.valid.to_device(device));
+            start = end;
+        }
+        if n == 0 {
+            return Ok(Scores {
+                reward: Tensor::zeros([0], (Kind::Float, device)),
+                valid: Tensor::zeros([0], (Kind::Bool, device)),
+            });
+        }
+        Ok(Scores {
+            reward: Tensor::cat(&rewards, 0),
+            valid: Tensor::cat(&valids, 0),
+        })
+    }
+
+    fn score_chunk(
+        &mut self,
+        sample: &State,
+        latent: &State,
+        kwargs: &HostKwargs,
+        offset: usize,
+    ) -> Result<Scores> {
+        let what = format!("reward `{}`", self.id);
+        let n = sample.len();
+        let (sample, latent, kwargs) = if self.capabilities.cpu_only {
+            (
+                sample.to_device(Device::Cpu),
+                latent.to_device(Device::Cpu),
+                kwargs.to_device(Device::Cpu),
+            )
+        } else {
+            (
+                sample.shallow_clone(),
+                latent.shallow_clone(),
+                kwargs.slice(0, n),
+            )
+        };
+        let out = self
+            .inner
+            .reward(sample.to_batch()?, latent.to_batch()?, kwargs.to_plugin()?)
+            .into_result()
+            .map_err(|e| anyhow!("{what}: {e}"))?;
+        let reward = out.reward.into_tch().map_err(|e| anyhow!("{what}: {e}"))?;
+        if reward.size() != [n as i64] {
+            bail!(
+                "{what} returned rewards of shape {:?} for {n} samples; expected [{n}]",
+                reward.size()
+            );
+        }
+        if !reward.is_floating_point() {
+            bail!(
+                "{what} returned rewards of type {:?}; rewards must be floating point",
+                reward.kind()
+            );
+        }
+        let reward = reward.to_kind(Kind::Float);
+        let valid = match out.valid.into_option() {
+            None => Tensor::ones([n as i64], (Kind::Bool, reward.device())),
+            Some(valid) => {
+                let valid = valid.into_tch().map_err(|e| anyhow!("{what}: {e}"))?;
+                if valid.size() != [n as i64] || valid.kind() != Kind::Bool {
+                    bail!(
+                        "{what} returned validity of shape {:?} and type {:?}; expected bool [{n}]",
+                        valid.size(),
+                        valid.kind()
+                    );
+                }
+                valid.to_device(reward.device())
+            }
+        };
+        let bad = reward.isfinite().logical_not().logical_and(&valid);
+        if bad.any().int64_value(&[]) != 0 {
+            let indices: Vec<i64> = Vec::<i64>::try_from(bad.nonzero().view([-1]))
+                .unwrap_or_default()
+                .into_iter()
+                .take(8)
+                .map(|i| i + offset as i64)
+                .collect();
+            bail!("{what} returned NaN or infinite rewards for valid samples {indices:?}");
+        }
+        let reward = reward.where_self(&valid, &reward.zeros_like());
+        Ok(Scores { reward, valid })
+    }
+}

@@ -1,0 +1,185 @@
+//! The resolved configuration of a run: defaults, overridden by a TOML file, overridden by
+//! flags. It is written to the run directory and read back by `--resume`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::env::NoiseSchedule;
+use crate::value::ValueArch;
+
+/// Everything that determines a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunConfig {
+    /// Base model id.
+    pub model: String,
+    /// Reward id.
+    pub reward: String,
+    /// Arguments of the model (a table; passed to the plugin as JSON).
+    pub model_args: toml::Table,
+    /// Arguments of the reward.
+    pub reward_args: toml::Table,
+    /// Value Matching iterations.
+    pub iterations: usize,
+    /// Trajectories per iteration.
+    pub batch_size: usize,
+    /// Euler-Maruyama steps per trajectory.
+    pub steps: usize,
+    /// Reward scale `lambda`: the target is `p_base(x) exp(lambda r(x))`.
+    pub reward_scale: f64,
+    /// Adam learning rate.
+    pub lr: f64,
+    /// Gradient-norm clip.
+    pub grad_clip: f64,
+    /// First time of the grid.
+    pub t0: f64,
+    /// Diffusion coefficient: `memoryless` or a constant level.
+    pub noise: NoiseSchedule,
+    /// Value network: `auto`, `mlp` or `cnn`.
+    pub value_net: ValueArch,
+    /// Largest number of trajectories simulated at once (0: the whole batch).
+    pub sample_chunk: usize,
+    /// Points per gradient-accumulation chunk when fitting the value (0: all at once).
+    pub train_chunk: usize,
+    /// Samples drawn before and after training for the figures (0: 10000 for flat data,
+    /// 16 for images).
+    pub eval_samples: usize,
+    /// Iterations between checkpoints (one is also written at the end and on Ctrl-C).
+    pub checkpoint_every: usize,
+    /// Run seed.
+    pub seed: u64,
+    /// `cpu`, `cuda` or `cuda:N`.
+    pub device: String,
+    /// libtorch intra-op threads (0: libtorch's default).
+    pub threads: usize,
+    /// Directories plugins may look for weights in.
+    pub weights: Vec<PathBuf>,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        Self {
+            model: "1d/gmm".into(),
+            reward: "1d/binary".into(),
+            model_args: toml::Table::new(),
+            reward_args: toml::Table::new(),
+            iterations: 300,
+            batch_size: 128,
+            steps: 100,
+            reward_scale: 5.0,
+            lr: 3e-4,
+            grad_clip: 1.0,
+            t0: 0.02,
+            noise: NoiseSchedule::Memoryless,
+            value_net: ValueArch::Auto,
+            sample_chunk: 0,
+            train_chunk: 0,
+            eval_samples: 0,
+            checkpoint_every: 50,
+            seed: 0,
+            device: "cpu".into(),
+            threads: 0,
+            weights: Vec::new(),
+        }
+    }
+}
+
+impl RunConfig {
+    /// Reads a TOML file; keys it omits keep their defaults.
+    pub fn from_toml_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the config file {}", path.display()))?;
+        let config: RunConfig = toml::from_str(&text).with_context(|| {
+            format!(
+                "config file {} is not a valid run configuration",
+                path.display()
+            )
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The TOML text of this configuration.
+    pub fn to_toml(&self) -> Result<String> {
+        Ok(toml::to_string_pretty(self)?)
+    }
+
+    /// The model's arguments as the JSON document plugins read.
+    pub fn model_args_json(&self) -> Result<String> {
+        Ok(serde_json::to_string(&self.model_args)?)
+    }
+
+    /// The reward's arguments as the JSON document plugins read.
+    pub fn reward_args_json(&self) -> Result<String> {
+        Ok(serde_json::to_string(&self.reward_args)?)
+    }
+
+    /// Refuses values that cannot run, naming the key.
+    pub fn validate(&self) -> Result<()> {
+        let positive = [
+            ("batch_size", self.batch_size),
+            ("steps", self.steps),
+            ("checkpoint_every", self.checkpoint_every),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                bail!("`{key}` must be at least 1");
+            }
+        }
+        if !(self.reward_scale > 0.0 && self.reward_scale.is_finite()) {
+            bail!("`reward_scale` must be positive, got {}", self.reward_scale);
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            bail!("`lr` must be positive, got {}", self.lr);
+        }
+        if !(self.grad_clip > 0.0) {
+            bail!("`grad_clip` must be positive, got {}", self.grad_clip);
+        }
+        if !(self.t0 > 0.0 && self.t0 < 1.0) {
+            bail!("`t0` must lie in (0, 1), got {}", self.t0);
+        }
+        if let NoiseSchedule::Constant(level) = self.noise {
+            if !(level >= 0.0 && level.is_finite()) {
+                bail!("a constant `noise` level must be non-negative, got {level}");
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_round_trips_and_fills_defaults() {
+        let config: RunConfig = toml::from_str(
+            "model = \"images/cifar\"\nreward_scale = 2.0\n[reward_args]\nquality = 50\n[noise]\nkind = \"constant\"\nlevel = 0.5\n",
+        )
+        .unwrap();
+        assert_eq!(config.model, "images/cifar");
+        assert_eq!(config.steps, 100);
+        assert_eq!(config.noise, NoiseSchedule::Constant(0.5));
+        assert_eq!(config.reward_args_json().unwrap(), r#"{"quality":50}"#);
+        let again: RunConfig = toml::from_str(&config.to_toml().unwrap()).unwrap();
+        assert_eq!(again, config);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_named() {
+        let err = toml::from_str::<RunConfig>("learning_rate = 0.1")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `learning_rate`"), "{err}");
+        let config = RunConfig {
+            steps: 0,
+            ..RunConfig::default()
+        };
+        assert_eq!(
+            config.validate().unwrap_err().to_string(),
+            "`steps` must be at least 1"
+        );
+    }
+}

@@ -1,0 +1,124 @@
+//! Saved samples: `NAME.safetensors` (sample and latent leaves, rewards, validity),
+//! `NAME-prompts.txt` when the samples have prompts, and `NAME.png` for images.
+
+use std::path::Path;
+
+use anyhow::{anyhow, Result};
+use tch::{Device, Kind, Tensor};
+
+use super::dir::{write_atomically, write_bytes_atomically};
+use crate::data::State;
+use crate::env::Trajectory;
+use crate::report::grid;
+
+/// Whether samples are RGB images `[n, 3, H, W]`.
+pub fn is_image(state: &State) -> bool {
+    let floating: Vec<&Tensor> = state.floating().collect();
+    floating.len() == 1 && floating[0].dim() == 4 && floating[0].size()[1] == 3
+}
+
+/// The prompts of the samples, if their keyword arguments carry any.
+pub fn prompts_of(trajectory: &Trajectory) -> Option<Vec<String>> {
+    ["prompt", "prompts"]
+        .iter()
+        .find_map(|name| trajectory.kwargs.strings(name).map(|s| s.to_vec()))
+}
+
+/// Images shown in a grid.
+pub const GRID_IMAGES: i64 = 16;
+
+/// Writes `dir/NAME.safetensors` (and prompts), plus `figure` as an image grid when the samples
+/// are images.
+pub fn save(dir: &Path, name: &str, trajectory: &Trajectory, figure: Option<&Path>) -> Result<()> {
+    let mut named: Vec<(String, Tensor)> = Vec::new();
+    for (leaf, t) in &trajectory.sample.leaves {
+        named.push((
+            format!("sample.{leaf}"),
+            t.to_device(Device::Cpu).contiguous(),
+        ));
+    }
+    for (leaf, t) in &trajectory.final_state.leaves {
+        named.push((
+            format!("latent.{leaf}"),
+            t.to_device(Device::Cpu).contiguous(),
+        ));
+    }
+    named.push((
+        "reward".into(),
+        trajectory.scores.reward.to_device(Device::Cpu),
+    ));
+    named.push((
+        "valid".into(),
+        trajectory.scores.valid.to_device(Device::Cpu),
+    ));
+    write_atomically(&dir.join(format!("{name}.safetensors")), |tmp| {
+        Tensor::write_safetensors(&named, tmp).map_err(|e| anyhow!("{e}"))
+    })?;
+    let prompts = prompts_of(trajectory);
+    if let Some(prompts) = &prompts {
+        write_bytes_atomically(
+            &dir.join(format!("{name}-prompts.txt")),
+            (prompts.join("\n") + "\n").as_bytes(),
+        )?;
+    }
+    if let (Some(figure), true) = (figure, is_image(&trajectory.sample)) {
+        let images = trajectory
+            .sample
+            .floating()
+            .next()
+            .expect("is_image checked");
+        let shown = images.narrow(0, 0, images.size()[0].min(GRID_IMAGES));
+        let captions = prompts.map(|p| p[..shown.size()[0] as usize].to_vec());
+        grid::image_grid(figure, &shown, captions.as_deref(), 4)?;
+    }
+    Ok(())
+}
+
+/// What `save` wrote, read back for figures: the first sample leaf, rewards, validity.
+#[derive(Debug, Clone)]
+pub struct Saved {
+    /// The first sample leaf, flattened.
+    pub values: Vec<f64>,
+    /// Its shape.
+    pub shape: Vec<i64>,
+    /// Rewards.
+    pub reward: Vec<f64>,
+    /// Validity.
+    pub valid: Vec<bool>,
+}
+
+impl Saved {
+    /// Whether the samples are points on the line (`[n, 1]`).
+    pub fn is_1d(&self) -> bool {
+        self.shape.len() == 2 && self.shape[1] == 1
+    }
+}
+
+/// Reads `dir/NAME.safetensors`, if it exists.
+pub fn load(dir: &Path, name: &str) -> Result<Option<Saved>> {
+    let path = dir.join(format!("{name}.safetensors"));
+    if !path.exists() {
+        return Ok(None);
+    }
+    let tensors = Tensor::read_safetensors(&path)
+        .map_err(|e| anyhow!("cannot read {}: {e}", path.display()))?;
+    let find = |prefix: &str| {
+        tensors
+            .iter()
+            .find(|(n, _)| n.starts_with(prefix))
+            .map(|(_, t)| t.shallow_clone())
+    };
+    let (Some(x), Some(r), Some(v)) = (find("sample."), find("reward"), find("valid")) else {
+        return Err(anyhow!(
+            "{} lacks sample, reward or validity tensors",
+            path.display()
+        ));
+    };
+    let doubles = |t: &Tensor| Vec::<f64>::try_from(t.to_kind(Kind::Double).view([-1]));
+    Ok(Some(Saved {
+        values: doubles(&x)?,
+        shape: x.size(),
+        reward: doubles(&r)?,
+        valid: Vec::<bool>::try_from(v.view([-1]))?,
+    }))
+}

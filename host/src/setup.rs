@@ -1,0 +1,66 @@
+//! Composing the environment: resolving a model and a reward, checking they fit before either
+//! is constructed, then constructing them on the chosen device.
+
+use anyhow::{bail, Result};
+use flowgym_plugin_api::tch_interop::dl_device_of;
+use flowgym_plugin_api::{ConstructContext, EntryKind, EntryMeta};
+use std::path::PathBuf;
+use tch::Device;
+
+use crate::compat::pair_problems;
+use crate::model::Model;
+use crate::plugins::Registry;
+use crate::reward::Reward;
+
+/// The context plugins construct entries in.
+pub fn construct_context(device: Device, weight_dirs: &[PathBuf]) -> Result<ConstructContext> {
+    Ok(ConstructContext {
+        device: dl_device_of(device).map_err(|e| anyhow::anyhow!("{e}"))?,
+        weight_dirs: weight_dirs
+            .iter()
+            .map(|p| p.display().to_string().into())
+            .collect(),
+    })
+}
+
+/// Constructs the base model `id`.
+pub fn open_model(
+    registry: &Registry,
+    id: &str,
+    args_json: &str,
+    ctx: &ConstructContext,
+) -> Result<(Model, EntryMeta)> {
+    let entry = registry.resolve(id, EntryKind::BaseModel)?;
+    let inner = registry.construct_model(entry, args_json, ctx)?;
+    let model = Model::new(id, &entry.meta.data_type.name, inner)?;
+    Ok((model, entry.meta.clone()))
+}
+
+/// Constructs the reward `id`.
+pub fn open_reward(
+    registry: &Registry,
+    id: &str,
+    args_json: &str,
+    ctx: &ConstructContext,
+) -> Result<(Reward, EntryMeta)> {
+    let entry = registry.resolve(id, EntryKind::Reward)?;
+    let inner = registry.construct_reward(entry, args_json, ctx)?;
+    Ok((
+        Reward::new(id, entry.meta.capabilities.clone(), inner),
+        entry.meta.clone(),
+    ))
+}
+
+/// Refuses a model and a reward that cannot run together, from their metadata alone.
+pub fn check_pair(registry: &Registry, model: &str, reward: &str) -> Result<()> {
+    let m = registry.resolve(model, EntryKind::BaseModel)?;
+    let r = registry.resolve(reward, EntryKind::Reward)?;
+    let problems = pair_problems(m.meta, r.meta);
+    if !problems.is_empty() {
+        bail!(
+            "model `{model}` and reward `{reward}` cannot run together:\n  - {}",
+            problems.join("\n  - ")
+        );
+    }
+    Ok(())
+}

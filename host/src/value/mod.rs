@@ -1,0 +1,90 @@
+//! Built-in value networks `V(x, t)`: an MLP with a sinusoidal time embedding for flat data and
+//! a small CNN with time conditioning for image tensors `[n, C, H, W]`, chosen from the data's
+//! shape or by flag. The last layer starts at zero, so iteration 0 samples exactly the base
+//! model.
+
+pub mod cnn;
+pub mod embedding;
+pub mod mlp;
+
+use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
+use tch::{nn, Device, Tensor};
+
+use crate::data::State;
+
+/// Which architecture to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ValueArch {
+    /// CNN for one `[n, C, H, W]` floating leaf, MLP otherwise.
+    Auto,
+    /// MLP on all floating leaves, flattened.
+    Mlp,
+    /// CNN on a single `[n, C, H, W]` floating leaf.
+    Cnn,
+}
+
+/// A value network: `forward(x, t)` gives `[n]` values.
+pub trait ValueNetwork {
+    /// Values at states `x` and times `t` (`[n]`).
+    fn forward(&self, x: &State, t: &Tensor) -> Tensor;
+    /// The trainable variables.
+    fn var_store(&self) -> &nn::VarStore;
+    /// The trainable variables, mutably (for loading checkpoints).
+    fn var_store_mut(&mut self) -> &mut nn::VarStore;
+    /// One line: architecture and size.
+    fn describe(&self) -> String;
+}
+
+/// Number of trainable parameters.
+pub fn parameter_count(vs: &nn::VarStore) -> i64 {
+    vs.trainable_variables()
+        .iter()
+        .map(|t| t.numel() as i64)
+        .sum()
+}
+
+/// The architecture `arch` resolves to for data shaped like `example`.
+pub fn resolve(arch: ValueArch, example: &State) -> Result<ValueArch> {
+    let floating: Vec<&Tensor> = example.floating().collect();
+    let image_like = floating.len() == 1 && floating[0].dim() == 4;
+    match arch {
+        ValueArch::Auto => Ok(if image_like {
+            ValueArch::Cnn
+        } else {
+            ValueArch::Mlp
+        }),
+        ValueArch::Cnn if !image_like => {
+            let shapes: Vec<Vec<i64>> = floating.iter().map(|t| t.size()).collect();
+            bail!("the CNN value network needs one floating leaf shaped [n, C, H, W]; these samples have floating leaves of shapes {shapes:?}")
+        }
+        other => Ok(other),
+    }
+}
+
+/// Builds the value network for data shaped like `example` on `device`.
+pub fn build(arch: ValueArch, example: &State, device: Device) -> Result<Box<dyn ValueNetwork>> {
+    Ok(match resolve(arch, example)? {
+        ValueArch::Cnn => {
+            let x = example.floating().next().expect("resolve checked the leaf");
+            Box::new(cnn::CnnValue::new(device, x.size()[1]))
+        }
+        _ => {
+            let features: i64 = example
+                .floating()
+                .map(|t| t.size().iter().skip(1).product::<i64>())
+                .sum();
+            Box::new(mlp::MlpValue::new(device, features))
+        }
+    })
+}
+
+/// `grad_x V(x, t)` for every floating leaf (zeros for the others' places are not needed:
+/// the result has the floating leaves only, in order).
+pub fn value_gradient(value: &dyn ValueNetwork, x: &State, t: &Tensor) -> Vec<Tensor> {
+    let inputs = x.map_floating(|leaf| leaf.detach().set_requires_grad(true));
+    let v = value.forward(&inputs, t);
+    let leaves: Vec<&Tensor> = inputs.floating().collect();
+    Tensor::run_backward(&[v.sum(v.kind())], &leaves, false, false)
+}

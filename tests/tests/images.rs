@@ -1,0 +1,118 @@
+//! Image models and rewards end to end, on the tiny random fixtures generated from the
+//! reference Python libraries (`plugins/images/scripts/`).
+
+use flowgym_tests::{assert_exit, plugin, stderr, stdout, workspace, Sandbox};
+
+fn image_sandbox(name: &str) -> Sandbox {
+    let sandbox = Sandbox::new(name);
+    sandbox.install(&plugin("flowgym-images"));
+    sandbox.install(&plugin("flowgym-image-rewards"));
+    sandbox
+}
+
+fn fixture(relative: &str) -> String {
+    workspace()
+        .join("plugins/images/tests/fixtures")
+        .join(relative)
+        .display()
+        .to_string()
+}
+
+#[test]
+fn cifar_adapts_to_jpeg_compression_and_writes_image_grids() {
+    let sandbox = image_sandbox("cifar");
+    let args = format!(r#"{{"weights": "{}"}}"#, fixture("diffusers/cifar-tiny"));
+    let out = sandbox.run(&[
+        "run",
+        "--model",
+        "images/cifar",
+        "--model-args",
+        &args,
+        "--reward",
+        "images/compression",
+        "--iterations",
+        "3",
+        "--batch-size",
+        "4",
+        "--steps",
+        "8",
+        "--eval-samples",
+        "4",
+        "--out",
+        "run",
+    ]);
+    assert_exit(&out, 0);
+    for file in [
+        "before.png",
+        "after.png",
+        "reward.png",
+        "loss.png",
+        "metrics.csv",
+        "checkpoints/latest.safetensors",
+    ] {
+        assert!(sandbox.path("run").join(file).exists(), "{file} is missing");
+    }
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(sandbox.path("run/summary.json")).unwrap())
+            .unwrap();
+    assert!(
+        summary["value_network"]
+            .as_str()
+            .unwrap()
+            .starts_with("CNN (3 channels in"),
+        "{summary}"
+    );
+    assert!(
+        summary["before"]["reward_mean"].as_f64().unwrap() < 0.0,
+        "compression rewards are minus bits per pixel"
+    );
+    assert!(summary["optimum"].is_null(), "no 1-d optimum for images");
+    let grid = std::fs::read(sandbox.path("run/after.png")).unwrap();
+    assert_eq!(&grid[1..4], b"PNG");
+}
+
+#[test]
+fn missing_weights_say_where_they_were_looked_for_and_how_to_get_them() {
+    let sandbox = image_sandbox("no-weights");
+    let exe = sandbox.bin().join("flowgym-host");
+    let out = std::process::Command::new(exe)
+        .args(["sample", "--model", "images/cifar", "-n", "1", "--out", "s"])
+        .current_dir(&sandbox.root)
+        .env("FLOWGYM_HOME", sandbox.path("home"))
+        .env("HF_HOME", sandbox.path("hf"))
+        .env_remove("HF_HUB_CACHE")
+        .output()
+        .unwrap();
+    assert_exit(&out, 1);
+    let err = stderr(&out);
+    assert!(
+        err.contains("cannot construct model `images/cifar`"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&sandbox.path("hf").display().to_string()),
+        "{err}"
+    );
+    assert!(
+        err.contains("huggingface-cli download google/ddpm-cifar10-32"),
+        "{err}"
+    );
+}
+
+#[test]
+fn image_models_and_rewards_are_matched_by_their_declared_samples() {
+    let sandbox = image_sandbox("range");
+    let out = sandbox.run(&[
+        "check",
+        "--model",
+        "images/cifar",
+        "--reward",
+        "images/incompression",
+    ]);
+    assert_exit(&out, 0);
+    assert!(
+        stdout(&out).contains("samples x: f32 [n, 3, 32, 32] in [0, 1]"),
+        "{}",
+        stdout(&out)
+    );
+}

@@ -1,0 +1,519 @@
+//! Value Matching end to end on the 1-d toys, against the exact optimum
+//! `p*(x) ~ p_base(x) exp(lambda r(x))` computed here from the closed-form base density.
+
+use std::path::Path;
+
+use flowgym_tests::{assert_exit, fixture_plugin, read_tensors, stderr, stdout, tensor, Sandbox};
+
+/// The toy's base: 0.5 N(0, 1) + 0.5 N(3, 0.4^2).
+fn base_density(x: f64) -> f64 {
+    let normal = |x: f64, m: f64, s: f64| {
+        (-0.5 * ((x - m) / s).powi(2)).exp() / (s * (2.0 * std::f64::consts::PI).sqrt())
+    };
+    0.5 * normal(x, 0.0, 1.0) + 0.5 * normal(x, 3.0, 0.4)
+}
+
+fn binary(x: f64) -> f64 {
+    if (0.0..=1.0).contains(&x) {
+        1.0
+    } else {
+        0.0
+    }
+}
+
+fn gaussian(x: f64) -> f64 {
+    (-0.5 * ((x + 2.5) / 0.8).powi(2)).exp() / (0.8 * (2.0 * std::f64::consts::PI).sqrt())
+}
+
+/// The optimum on a fine grid: (grid, density, CDF, E_p*[r]).
+struct Optimum {
+    grid: Vec<f64>,
+    cdf: Vec<f64>,
+    reward_mean: f64,
+}
+
+fn optimum(reward: fn(f64) -> f64, lambda: f64) -> Optimum {
+    let h = 1e-3;
+    let grid: Vec<f64> = (0..16_001).map(|i| -8.0 + i as f64 * h).collect();
+    let unnormalised: Vec<f64> = grid
+        .iter()
+        .map(|&x| base_density(x) * (lambda * reward(x)).exp())
+        .collect();
+    let z: f64 = unnormalised.iter().sum::<f64>() * h;
+    let reward_mean = grid
+        .iter()
+        .zip(&unnormalised)
+        .map(|(&x, p)| p * reward(x))
+        .sum::<f64>()
+        * h
+        / z;
+    let mut cdf = Vec::with_capacity(grid.len());
+    let mut acc = 0.0;
+    for p in &unnormalised {
+        acc += p * h / z;
+        cdf.push(acc);
+    }
+    Optimum {
+        grid,
+        cdf,
+        reward_mean,
+    }
+}
+
+/// W1 between the empirical distribution of `samples` and the optimum: the integral of
+/// |F_n - F*| over the grid.
+fn wasserstein_to(samples: &[f64], optimum: &Optimum) -> f64 {
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let n = sorted.len() as f64;
+    let h = optimum.grid[1] - optimum.grid[0];
+    let mut below = 0;
+    optimum
+        .grid
+        .iter()
+        .zip(&optimum.cdf)
+        .map(|(&x, &f)| {
+            while below < sorted.len() && sorted[below] <= x {
+                below += 1;
+            }
+            (below as f64 / n - f).abs() * h
+        })
+        .sum()
+}
+
+/// The largest gap between the empirical CDF of `samples` and `cdf` (Kolmogorov-Smirnov).
+fn ks_statistic(samples: &[f64], cdf: impl Fn(f64) -> f64) -> f64 {
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let n = sorted.len() as f64;
+    sorted
+        .iter()
+        .enumerate()
+        .map(|(i, &x)| {
+            let f = cdf(x);
+            (f - i as f64 / n).abs().max(((i + 1) as f64 / n - f).abs())
+        })
+        .fold(0.0, f64::max)
+}
+
+fn normal_cdf(x: f64) -> f64 {
+    // Abramowitz-Stegun 7.1.26 via erf, accurate to 1.5e-7.
+    let z = x / std::f64::consts::SQRT_2;
+    let t = 1.0 / (1.0 + 0.327_591_1 * z.abs());
+    let poly = t
+        * (0.254_829_592
+            + t * (-0.284_496_736
+                + t * (1.421_413_741 + t * (-1.453_152_027 + t * 1.061_405_429))));
+    let erf = 1.0 - poly * (-z * z).exp();
+    0.5 * (1.0 + if z >= 0.0 { erf } else { -erf })
+}
+
+fn summary(dir: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap()
+}
+
+fn valid_rewards(path: &Path) -> Vec<f64> {
+    tensor(path, "reward")
+}
+
+/// Without control, the sampler must reproduce the base model's target, 0.5 N(0, 1) +
+/// 0.5 N(3, 0.4^2). Kolmogorov-Smirnov on 20000 samples at the 0.1% level: the critical value
+/// is 1.949 / sqrt(n) = 0.0138; a correct sampler fails this fixed-seed test with
+/// probability 0.001. 400 steps keep the Euler-Maruyama bias well below that.
+#[test]
+fn the_base_sampler_reproduces_the_target_mixture() {
+    let sandbox = Sandbox::new("base-sampler").with_toys();
+    let out = sandbox.run(&[
+        "sample", "--model", "1d/gmm", "-n", "20000", "--steps", "400", "--seed", "7", "--out", "s",
+    ]);
+    assert_exit(&out, 0);
+    let x = tensor(&sandbox.path("s/samples.safetensors"), "sample.x");
+    assert_eq!(x.len(), 20_000);
+    let mixture_cdf = |x: f64| 0.5 * normal_cdf(x) + 0.5 * normal_cdf((x - 3.0) / 0.4);
+    let d = ks_statistic(&x, mixture_cdf);
+    let critical = 1.949 / (x.len() as f64).sqrt();
+    assert!(
+        d < critical,
+        "KS statistic {d:.4} exceeds the 0.1% critical value {critical:.4}"
+    );
+    assert!(sandbox.path("s/samples.png").exists());
+}
+
+/// Trains with the defaults (only the run length is shortened for CI) and compares the
+/// adapted samples with the exact optimum.
+fn learns(
+    reward_id: &str,
+    reward: fn(f64) -> f64,
+    iterations: &str,
+) -> (f64, f64, Optimum, serde_json::Value) {
+    let sandbox = Sandbox::new(&format!("learn-{}", reward_id.replace('/', "-"))).with_toys();
+    let out = sandbox.run(&[
+        "run",
+        "--reward",
+        reward_id,
+        "--reward-scale",
+        "5",
+        "--iterations",
+        iterations,
+        "--eval-samples",
+        "4000",
+        "--seed",
+        "3",
+        "--out",
+        "run",
+    ]);
+    assert_exit(&out, 0);
+    let dir = sandbox.path("run");
+    let x = tensor(&dir.join("samples/after.safetensors"), "sample.x");
+    let r = valid_rewards(&dir.join("samples/after.safetensors"));
+    let mean_reward = r.iter().sum::<f64>() / r.len() as f64;
+    let optimum = optimum(reward, 5.0);
+    let w1 = wasserstein_to(&x, &optimum);
+    // Everything a user opens is there.
+    for file in [
+        "config.toml",
+        "metrics.csv",
+        "summary.json",
+        "reward.png",
+        "loss.png",
+        "samples.png",
+        "checkpoints/latest.safetensors",
+        "samples/before.safetensors",
+    ] {
+        assert!(dir.join(file).exists(), "{file} is missing");
+    }
+    (mean_reward, w1, optimum, summary(&dir))
+}
+
+/// Binary reward on [0, 1] at scale 5: E_p*[r] = 0.968 (the base has 0.171).
+/// Tolerances: the adapted mean reward within 0.04 of the optimum's (the sampling error of
+/// 4000 samples is 0.003; the rest is the budget of a short CI run), and W1 to p* below 0.08
+/// (the base is at about 1.4; an exact sampler with 4000 samples is at about 0.01).
+#[test]
+fn value_matching_reaches_the_optimum_of_the_binary_reward() {
+    let (mean, w1, optimum, summary) = learns("1d/binary", binary, "300");
+    assert!(
+        (optimum.reward_mean - 0.968).abs() < 0.002,
+        "{}",
+        optimum.reward_mean
+    );
+    assert!(
+        (mean - optimum.reward_mean).abs() < 0.04,
+        "adapted mean reward {mean:.4} vs optimum {:.4}",
+        optimum.reward_mean
+    );
+    assert!(w1 < 0.08, "W1 to p* = {w1:.4}");
+    // summary.json reports the same figures from its own estimate of p*.
+    let reported = summary["optimum"]["reward_mean"].as_f64().unwrap();
+    assert!(
+        (reported - optimum.reward_mean).abs() < 0.02,
+        "summary's E_p*[r] {reported}"
+    );
+    assert!(summary["optimum"]["w1_after"].as_f64().unwrap() < 0.1);
+    assert_eq!(summary["iterations_done"], 300);
+}
+
+/// Gaussian-density reward N(-2.5, 0.8^2) at scale 5: the tilt moves mass towards -2.5.
+/// Same tolerances, relative to the optimum's reward (0.5 at most for this density).
+#[test]
+fn value_matching_reaches_the_optimum_of_the_gaussian_reward() {
+    let (mean, w1, optimum, _) = learns("1d/gaussian", gaussian, "300");
+    assert!(
+        (mean - optimum.reward_mean).abs() < 0.04,
+        "adapted mean reward {mean:.4} vs optimum {:.4}",
+        optimum.reward_mean
+    );
+    assert!(w1 < 0.15, "W1 to p* = {w1:.4}");
+}
+
+#[test]
+fn a_resumed_run_continues_exactly_where_it_stopped() {
+    let sandbox = Sandbox::new("resume").with_toys();
+    let common = [
+        "--eval-samples",
+        "64",
+        "--checkpoint-every",
+        "1",
+        "--seed",
+        "11",
+    ];
+    let straight = sandbox.run(
+        &[
+            &["run", "--iterations", "6", "--out", "straight"],
+            &common[..],
+        ]
+        .concat(),
+    );
+    assert_exit(&straight, 0);
+    let first =
+        sandbox.run(&[&["run", "--iterations", "3", "--out", "split"], &common[..]].concat());
+    assert_exit(&first, 0);
+    let refused = sandbox.run(&["run", "--resume", "split", "--lr", "0.1"]);
+    assert_exit(&refused, 1);
+    assert!(
+        stderr(&refused).contains("drop --lr (only --iterations may change)"),
+        "{}",
+        stderr(&refused)
+    );
+    let second = sandbox.run(&["run", "--resume", "split", "--iterations", "6"]);
+    assert_exit(&second, 0);
+    let a = read_tensors(&sandbox.path("straight/checkpoints/latest.safetensors"));
+    let b = read_tensors(&sandbox.path("split/checkpoints/latest.safetensors"));
+    assert_eq!(a.len(), b.len());
+    for ((name, _, x), (_, _, y)) in a.iter().zip(&b) {
+        assert_eq!(
+            x, y,
+            "{name} differs between the straight and the resumed run"
+        );
+    }
+    let metrics = std::fs::read_to_string(sandbox.path("split/metrics.csv")).unwrap();
+    assert_eq!(metrics.lines().count(), 7, "{metrics}");
+}
+
+#[test]
+fn ctrl_c_writes_a_checkpoint_and_the_run_resumes() {
+    let sandbox = Sandbox::new("ctrl-c").with_toys();
+    let exe = sandbox.bin().join("flowgym-host");
+    let child = std::process::Command::new(exe)
+        .args([
+            "run",
+            "--iterations",
+            "100000",
+            "--eval-samples",
+            "64",
+            "--checkpoint-every",
+            "1000",
+            "--out",
+            "run",
+        ])
+        .current_dir(&sandbox.root)
+        .env("FLOWGYM_HOME", sandbox.path("home"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let metrics = sandbox.path("run/metrics.csv");
+    let started = std::time::Instant::now();
+    while std::fs::read_to_string(&metrics)
+        .map(|m| m.lines().count())
+        .unwrap_or(0)
+        < 4
+    {
+        assert!(started.elapsed().as_secs() < 300, "the run never got going");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    assert_exit(&out, 130);
+    assert!(
+        stdout(&out).contains("interrupted: checkpoint written after iteration"),
+        "{}",
+        stdout(&out)
+    );
+    let done = tensor(
+        &sandbox.path("run/checkpoints/latest.safetensors"),
+        "run.iterations_done",
+    )[0] as usize;
+    assert!(done >= 3, "{done}");
+    let rows = std::fs::read_to_string(&metrics).unwrap().lines().count() - 1;
+    assert_eq!(rows, done, "metrics rows match the checkpoint");
+    let out = sandbox.run(&[
+        "run",
+        "--resume",
+        "run",
+        "--iterations",
+        &(done + 2).to_string(),
+    ]);
+    assert_exit(&out, 0);
+    assert!(sandbox.path("run/samples/after.safetensors").exists());
+}
+
+#[test]
+fn a_nan_reward_stops_the_run_naming_it_and_keeps_the_last_good_checkpoint() {
+    let sandbox = Sandbox::new("nan-reward").with_toys();
+    sandbox.install(&fixture_plugin("flowgym-test-faulty"));
+    // One call scores the samples drawn before training, then one per iteration: the sixth
+    // call (iteration 4) is the first NaN.
+    let out = sandbox.run(&[
+        "run",
+        "--reward",
+        "1d/nan-after",
+        "--reward-args",
+        r#"{"after": 5}"#,
+        "--iterations",
+        "10",
+        "--eval-samples",
+        "16",
+        "--checkpoint-every",
+        "3",
+        "--out",
+        "run",
+    ]);
+    assert_exit(&out, 1);
+    let err = stderr(&out);
+    assert!(err.contains("the run stopped at iteration 4"), "{err}");
+    assert!(
+        err.contains(
+            "reward `1d/nan-after` returned NaN or infinite rewards for valid samples [0, 1, 2"
+        ),
+        "{err}"
+    );
+    assert!(
+        err.contains("resume with `flowgym-host run --resume run`"),
+        "{err}"
+    );
+    let done = tensor(
+        &sandbox.path("run/checkpoints/latest.safetensors"),
+        "run.iterations_done",
+    )[0];
+    assert_eq!(done, 4.0);
+    assert!(sandbox
+        .path("run/checkpoints/iter-000003.safetensors")
+        .exists());
+    assert_eq!(
+        std::fs::read_to_string(sandbox.path("run/metrics.csv"))
+            .unwrap()
+            .lines()
+            .count(),
+        5
+    );
+}
+
+#[test]
+fn nan_model_outputs_and_malformed_rewards_are_errors_not_crashes() {
+    let sandbox = Sandbox::new("faulty").with_toys();
+    sandbox.install(&fixture_plugin("flowgym-test-faulty"));
+    let out = sandbox.run(&[
+        "sample",
+        "--model",
+        "1d/nan-model",
+        "--reward",
+        "1d/binary",
+        "-n",
+        "8",
+        "--out",
+        "s",
+    ]);
+    assert_exit(&out, 1);
+    assert!(
+        stderr(&out).contains(
+            "model `1d/nan-model` forward returned NaN or infinite values at step 49 (t = 0.5002)"
+        ),
+        "{}",
+        stderr(&out)
+    );
+    let out = sandbox.run(&[
+        "sample", "--model", "1d/gmm", "--reward", "1d/short", "-n", "8", "--out", "s",
+    ]);
+    assert_exit(&out, 1);
+    assert!(
+        stderr(&out).contains(
+            "reward `1d/short` returned rewards of shape [7] for 8 samples; expected [8]"
+        ),
+        "{}",
+        stderr(&out)
+    );
+    let out = sandbox.run(&[
+        "sample",
+        "--model",
+        "1d/gmm",
+        "--reward",
+        "1d/integer",
+        "-n",
+        "8",
+        "--out",
+        "s",
+    ]);
+    assert_exit(&out, 1);
+    assert!(
+        stderr(&out).contains(
+            "reward `1d/integer` returned rewards of type Int64; rewards must be floating point"
+        ),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn a_config_file_sets_the_run_and_flags_override_it() {
+    let sandbox = Sandbox::new("config").with_toys();
+    std::fs::write(
+        sandbox.path("run.toml"),
+        "reward = \"1d/gaussian\"\niterations = 2\nsteps = 20\neval_samples = 32\n[reward_args]\nmean = -2.0\n",
+    )
+    .unwrap();
+    let out = sandbox.run(&[
+        "run", "--config", "run.toml", "--steps", "10", "--out", "run",
+    ]);
+    assert_exit(&out, 0);
+    let config = std::fs::read_to_string(sandbox.path("run/config.toml")).unwrap();
+    assert!(config.contains("reward = \"1d/gaussian\""), "{config}");
+    assert!(config.contains("steps = 10"), "{config}");
+    assert!(config.contains("mean = -2.0"), "{config}");
+    let out = sandbox.run(&["run", "--config", "run.toml", "--out", "run"]);
+    assert_exit(&out, 1);
+    assert!(
+        stderr(&out).contains("already holds a run; continue it with --resume"),
+        "{}",
+        stderr(&out)
+    );
+    std::fs::write(sandbox.path("bad.toml"), "learning_rate = 1\n").unwrap();
+    let out = sandbox.run(&["run", "--config", "bad.toml"]);
+    assert_exit(&out, 1);
+    assert!(
+        stderr(&out).contains("unknown field `learning_rate`"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn samples_come_from_the_saved_value_network() {
+    let sandbox = Sandbox::new("sample-run").with_toys();
+    let out = sandbox.run(&[
+        "run",
+        "--iterations",
+        "150",
+        "--eval-samples",
+        "64",
+        "--out",
+        "run",
+    ]);
+    assert_exit(&out, 0);
+    let adapted = sandbox.run(&["sample", "--run", "run", "-n", "2000", "--out", "adapted"]);
+    assert_exit(&adapted, 0);
+    let base = sandbox.run(&[
+        "sample",
+        "--model",
+        "1d/gmm",
+        "--reward",
+        "1d/binary",
+        "-n",
+        "2000",
+        "--out",
+        "base",
+    ]);
+    assert_exit(&base, 0);
+    let mean = |dir: &str| {
+        let r = tensor(
+            &sandbox.path(&format!("{dir}/samples.safetensors")),
+            "reward",
+        );
+        r.iter().sum::<f64>() / r.len() as f64
+    };
+    assert!(
+        mean("adapted") > mean("base") + 0.4,
+        "adapted {} vs base {}",
+        mean("adapted"),
+        mean("base")
+    );
+    assert!(
+        stderr(&adapted).contains("steering with MLP"),
+        "{}",
+        stderr(&adapted)
+    );
+}
