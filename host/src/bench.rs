@@ -87,13 +87,20 @@ pub fn value_matching(
     );
     let network = crate::value::build(crate::value::ValueArch::Mlp, &example, device)?;
     let mut method = ValueMatching::new(network, settings)?;
+    // Host and floor iterations alternate, so that both see the same machine load.
     let warmup = 2;
-    let mut host = Vec::new();
+    let mut reference = DirectLoop::new(batch_size, steps, device);
+    let (mut host, mut floor) = (Vec::new(), Vec::new());
     for i in 0..warmup + iterations {
         let start = Instant::now();
         method.iteration(model, reward, i, &|_| false)?;
+        let host_seconds = start.elapsed().as_secs_f64();
+        let start = Instant::now();
+        reference.iteration(i as i64);
+        let floor_seconds = start.elapsed().as_secs_f64();
         if i >= warmup {
-            host.push(start.elapsed().as_secs_f64());
+            host.push(host_seconds);
+            floor.push(floor_seconds);
         }
     }
     let mut sampling = Vec::new();
@@ -111,15 +118,6 @@ pub fn value_matching(
             &|_| false,
         )?;
         sampling.push(start.elapsed().as_secs_f64());
-    }
-    let mut floor = Vec::new();
-    let mut reference = DirectLoop::new(batch_size, steps, device);
-    for i in 0..warmup + iterations {
-        let start = Instant::now();
-        reference.iteration(i as i64);
-        if i >= warmup {
-            floor.push(start.elapsed().as_secs_f64());
-        }
     }
     let (host, floor, sampling) = (median(host), median(floor), median(sampling));
     Ok(VmFigures {

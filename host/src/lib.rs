@@ -16,6 +16,7 @@ pub mod device;
 pub mod env;
 pub mod interrupt;
 pub mod kwargs;
+pub mod memory;
 pub mod method;
 pub mod model;
 pub mod plugins;

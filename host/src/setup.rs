@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Result};
 use flowgym_plugin_api::tch_interop::dl_device_of;
-use flowgym_plugin_api::{ConstructContext, EntryKind, EntryMeta};
+use flowgym_plugin_api::{ConstructContext, DataLayout, EntryKind, EntryMeta};
 use std::path::PathBuf;
 use tch::Device;
 
@@ -31,6 +31,7 @@ pub fn open_model(
     ctx: &ConstructContext,
 ) -> Result<(Model, EntryMeta)> {
     let entry = registry.resolve(id, EntryKind::BaseModel)?;
+    require_plain_layout(registry, &entry.meta.data_type.name)?;
     let inner = registry.construct_model(entry, args_json, ctx)?;
     let model = Model::new(id, &entry.meta.data_type.name, inner)?;
     Ok((model, entry.meta.clone()))
@@ -49,6 +50,22 @@ pub fn open_reward(
         Reward::new(id, entry.meta.capabilities.clone(), inner),
         entry.meta.clone(),
     ))
+}
+
+/// Refuses data types whose plugins lay out batches themselves: the sampler, the value
+/// networks and the figures of this host work on plain data (every leaf with the batch on
+/// dimension 0). The plugin contract carries custom layouts already; sampling them is future
+/// work.
+pub fn require_plain_layout(registry: &Registry, data_type: &str) -> Result<()> {
+    if let Some((plugin, meta)) = registry.data_type(data_type) {
+        if meta.layout == DataLayout::Custom {
+            bail!(
+                "data type `{data_type}` (from {}) lays out its batches itself; this host samples only plain data, with every leaf's batch on dimension 0",
+                plugin.path.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Refuses a model and a reward that cannot run together, from their metadata alone.

@@ -218,6 +218,7 @@ macro_rules! register_data_type {
         $(, ops: $ops:expr)? $(,)?
     ) => {
         const _: () = {
+            #[allow(unused_assignments)]
             fn __flowgym_meta() -> $crate::DataTypeMeta {
                 #[allow(unused_mut)]
                 let mut layout = $crate::DataLayout::Plain;

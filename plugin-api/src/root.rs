@@ -188,3 +188,119 @@ macro_rules! export_plugin {
         }
     };
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::{Aggregate, Batch, DataType};
+    use crate::error::PluginResult;
+    use crate::tensor::ManagedTensor;
+
+    /// A ragged data type: sample `i` owns `counts[i]` consecutive entries of `values`, so
+    /// its batch length, slices and sums cannot be derived from dimension 0.
+    struct Ragged;
+
+    fn parts(batch: &Batch) -> PluginResult<(Vec<f32>, Vec<i64>)> {
+        Ok((
+            batch.require("values")?.to_vec()?,
+            batch.require("counts")?.to_vec()?,
+        ))
+    }
+
+    fn ragged(values: Vec<f32>, counts: Vec<i64>) -> Batch {
+        let n = values.len();
+        Batch::new(
+            "ragged",
+            [
+                (
+                    "values".to_string(),
+                    ManagedTensor::from_vec(values, &[n]).unwrap(),
+                ),
+                ("counts".to_string(), ManagedTensor::from_slice(&counts)),
+            ],
+        )
+    }
+
+    impl DataType for Ragged {
+        fn len(&self, batch: &Batch) -> PluginResult<usize> {
+            Ok(batch.require("counts")?.len())
+        }
+
+        fn slice(&self, batch: &Batch, start: usize, end: usize) -> PluginResult<Batch> {
+            let (values, counts) = parts(batch)?;
+            let offset: i64 = counts[..start].iter().sum();
+            let len: i64 = counts[start..end].iter().sum();
+            let values = values[offset as usize..(offset + len) as usize].to_vec();
+            Ok(ragged(values, counts[start..end].to_vec()))
+        }
+
+        fn collate(&self, batches: &[Batch]) -> PluginResult<Batch> {
+            let (mut values, mut counts) = (Vec::new(), Vec::new());
+            for batch in batches {
+                let (v, c) = parts(batch)?;
+                values.extend(v);
+                counts.extend(c);
+            }
+            Ok(ragged(values, counts))
+        }
+
+        fn aggregate(
+            &self,
+            batch: &Batch,
+            values: &Batch,
+            how: Aggregate,
+        ) -> PluginResult<ManagedTensor> {
+            let counts: Vec<i64> = batch.require("counts")?.to_vec()?;
+            let per_entry: Vec<f32> = values.require("values")?.to_vec()?;
+            let mut start = 0usize;
+            let sums: Vec<f32> = counts
+                .iter()
+                .map(|&c| {
+                    let s: f32 = per_entry[start..start + c as usize].iter().sum();
+                    start += c as usize;
+                    match how {
+                        Aggregate::Sum => s,
+                        Aggregate::Mean => s / c.max(1) as f32,
+                    }
+                })
+                .collect();
+            Ok(ManagedTensor::from_slice(&sums))
+        }
+    }
+
+    crate::register_data_type! {
+        name: "ragged",
+        version: "0.1.0",
+        description: "test: variable-length samples",
+        ops: Ragged,
+    }
+
+    #[test]
+    fn custom_data_types_are_listed_and_serve_their_operations_across_the_abi() {
+        let types = data_types().unwrap();
+        let meta = types
+            .iter()
+            .find(|d| d.id.name.as_str() == "ragged")
+            .unwrap();
+        assert_eq!(meta.layout, crate::DataLayout::Custom);
+        let ops = data_type_ops(RStr::from_str("ragged")).unwrap().unwrap();
+        let batch = ragged(vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0], vec![1, 3, 2]);
+        assert_eq!(ops.len(&batch).unwrap(), 3);
+        let tail = ops.slice(&batch, 1, 3).unwrap();
+        assert_eq!(
+            tail.require("values").unwrap().to_vec::<f32>().unwrap(),
+            vec![2.0, 3.0, 4.0, 5.0, 6.0]
+        );
+        let head = ops.slice(&batch, 0, 1).unwrap();
+        let joined = ops.collate(vec![head, tail].as_slice().into()).unwrap();
+        assert_eq!(
+            joined.require("counts").unwrap().to_vec::<i64>().unwrap(),
+            vec![1, 3, 2]
+        );
+        let sums = ops.aggregate(&batch, &batch, Aggregate::Sum).unwrap();
+        assert_eq!(sums.to_vec::<f32>().unwrap(), vec![1.0, 9.0, 11.0]);
+        let means = ops.aggregate(&batch, &batch, Aggregate::Mean).unwrap();
+        assert_eq!(means.to_vec::<f32>().unwrap(), vec![1.0, 3.0, 5.5]);
+        assert!(data_type_ops(RStr::from_str("unknown")).unwrap().is_none());
+    }
+}

@@ -164,16 +164,24 @@ impl Sandbox {
         self
     }
 
-    /// Runs the sandboxed host with `args` in the sandbox directory.
-    pub fn run(&self, args: &[&str]) -> Output {
+    /// The sandboxed host with `args`, to run in the sandbox directory: a private user
+    /// directory, no `FLOWGYM_PLUGIN_PATH`, one libtorch thread (tests run hosts side by
+    /// side, and threads spinning against each other would slow them all).
+    pub fn command(&self, args: &[&str]) -> Command {
         let exe = self.bin().join(host().file_name().expect("a file"));
-        Command::new(exe)
+        let mut command = Command::new(exe);
+        command
             .args(args)
             .current_dir(&self.root)
             .env("FLOWGYM_HOME", self.root.join("home"))
             .env_remove("FLOWGYM_PLUGIN_PATH")
-            .output()
-            .expect("the host starts")
+            .env("OMP_NUM_THREADS", "1");
+        command
+    }
+
+    /// Runs the sandboxed host with `args` and waits for it.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("the host starts")
     }
 
     /// A path inside the sandbox.

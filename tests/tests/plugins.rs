@@ -66,16 +66,14 @@ fn plugins_are_found_in_every_search_directory() {
     );
 
     let env_sandbox = Sandbox::new("search-env").with_toys();
-    let exe = env_sandbox.bin().join("flowgym-host");
     let extra = env_sandbox.install_as(
         &flowgym_tests::fixture_plugin("flowgym-test-faulty"),
         "env-dir",
         "libfaulty.so",
     );
-    let out = std::process::Command::new(exe)
-        .args(["list"])
+    let out = env_sandbox
+        .command(&["list"])
         .env("FLOWGYM_PLUGIN_PATH", extra.parent().unwrap())
-        .env("FLOWGYM_HOME", env_sandbox.path("home"))
         .output()
         .unwrap();
     assert!(stdout(&out).contains("1d/nan-model"), "{}", stdout(&out));
@@ -101,16 +99,16 @@ fn broken_files_are_reported_by_name_and_the_rest_still_loads() {
         .unwrap_or_else(|| panic!("{text}"));
     assert!(
         refused.contains(&format!(
-            "{}: cannot be opened as a dynamic library:",
+            "{}: is not a complete dynamic library (its headers do not parse: Unknown file magic)",
             garbage.display()
         )),
         "{refused}"
     );
     assert!(
         refused.contains(&format!(
-            "{}: cannot be opened as a dynamic library:",
+            "{}: is not a complete dynamic library",
             truncated.display()
-        )),
+        )) || refused.contains(&format!("{}: is truncated", truncated.display())),
         "{refused}"
     );
     assert!(refused.contains("libflowgym_test_not_a_plugin.so: is not a Flow Gym plugin: it exports no abi_stable root module"), "{refused}");
@@ -166,9 +164,16 @@ fn an_incompatible_plugin_api_version_is_refused_naming_both_versions() {
         );
     std::fs::write(&manifest, text).unwrap();
     let plugin_manifest = root.join("plugin/Cargo.toml");
-    let text = std::fs::read_to_string(&plugin_manifest)
-        .unwrap()
-        .replace("version = \"0.1\" }", "version = \"9\" }");
+    let text = std::fs::read_to_string(&plugin_manifest).unwrap().replace(
+        "path = \"../../plugin-api\", version = \"0.1\" }",
+        "path = \"../plugin-api\", version = \"9\" }",
+    );
+    // Its own package name, so its file does not collide with the other test's build of the
+    // example in the same target directory.
+    let text = text.replace(
+        "name = \"third-party-reward\"",
+        "name = \"future-api-reward\"",
+    );
     std::fs::write(&plugin_manifest, text + "\n[workspace]\n").unwrap();
     std::fs::copy(workspace.join("Cargo.lock"), root.join("plugin/Cargo.lock")).unwrap();
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
@@ -181,7 +186,7 @@ fn an_incompatible_plugin_api_version_is_refused_naming_both_versions() {
     assert!(out.status.success(), "{}", stderr(&out));
     let built = flowgym_tests::fixture_target()
         .join("release")
-        .join("libthird_party_reward.so");
+        .join("libfuture_api_reward.so");
 
     let sandbox = Sandbox::new("api-version").with_toys();
     let file = sandbox.install_as(&built, "bin", "libfuture_api.so");

@@ -31,7 +31,7 @@ pub struct Closeness {
 impl Closeness {
     /// Checks the width is positive.
     pub fn new(args: ClosenessArgs, _ctx: &ConstructContext) -> PluginResult<Self> {
-        if !(args.width > 0.0) {
+        if args.width.is_nan() || args.width <= 0.0 {
             return Err(PluginError::new(format!(
                 "argument `width` must be positive, got {}",
                 args.width

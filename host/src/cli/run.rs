@@ -65,7 +65,8 @@ pub struct RunArgs {
     /// Largest number of trajectories simulated at once (0: the whole batch).
     #[arg(long)]
     pub sample_chunk: Option<usize>,
-    /// Points per gradient-accumulation chunk when fitting the value (0: all at once).
+    /// Points per gradient-accumulation chunk when fitting the value (0: all at once for flat
+    /// data, 256 for images).
     #[arg(long)]
     pub train_chunk: Option<usize>,
     /// Samples drawn before and after training (0: 10000 for flat data, 16 for images).
@@ -243,6 +244,9 @@ pub fn run(cli: &Cli, args: &RunArgs) -> Result<ExitCode> {
     }
     if let Some(s) = summary.seconds_per_iteration {
         println!("{s:.3} s per iteration, {:.1} s in all", summary.seconds);
+    }
+    if let Some(mib) = summary.peak_rss_mib {
+        println!("peak resident memory: {mib:.0} MiB");
     }
     match outcome {
         Outcome::Finished => Ok(ExitCode::SUCCESS),

@@ -170,6 +170,9 @@ pub fn run(cli: &Cli, args: &SampleArgs) -> Result<ExitCode> {
         )?;
     }
     println!("{} samples written to {}", args.samples, out.display());
+    if let Some(mib) = crate::memory::peak_rss_mib() {
+        println!("peak resident memory: {mib:.0} MiB");
+    }
     if has_reward {
         let (mean, std, valid) =
             reward_statistics(&trajectory.scores.reward, &trajectory.scores.valid);

@@ -20,6 +20,10 @@ use crate::reward::Reward;
 use crate::seed::derive_seed;
 use crate::value::ValueNetwork;
 
+/// Points per gradient-accumulation chunk for image data when none is set: activations of
+/// the CNN for `K * N` images at once would dwarf everything else.
+pub const AUTO_IMAGE_CHUNK: usize = 256;
+
 /// Hyperparameters of Value Matching.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct VmSettings {
@@ -31,7 +35,8 @@ pub struct VmSettings {
     pub grad_clip: f64,
     /// Trajectories per iteration.
     pub batch_size: usize,
-    /// Points per gradient-accumulation chunk when fitting the value (0: all at once).
+    /// Points per gradient-accumulation chunk when fitting the value (0: all at once for flat
+    /// data, [`AUTO_IMAGE_CHUNK`] for images).
     pub train_chunk: usize,
     /// The sampler.
     pub sampler: SamplerOptions,
@@ -110,6 +115,7 @@ impl ValueMatching {
         )?;
         let total = states.len();
         let chunk = match self.settings.train_chunk {
+            0 if states.floating().any(|t| t.dim() == 4) => AUTO_IMAGE_CHUNK,
             0 => total,
             c => c,
         };

@@ -105,7 +105,9 @@ pub fn candidate_files(dirs: &[SearchDir]) -> Vec<PathBuf> {
     let mut seen = HashSet::new();
     let mut files = Vec::new();
     for dir in dirs {
-        let Ok(entries) = std::fs::read_dir(&dir.path) else {
+        // Absolute paths, so that messages name files unambiguously.
+        let path = dir.path.canonicalize().unwrap_or_else(|_| dir.path.clone());
+        let Ok(entries) = std::fs::read_dir(&path) else {
             continue;
         };
         let mut in_dir: Vec<PathBuf> = entries

@@ -1,6 +1,7 @@
 //! Loading one plugin file and checking that it fits this host.
 //!
-//! The checks, in order: the file opens as a dynamic library; it exports an abi_stable root
+//! The checks, in order: the file's headers describe a complete library; it opens as a
+//! dynamic library; it exports an abi_stable root
 //! module; the plugin-api version it was built against is semver-compatible with the host's;
 //! abi_stable finds the layouts of every type in the contract identical; a plugin that links
 //! libtorch was built against the host's release. A file that fails is reported with its path
@@ -13,6 +14,8 @@ use abi_stable::library::{lib_header_from_path, LibraryError};
 use abi_stable::std_types::RResult;
 use flowgym_plugin_api::{DataTypeMeta, EntryMeta, PluginModuleRef, API_VERSION, LIBTORCH_VERSION};
 use semver::{Version, VersionReq};
+
+use super::integrity::check_library_file;
 
 /// A loaded, checked plugin file.
 pub struct Plugin {
@@ -129,6 +132,7 @@ pub fn load_plugin(path: &Path) -> Result<Plugin, LoadFailure> {
         path: path.to_path_buf(),
         reason,
     };
+    check_library_file(path).map_err(fail)?;
     let header = lib_header_from_path(path).map_err(|e| fail(describe(&e)))?;
     let version_text = header.version_strings().version.as_str().to_string();
     let api_version = Version::parse(&version_text).map_err(|e| {

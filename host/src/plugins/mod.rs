@@ -1,6 +1,7 @@
 //! Finding, loading and checking plugin files, and looking entries up across them.
 
 pub mod discovery;
+pub mod integrity;
 pub mod loader;
 pub mod registry;
 

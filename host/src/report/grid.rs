@@ -148,7 +148,7 @@ mod tests {
         );
         assert_eq!(
             wrap("one two three four five six", 7, 2),
-            vec!["one two", "three …"]
+            vec!["one two", "three…"]
         );
         assert_eq!(wrap("supercalifragilistic", 6, 2), vec!["super…"]);
     }

@@ -41,7 +41,8 @@ pub struct RunConfig {
     pub value_net: ValueArch,
     /// Largest number of trajectories simulated at once (0: the whole batch).
     pub sample_chunk: usize,
-    /// Points per gradient-accumulation chunk when fitting the value (0: all at once).
+    /// Points per gradient-accumulation chunk when fitting the value (0: all at once for flat
+    /// data, 256 for images).
     pub train_chunk: usize,
     /// Samples drawn before and after training for the figures (0: 10000 for flat data,
     /// 16 for images).
@@ -134,7 +135,7 @@ impl RunConfig {
         if !(self.lr > 0.0 && self.lr.is_finite()) {
             bail!("`lr` must be positive, got {}", self.lr);
         }
-        if !(self.grad_clip > 0.0) {
+        if self.grad_clip.is_nan() || self.grad_clip <= 0.0 {
             bail!("`grad_clip` must be positive, got {}", self.grad_clip);
         }
         if !(self.t0 > 0.0 && self.t0 < 1.0) {

@@ -96,6 +96,8 @@ pub struct Summary {
     pub seconds_per_iteration: Option<f64>,
     /// Wall-clock seconds of this session.
     pub seconds: f64,
+    /// Peak resident memory of this session in MiB (where the system reports it).
+    pub peak_rss_mib: Option<f64>,
 }
 
 /// Everything a run holds while it trains.
@@ -222,7 +224,7 @@ impl Session {
     fn checkpoint(&self, iterations_done: usize) -> Result<()> {
         let state = self.method.state();
         checkpoint::save(&self.dir.latest_checkpoint(), &state, iterations_done)?;
-        if iterations_done > 0 && iterations_done % self.config.checkpoint_every == 0 {
+        if iterations_done > 0 && iterations_done.is_multiple_of(self.config.checkpoint_every) {
             checkpoint::save(
                 &self.dir.checkpoint_at(iterations_done),
                 &state,
@@ -327,7 +329,7 @@ pub fn train(
                 "loss {:.4}  reward {:.4}",
                 stats.loss, stats.reward_mean
             ));
-            if done % config.checkpoint_every == 0 || done == config.iterations {
+            if done.is_multiple_of(config.checkpoint_every) || done == config.iterations {
                 session.checkpoint(done)?;
                 if hidden {
                     eprintln!(
@@ -502,5 +504,6 @@ fn summarize(session: &Session, done: usize, started: Instant) -> Result<Summary
         final_loss: rows.last().map(|r| r.loss),
         seconds_per_iteration: None,
         seconds: started.elapsed().as_secs_f64(),
+        peak_rss_mib: crate::memory::peak_rss_mib(),
     })
 }

@@ -56,7 +56,7 @@ pub struct Binary {
 impl Binary {
     /// Checks the interval is not empty.
     pub fn new(args: BinaryArgs, _ctx: &ConstructContext) -> PluginResult<Self> {
-        if !(args.low <= args.high) {
+        if args.low.is_nan() || args.high.is_nan() || args.low > args.high {
             return Err(PluginError::new(format!(
                 "argument `low` ({}) must not exceed `high` ({})",
                 args.low, args.high

@@ -129,7 +129,7 @@ impl BaseModel for GmmFlow {
         let x = x.take_tch("x")?;
         let t = t.into_tch()?;
         let v = self.velocity(&x, &t);
-        Ok(Batch::from_tch("1d", [("x", &v)])?)
+        Batch::from_tch("1d", [("x", &v)])
     }
 }
 
