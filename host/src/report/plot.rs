@@ -1,10 +1,12 @@
 //! Line charts and histograms as PNG (plotters, with an embedded DejaVu Sans font so that no
 //! system font is needed).
 
+use std::ops::Range;
 use std::path::Path;
 use std::sync::OnceLock;
 
 use anyhow::{anyhow, Result};
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use plotters::style::FontStyle;
 
@@ -50,23 +52,17 @@ fn padded_range(values: impl Iterator<Item = f64>) -> (f64, f64) {
     (lo - pad, hi + pad)
 }
 
-/// A line chart with an optional horizontal reference line, written atomically to `path`.
-pub fn line_chart(
+/// The frame every figure shares: a 900 x 540 PNG with a title, labelled axes on the given
+/// ranges, what `draw` adds, and the legend; written atomically to `path`.
+fn figure(
     path: &Path,
     title: &str,
-    x_label: &str,
-    y_label: &str,
-    series: &[Series],
-    reference: Option<(f64, &str)>,
+    (x_label, y_label): (&str, &str),
+    (x, y): (Range<f64>, Range<f64>),
+    legend: SeriesLabelPosition,
+    draw: impl FnOnce(&mut Chart<'_, '_>) -> Result<()>,
 ) -> Result<()> {
     ensure_font();
-    let (x0, x1) = padded_range(series.iter().flat_map(|s| s.points.iter().map(|p| p.0)));
-    let (y0, y1) = padded_range(
-        series
-            .iter()
-            .flat_map(|s| s.points.iter().map(|p| p.1))
-            .chain(reference.map(|r| r.0)),
-    );
     write_atomically(path, |tmp| {
         let root = BitMapBackend::new(tmp, (900, 540)).into_drawing_area();
         root.fill(&WHITE).map_err(draw_error)?;
@@ -75,7 +71,7 @@ pub fn line_chart(
             .margin(14)
             .x_label_area_size(44)
             .y_label_area_size(70)
-            .build_cartesian_2d(x0..x1, y0..y1)
+            .build_cartesian_2d(x, y)
             .map_err(draw_error)?;
         chart
             .configure_mesh()
@@ -85,35 +81,10 @@ pub fn line_chart(
             .axis_desc_style((FONT, 16))
             .draw()
             .map_err(draw_error)?;
-        for s in series {
-            let color = s.color;
-            chart
-                .draw_series(LineSeries::new(
-                    s.points.iter().copied(),
-                    color.stroke_width(2),
-                ))
-                .map_err(draw_error)?
-                .label(s.label.clone())
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 22, y)], color.stroke_width(2))
-                });
-        }
-        if let Some((level, label)) = reference {
-            let style = RED.stroke_width(2);
-            chart
-                .draw_series(DashedLineSeries::new(
-                    vec![(x0, level), (x1, level)],
-                    10,
-                    6,
-                    style,
-                ))
-                .map_err(draw_error)?
-                .label(label.to_string())
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 22, y)], style));
-        }
+        draw(&mut chart)?;
         chart
             .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
+            .position(legend)
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK)
             .label_font((FONT, 14))
@@ -122,6 +93,63 @@ pub fn line_chart(
         root.present().map_err(draw_error)?;
         Ok(())
     })
+}
+
+type Chart<'a, 'b> =
+    ChartContext<'a, BitMapBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// A line chart with an optional horizontal reference line, written atomically to `path`.
+pub fn line_chart(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[Series],
+    reference: Option<(f64, &str)>,
+) -> Result<()> {
+    let (x0, x1) = padded_range(series.iter().flat_map(|s| s.points.iter().map(|p| p.0)));
+    let (y0, y1) = padded_range(
+        series
+            .iter()
+            .flat_map(|s| s.points.iter().map(|p| p.1))
+            .chain(reference.map(|r| r.0)),
+    );
+    figure(
+        path,
+        title,
+        (x_label, y_label),
+        (x0..x1, y0..y1),
+        SeriesLabelPosition::LowerRight,
+        |chart| {
+            for s in series {
+                let color = s.color;
+                chart
+                    .draw_series(LineSeries::new(
+                        s.points.iter().copied(),
+                        color.stroke_width(2),
+                    ))
+                    .map_err(draw_error)?
+                    .label(s.label.clone())
+                    .legend(move |(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 22, y)], color.stroke_width(2))
+                    });
+            }
+            if let Some((level, label)) = reference {
+                let style = RED.stroke_width(2);
+                chart
+                    .draw_series(DashedLineSeries::new(
+                        vec![(x0, level), (x1, level)],
+                        10,
+                        6,
+                        style,
+                    ))
+                    .map_err(draw_error)?
+                    .label(label.to_string())
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 22, y)], style));
+            }
+            Ok(())
+        },
+    )
 }
 
 /// Bin masses of weighted points on `bins` equal bins over `[lo, hi]`, as densities.
@@ -145,7 +173,6 @@ pub fn histograms(
     sets: &[(&str, &[f64], RGBColor)],
     optimum: Option<(&[f64], &[f64])>,
 ) -> Result<()> {
-    ensure_font();
     let (lo, hi) = padded_range(
         sets.iter()
             .flat_map(|(_, values, _)| values.iter().copied()),
@@ -166,60 +193,41 @@ pub fn histograms(
         .chain(optimum_density.iter().flatten())
         .fold(0.0f64, |a, &b| a.max(b))
         * 1.1;
-    write_atomically(path, |tmp| {
-        let root = BitMapBackend::new(tmp, (900, 540)).into_drawing_area();
-        root.fill(&WHITE).map_err(draw_error)?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption(title, (FONT, 22))
-            .margin(14)
-            .x_label_area_size(44)
-            .y_label_area_size(70)
-            .build_cartesian_2d(lo..hi, 0.0..top.max(1e-6))
-            .map_err(draw_error)?;
-        chart
-            .configure_mesh()
-            .x_desc("x")
-            .y_desc("density")
-            .label_style((FONT, 14))
-            .axis_desc_style((FONT, 16))
-            .draw()
-            .map_err(draw_error)?;
-        for ((label, _, color), density) in sets.iter().zip(&densities) {
-            let fill = color.mix(0.35).filled();
-            chart
-                .draw_series(density.iter().enumerate().map(|(i, &d)| {
-                    let x = lo + i as f64 * width;
-                    Rectangle::new([(x, 0.0), (x + width, d)], fill)
-                }))
-                .map_err(draw_error)?
-                .label(label.to_string())
-                .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 22, y + 6)], fill));
-        }
-        if let Some(density) = &optimum_density {
-            let style = RED.stroke_width(2);
-            chart
-                .draw_series(LineSeries::new(
-                    density
-                        .iter()
-                        .enumerate()
-                        .map(|(i, &d)| (lo + (i as f64 + 0.5) * width, d)),
-                    style,
-                ))
-                .map_err(draw_error)?
-                .label("optimum p* ~ p_base exp(lambda r)")
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 22, y)], style));
-        }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .label_font((FONT, 14))
-            .draw()
-            .map_err(draw_error)?;
-        root.present().map_err(draw_error)?;
-        Ok(())
-    })
+    figure(
+        path,
+        title,
+        ("x", "density"),
+        (lo..hi, 0.0..top.max(1e-6)),
+        SeriesLabelPosition::UpperLeft,
+        |chart| {
+            for ((label, _, color), density) in sets.iter().zip(&densities) {
+                let fill = color.mix(0.35).filled();
+                chart
+                    .draw_series(density.iter().enumerate().map(|(i, &d)| {
+                        let x = lo + i as f64 * width;
+                        Rectangle::new([(x, 0.0), (x + width, d)], fill)
+                    }))
+                    .map_err(draw_error)?
+                    .label(label.to_string())
+                    .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 22, y + 6)], fill));
+            }
+            if let Some(density) = &optimum_density {
+                let style = RED.stroke_width(2);
+                chart
+                    .draw_series(LineSeries::new(
+                        density
+                            .iter()
+                            .enumerate()
+                            .map(|(i, &d)| (lo + (i as f64 + 0.5) * width, d)),
+                        style,
+                    ))
+                    .map_err(draw_error)?
+                    .label("optimum p* ~ p_base exp(lambda r)")
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 22, y)], style));
+            }
+            Ok(())
+        },
+    )
 }
 
 /// Grey, for base-model samples.

@@ -389,18 +389,36 @@ fn optimum_of(before: &Saved, after: Option<&Saved>, lambda: f64) -> (OptimumSta
     (stats, optimum)
 }
 
-/// The reward curve, the loss curve, and for 1-d runs the histograms against the optimum.
-fn write_figures(session: &Session) -> Result<()> {
-    let dir = &session.dir;
-    let samples_dir = dir.root.join("samples");
-    let (before, after) = (
-        samples::load(&samples_dir, "before")?,
-        samples::load(&samples_dir, "after")?,
-    );
+/// The saved samples before and after training, and for 1-d runs the optimum.
+struct Outcomes {
+    before: Option<Saved>,
+    after: Option<Saved>,
+    optimum: Option<(OptimumStats, Weighted)>,
+}
+
+fn outcomes(session: &Session) -> Result<Outcomes> {
+    let samples_dir = session.dir.root.join("samples");
+    let before = samples::load(&samples_dir, "before")?;
+    let after = samples::load(&samples_dir, "after")?;
     let optimum = before
         .as_ref()
         .filter(|b| b.is_1d())
         .map(|b| optimum_of(b, after.as_ref(), session.config.reward_scale));
+    Ok(Outcomes {
+        before,
+        after,
+        optimum,
+    })
+}
+
+/// The reward curve, the loss curve, and for 1-d runs the histograms against the optimum.
+fn write_figures(session: &Session) -> Result<()> {
+    let dir = &session.dir;
+    let Outcomes {
+        before,
+        after,
+        optimum,
+    } = outcomes(session)?;
     let rows = metrics::read(&dir.metrics()).unwrap_or_default();
     if !rows.is_empty() {
         plot::line_chart(
@@ -480,15 +498,11 @@ fn sample_stats(saved: &Saved) -> SampleStats {
 }
 
 fn summarize(session: &Session, done: usize, started: Instant) -> Result<Summary> {
-    let samples_dir = session.dir.root.join("samples");
-    let (before, after) = (
-        samples::load(&samples_dir, "before")?,
-        samples::load(&samples_dir, "after")?,
-    );
-    let optimum = before
-        .as_ref()
-        .filter(|b| b.is_1d())
-        .map(|b| optimum_of(b, after.as_ref(), session.config.reward_scale).0);
+    let Outcomes {
+        before,
+        after,
+        optimum,
+    } = outcomes(session)?;
     let rows = metrics::read(&session.dir.metrics()).unwrap_or_default();
     Ok(Summary {
         model: session.config.model.clone(),
@@ -500,7 +514,7 @@ fn summarize(session: &Session, done: usize, started: Instant) -> Result<Summary
         device: session.config.device.clone(),
         before: before.as_ref().map(sample_stats),
         after: after.as_ref().map(sample_stats),
-        optimum,
+        optimum: optimum.map(|(stats, _)| stats),
         final_loss: rows.last().map(|r| r.loss),
         seconds_per_iteration: None,
         seconds: started.elapsed().as_secs_f64(),

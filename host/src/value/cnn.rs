@@ -11,7 +11,7 @@ use tch::nn::{self, Module};
 use tch::{Device, Tensor};
 
 use super::embedding::sinusoidal;
-use super::{parameter_count, ValueNetwork};
+use super::{parameter_count, zero_init, ValueNetwork};
 use crate::data::State;
 
 const TIME_DIM: i64 = 128;
@@ -79,11 +79,6 @@ impl CnnValue {
             })
             .collect();
         let last = *WIDTHS.last().expect("three stages");
-        let zero = nn::LinearConfig {
-            ws_init: nn::Init::Const(0.0),
-            bs_init: Some(nn::Init::Const(0.0)),
-            bias: true,
-        };
         let head = nn::seq()
             .add(nn::linear(
                 &root / "head" / "0",
@@ -92,7 +87,7 @@ impl CnnValue {
                 Default::default(),
             ))
             .add_fn(|x| x.silu())
-            .add(nn::linear(&root / "head" / "1", 128, 1, zero));
+            .add(nn::linear(&root / "head" / "1", 128, 1, zero_init()));
         Self {
             vs,
             stem,

@@ -4,7 +4,7 @@ use tch::nn::{self, Module};
 use tch::{Device, Tensor};
 
 use super::embedding::sinusoidal;
-use super::{parameter_count, ValueNetwork};
+use super::{parameter_count, zero_init, ValueNetwork};
 use crate::data::State;
 
 const TIME_DIM: i64 = 64;
@@ -36,12 +36,7 @@ impl MlpValue {
                 .add_fn(|x| x.silu());
             width = HIDDEN;
         }
-        let zero = nn::LinearConfig {
-            ws_init: nn::Init::Const(0.0),
-            bs_init: Some(nn::Init::Const(0.0)),
-            bias: true,
-        };
-        net = net.add(nn::linear(&root / "out", width, 1, zero));
+        net = net.add(nn::linear(&root / "out", width, 1, zero_init()));
         Self { vs, net, features }
     }
 }

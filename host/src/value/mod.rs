@@ -37,6 +37,16 @@ pub trait ValueNetwork {
     fn describe(&self) -> String;
 }
 
+/// A linear layer that starts at zero: the output layer of every built-in value network, so
+/// that iteration 0 samples exactly the base model.
+pub fn zero_init() -> nn::LinearConfig {
+    nn::LinearConfig {
+        ws_init: nn::Init::Const(0.0),
+        bs_init: Some(nn::Init::Const(0.0)),
+        bias: true,
+    }
+}
+
 /// Number of trainable parameters.
 pub fn parameter_count(vs: &nn::VarStore) -> i64 {
     vs.trainable_variables()

@@ -10,6 +10,9 @@ use flowgym_images::models::aesthetic::{
     pth, read_head_tensors, AestheticHead, AestheticPredictor,
 };
 use flowgym_plugin_api::{Arguments, Batch, ConstructContext, Kwargs, Reward};
+mod common;
+
+use common::max_abs_diff as max_abs;
 use tch::{Device, Kind, Tensor};
 
 const TOLERANCE: f64 = 1e-5;
@@ -19,15 +22,7 @@ fn dir() -> PathBuf {
 }
 
 fn cases() -> BTreeMap<String, Tensor> {
-    Tensor::read_safetensors(dir().join("aesthetic_cases.safetensors"))
-        .unwrap()
-        .into_iter()
-        .collect()
-}
-
-fn max_abs(a: &Tensor, b: &Tensor) -> f64 {
-    assert_eq!(a.size(), b.size());
-    (a - b).abs().max().double_value(&[])
+    common::read_tensors(&dir().join("aesthetic_cases.safetensors"))
 }
 
 fn predictor(head: &str) -> AestheticPredictor {

@@ -10,6 +10,9 @@ use flowgym_images::models::clip::{
     ClipVisionModelWithProjection,
 };
 use flowgym_images::weights::Weights;
+mod common;
+
+use common::max_abs_diff as max_abs;
 use tch::{Device, Kind, Tensor};
 
 const TOLERANCE: f64 = 1e-4;
@@ -19,15 +22,7 @@ fn fixtures() -> PathBuf {
 }
 
 fn read(name: &str) -> BTreeMap<String, Tensor> {
-    Tensor::read_safetensors(fixtures().join(name))
-        .unwrap()
-        .into_iter()
-        .collect()
-}
-
-fn max_abs(a: &Tensor, b: &Tensor) -> f64 {
-    assert_eq!(a.size(), b.size());
-    (a - b).abs().max().double_value(&[])
+    common::read_tensors(&fixtures().join(name))
 }
 
 fn check_text(name: &str, activation: Activation, layers: i64) {

@@ -6,6 +6,9 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use flowgym_images::preprocess::{clip_preprocess, shortest_side_size};
+mod common;
+
+use common::max_abs_diff as max_abs;
 use tch::{Device, Kind, Tensor};
 
 const TOLERANCE: f64 = 1e-5;
@@ -13,15 +16,7 @@ const TOLERANCE: f64 = 1e-5;
 fn cases() -> BTreeMap<String, Tensor> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/clip/preprocess_cases.safetensors");
-    Tensor::read_safetensors(path)
-        .unwrap()
-        .into_iter()
-        .collect()
-}
-
-fn max_abs(a: &Tensor, b: &Tensor) -> f64 {
-    assert_eq!(a.size(), b.size());
-    (a - b).abs().max().double_value(&[])
+    common::read_tensors(&path)
 }
 
 /// The image `make_clip_fixtures.py::formula_image` builds, computed in float64 then rounded.

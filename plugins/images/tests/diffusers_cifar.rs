@@ -3,12 +3,12 @@
 //! weights) and the fixtures `scripts/make_diffusers_fixtures.py` wrote with diffusers 0.42.1 /
 //! torch 2.13.0.
 
-mod diffusers_common;
+mod common;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use diffusers_common::{
+use common::{
     copy_dir, fixture, get, max_abs, max_abs_diff, phantom_weights, published, read_tensors,
     write_tensors, TempDir,
 };

@@ -2,12 +2,12 @@
 //! of `stabilityai/stable-diffusion-2-base` and `stable-diffusion-v1-5`, and the fixtures
 //! `scripts/make_diffusers_fixtures.py` wrote with diffusers 0.42.1 / torch 2.13.0.
 
-mod diffusers_common;
+mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use diffusers_common::{
+use common::{
     copy_dir, fixture, get, max_abs_diff, phantom_weights, published, read_tensors, write_tensors,
     TempDir,
 };

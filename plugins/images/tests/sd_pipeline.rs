@@ -3,13 +3,13 @@
 //! pipeline computed with them (`<variant>_io.safetensors`), written by
 //! `scripts/make_sd_fixtures.py` with diffusers 0.42.1 / transformers 5.24.0 / torch 2.13.0.
 
-mod diffusers_common;
+mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use abi_stable::std_types::RString;
-use diffusers_common::{get, max_abs, max_abs_diff, read_tensors, write_tensors, TempDir};
+use common::{get, max_abs, max_abs_diff, read_tensors, write_tensors, TempDir};
 use flowgym_images::hub::HubCache;
 use flowgym_images::sd::{SdArgs, SdFiles, SdModel, SdVersion, DEFAULT_PROMPTS};
 use flowgym_plugin_api::{

@@ -1,4 +1,4 @@
-//! Helpers shared by the diffusers golden tests.
+//! Helpers shared by the golden tests.
 
 #![allow(dead_code)]
 
