@@ -389,6 +389,35 @@ fn a_nan_reward_stops_the_run_naming_it_and_keeps_the_last_good_checkpoint() {
 }
 
 #[test]
+fn an_overflowing_loss_stops_the_run_naming_it() {
+    let sandbox = Sandbox::new("huge-loss").with_toys();
+    sandbox.install(&fixture_plugin("flowgym-test-faulty"));
+    let out = sandbox.run(&[
+        "run",
+        "--reward",
+        "1d/huge",
+        "--iterations",
+        "3",
+        "--eval-samples",
+        "8",
+        "--out",
+        "run",
+    ]);
+    assert_exit(&out, 1);
+    let err = stderr(&out);
+    assert!(
+        err.contains("the Value Matching loss became inf at iteration 0"),
+        "{err}"
+    );
+    assert!(err.contains("the run stopped at iteration 0"), "{err}");
+    let done = tensor(
+        &sandbox.path("run/checkpoints/latest.safetensors"),
+        "run.iterations_done",
+    )[0];
+    assert_eq!(done, 0.0);
+}
+
+#[test]
 fn nan_model_outputs_and_malformed_rewards_are_errors_not_crashes() {
     let sandbox = Sandbox::new("faulty").with_toys();
     sandbox.install(&fixture_plugin("flowgym-test-faulty"));

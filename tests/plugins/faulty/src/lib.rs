@@ -136,6 +136,28 @@ register_reward! {
     construct: |_: NoArguments, _: &ConstructContext| Ok::<_, PluginError>(Integer),
 }
 
+/// Finite rewards so large that the squared regression error overflows float32.
+pub struct Huge;
+
+impl Reward for Huge {
+    fn reward(&mut self, sample: Batch, _l: Batch, _k: Kwargs) -> PluginResult<RewardOutput> {
+        let n = count(&sample)?;
+        Ok(RewardOutput::all_valid(ManagedTensor::from_slice(
+            &vec![3.0e38f32; n],
+        )))
+    }
+}
+
+register_reward! {
+    id: "1d/huge",
+    version: "0.1.0",
+    data_type: ("1d", "1.0.0"),
+    description: "finite rewards whose squared error overflows",
+    arguments: NoArguments,
+    leaves: points(),
+    construct: |_: NoArguments, _: &ConstructContext| Ok::<_, PluginError>(Huge),
+}
+
 arguments! {
     /// Arguments of `1d/nan-model`.
     pub struct NanModelArgs {
