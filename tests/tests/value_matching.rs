@@ -421,55 +421,27 @@ fn an_overflowing_loss_stops_the_run_naming_it() {
 fn nan_model_outputs_and_malformed_rewards_are_errors_not_crashes() {
     let sandbox = Sandbox::new("faulty").with_toys();
     sandbox.install(&fixture_plugin("flowgym-test-faulty"));
-    let out = sandbox.run(&[
-        "sample",
-        "--model",
-        "1d/nan-model",
-        "--reward",
-        "1d/binary",
-        "-n",
-        "8",
-        "--out",
-        "s",
-    ]);
-    assert_exit(&out, 1);
-    assert!(
-        stderr(&out).contains(
-            "model `1d/nan-model` forward returned NaN or infinite values at step 49 (t = 0.5002)"
+    let cases = [
+        (
+            ["1d/nan-model", "1d/binary"],
+            "model `1d/nan-model` forward returned NaN or infinite values at step 49 (t = 0.5002)",
         ),
-        "{}",
-        stderr(&out)
-    );
-    let out = sandbox.run(&[
-        "sample", "--model", "1d/gmm", "--reward", "1d/short", "-n", "8", "--out", "s",
-    ]);
-    assert_exit(&out, 1);
-    assert!(
-        stderr(&out).contains(
-            "reward `1d/short` returned rewards of shape [7] for 8 samples; expected [8]"
+        (
+            ["1d/gmm", "1d/short"],
+            "reward `1d/short` returned rewards of shape [7] for 8 samples; expected [8]",
         ),
-        "{}",
-        stderr(&out)
-    );
-    let out = sandbox.run(&[
-        "sample",
-        "--model",
-        "1d/gmm",
-        "--reward",
-        "1d/integer",
-        "-n",
-        "8",
-        "--out",
-        "s",
-    ]);
-    assert_exit(&out, 1);
-    assert!(
-        stderr(&out).contains(
-            "reward `1d/integer` returned rewards of type Int64; rewards must be floating point"
+        (
+            ["1d/gmm", "1d/integer"],
+            "reward `1d/integer` returned rewards of type Int64; rewards must be floating point",
         ),
-        "{}",
-        stderr(&out)
-    );
+    ];
+    for ([model, reward], expected) in cases {
+        let out = sandbox.run(&[
+            "sample", "--model", model, "--reward", reward, "-n", "8", "--out", "s",
+        ]);
+        assert_exit(&out, 1);
+        assert!(stderr(&out).contains(expected), "{}", stderr(&out));
+    }
 }
 
 #[test]

@@ -25,6 +25,26 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+/// Checks that a UNet or VAE config has levels, and one down and one up block type per level.
+pub fn check_levels(
+    block_out_channels: &[i64],
+    down_block_types: &[String],
+    up_block_types: &[String],
+) -> Result<(), ConfigError> {
+    let levels = block_out_channels.len();
+    if levels == 0 {
+        return Err(ConfigError::Invalid("`block_out_channels` is empty".into()));
+    }
+    if down_block_types.len() != levels || up_block_types.len() != levels {
+        return Err(ConfigError::Invalid(format!(
+            "{levels} `block_out_channels` but {} `down_block_types` and {} `up_block_types`",
+            down_block_types.len(),
+            up_block_types.len()
+        )));
+    }
+    Ok(())
+}
+
 impl ConfigError {
     /// An [`ConfigError::Unsupported`] for `key`.
     pub fn unsupported(

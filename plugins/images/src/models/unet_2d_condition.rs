@@ -8,7 +8,9 @@ use serde::Deserialize;
 use tch::Tensor;
 
 use crate::models::embeddings::{TimestepEmbedding, Timesteps};
-use crate::models::resnet::{Activation, ConfigError, ResnetBlock2DConfig, TimeEmbeddingNorm};
+use crate::models::resnet::{
+    check_levels, Activation, ConfigError, ResnetBlock2DConfig, TimeEmbeddingNorm,
+};
 use crate::models::unet_2d::SampleSize;
 use crate::models::unet_2d_blocks::{
     CrossAttnConfig, CrossAttnDownBlock2D, CrossAttnUpBlock2D, DownBlock2D, UNetMidBlock2D,
@@ -228,16 +230,11 @@ impl UNet2DConditionConfig {
 
     fn levels(&self) -> Result<Levels, ConfigError> {
         let levels = self.block_out_channels.len();
-        if levels == 0 {
-            return Err(ConfigError::Invalid("`block_out_channels` is empty".into()));
-        }
-        if self.down_block_types.len() != levels || self.up_block_types.len() != levels {
-            return Err(ConfigError::Invalid(format!(
-                "{levels} `block_out_channels` but {} `down_block_types` and {} `up_block_types`",
-                self.down_block_types.len(),
-                self.up_block_types.len()
-            )));
-        }
+        check_levels(
+            &self.block_out_channels,
+            &self.down_block_types,
+            &self.up_block_types,
+        )?;
         let unset: [(&str, bool); 13] = [
             ("num_attention_heads", self.num_attention_heads.is_some()),
             ("encoder_hid_dim", self.encoder_hid_dim.is_some()),

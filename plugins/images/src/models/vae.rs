@@ -7,7 +7,9 @@
 use serde::Deserialize;
 use tch::Tensor;
 
-use crate::models::resnet::{Activation, ConfigError, ResnetBlock2DConfig, TimeEmbeddingNorm};
+use crate::models::resnet::{
+    check_levels, Activation, ConfigError, ResnetBlock2DConfig, TimeEmbeddingNorm,
+};
 use crate::models::unet_2d::SampleSize;
 use crate::models::unet_2d_blocks::{DownBlock2D, UNetMidBlock2D, UpDecoderBlock2D};
 use crate::nn::{Conv2d, GroupNorm};
@@ -84,17 +86,11 @@ impl AutoencoderKLConfig {
     /// Checks that the configuration is consistent and within what this implementation
     /// supports, naming the first key that is not.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let levels = self.block_out_channels.len();
-        if levels == 0 {
-            return Err(ConfigError::Invalid("`block_out_channels` is empty".into()));
-        }
-        if self.down_block_types.len() != levels || self.up_block_types.len() != levels {
-            return Err(ConfigError::Invalid(format!(
-                "{levels} `block_out_channels` but {} `down_block_types` and {} `up_block_types`",
-                self.down_block_types.len(),
-                self.up_block_types.len()
-            )));
-        }
+        check_levels(
+            &self.block_out_channels,
+            &self.down_block_types,
+            &self.up_block_types,
+        )?;
         if let Some(kind) = self
             .down_block_types
             .iter()
