@@ -15,7 +15,6 @@ use super::config::RunConfig;
 use super::dir::{write_bytes_atomically, RunDir};
 use super::metrics::{self, MetricsLog};
 use super::samples::{self, Saved};
-use crate::data::State;
 use crate::device::parse_device;
 use crate::env::{sample, Control, Interrupted, SamplerOptions, Trajectory};
 use crate::interrupt;
@@ -109,6 +108,8 @@ struct Session {
     reward: Reward,
     method: ValueMatching,
     value_description: String,
+    /// Samples drawn before and after training for the figures.
+    eval_samples: usize,
 }
 
 fn sampler_options(config: &RunConfig, batch: usize) -> SamplerOptions {
@@ -141,6 +142,11 @@ fn open_session(registry: &Registry, config: RunConfig, dir: RunDir) -> Result<S
     };
     tch::manual_seed(derive_seed(config.seed, "init", 0) as i64);
     let network = value::build(config.value_net, &example, device)?;
+    let eval_samples = match config.eval_samples {
+        0 if samples::is_image(&example) => 16,
+        0 => 10_000,
+        n => n,
+    };
     let value_description = network.describe();
     let settings = VmSettings {
         reward_scale: config.reward_scale,
@@ -161,6 +167,7 @@ fn open_session(registry: &Registry, config: RunConfig, dir: RunDir) -> Result<S
         reward,
         method,
         value_description,
+        eval_samples,
     })
 }
 
@@ -175,14 +182,6 @@ fn step_bar(steps: usize, what: &str) -> ProgressBar {
 }
 
 impl Session {
-    fn eval_samples(&self, example: &State) -> usize {
-        match self.config.eval_samples {
-            0 if samples::is_image(example) => 16,
-            0 => 10_000,
-            n => n,
-        }
-    }
-
     /// Samples for the figures, from the same noise before and after training.
     fn evaluate(&mut self, controlled: bool, n: usize, what: &str) -> Result<Trajectory> {
         let options = sampler_options(&self.config, n);
@@ -273,8 +272,7 @@ pub fn train(
     );
 
     interrupt::install();
-    let example = session.model.sample_p0(1, 0)?.0;
-    let eval_n = session.eval_samples(&example);
+    let eval_n = session.eval_samples;
     if samples::load(&samples_dir, "before")?.is_none() {
         match session.evaluate(false, eval_n, "base model samples") {
             Ok(before) => session.save_samples("before", &before)?,
