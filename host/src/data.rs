@@ -235,6 +235,17 @@ impl State {
     /// The batches one after the other.
     pub fn cat(parts: &[State]) -> Result<State> {
         let first = parts.first().context("nothing to concatenate")?;
+        fn names(s: &State) -> Vec<&str> {
+            s.leaves.iter().map(|(n, _)| n.as_str()).collect()
+        }
+        if let Some(other) = parts.iter().find(|p| names(p) != names(first)) {
+            bail!(
+                "batches of `{}` with different leaves cannot be joined ({} vs {})",
+                first.data_type,
+                names(first).join(", "),
+                names(other).join(", ")
+            );
+        }
         let leaves = first
             .leaves
             .iter()
@@ -315,6 +326,22 @@ mod tests {
         let joined = State::cat(&parts).unwrap();
         assert!(joined.leaf("x").unwrap().equal(s.leaf("x").unwrap()));
         assert!(joined.leaf("id").unwrap().equal(s.leaf("id").unwrap()));
+    }
+
+    #[test]
+    fn chunks_with_other_leaves_are_not_joined() {
+        let other = State::new(
+            "points",
+            vec![(
+                "y".into(),
+                Tensor::zeros([1, 2], (Kind::Float, Device::Cpu)),
+            )],
+        );
+        let err = State::cat(&[state(), other]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "batches of `points` with different leaves cannot be joined (x, id vs y)"
+        );
     }
 
     #[test]

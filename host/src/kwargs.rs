@@ -129,10 +129,31 @@ impl HostKwargs {
     }
 
     /// Per-sample values concatenated in order; whole-batch values taken from the first part.
-    pub fn cat(parts: &[HostKwargs]) -> HostKwargs {
+    /// Every part must carry the same names with values of the same kinds.
+    pub fn cat(parts: &[HostKwargs]) -> Result<HostKwargs> {
         let Some(first) = parts.first() else {
-            return HostKwargs::default();
+            return Ok(HostKwargs::default());
         };
+        let shape = |k: &HostKwargs| -> Vec<(String, std::mem::Discriminant<HostKwarg>)> {
+            k.entries
+                .iter()
+                .map(|(n, v)| (n.clone(), std::mem::discriminant(v)))
+                .collect()
+        };
+        if let Some(other) = parts.iter().find(|p| shape(p) != shape(first)) {
+            let names = |k: &HostKwargs| {
+                k.entries
+                    .iter()
+                    .map(|(n, _)| n.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            bail!(
+                "the model returned different keyword arguments for different chunks of one batch ({} vs {})",
+                names(first),
+                names(other)
+            );
+        }
         let entries = first
             .entries
             .iter()
@@ -163,7 +184,7 @@ impl HostKwargs {
                 (n.clone(), v)
             })
             .collect();
-        HostKwargs { entries }
+        Ok(HostKwargs { entries })
     }
 
     /// Tensors moved to `device`.
@@ -207,7 +228,7 @@ mod tests {
             parts[1].strings("prompt").unwrap(),
             &["b".to_string(), "c".to_string()]
         );
-        let joined = HostKwargs::cat(&parts);
+        let joined = HostKwargs::cat(&parts).unwrap();
         assert_eq!(joined.strings("prompt").unwrap().len(), 3);
         match &joined.entries[1].1 {
             HostKwarg::Tensor(t) => {

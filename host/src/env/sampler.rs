@@ -294,7 +294,7 @@ fn concatenate(mut parts: Vec<Trajectory>) -> Result<Trajectory> {
         running_cost: Tensor::cat(&costs, 1),
         final_state: State::cat(&finals)?,
         sample: State::cat(&samples)?,
-        kwargs: HostKwargs::cat(&kwargs),
+        kwargs: HostKwargs::cat(&kwargs)?,
         scores: Scores {
             reward: Tensor::cat(&rewards, 0),
             valid: Tensor::cat(&valids, 0),
