@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use common::{
     copy_dir, fixture, get, max_abs, max_abs_diff, phantom_weights, published, read_tensors,
-    write_tensors, TempDir,
+    with_legacy_attention_names, write_tensors, TempDir,
 };
 use flowgym_images::cifar::{CifarArgs, CifarFiles, CifarModel};
 use flowgym_images::hub::{HubCache, LoadError};
@@ -158,17 +158,7 @@ fn deprecated_attention_names_load() {
     let tmp = TempDir::new("cifar-legacy");
     copy_dir(&tiny_dir(), tmp.path());
     let file = tmp.path().join("diffusion_pytorch_model.safetensors");
-    let renamed: BTreeMap<String, Tensor> = read_tensors(&file)
-        .into_iter()
-        .map(|(name, tensor)| {
-            let name = name
-                .replace(".to_q.", ".query.")
-                .replace(".to_k.", ".key.")
-                .replace(".to_v.", ".value.")
-                .replace(".to_out.0.", ".proj_attn.");
-            (name, tensor)
-        })
-        .collect();
+    let renamed = with_legacy_attention_names(read_tensors(&file));
     assert!(renamed
         .keys()
         .any(|k| k.ends_with("attentions.0.query.weight")));

@@ -4,18 +4,17 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use common::{
-    copy_dir, fixture, get, max_abs_diff, phantom_weights, published, read_tensors, write_tensors,
-    TempDir,
+    copy_dir, fixture, get, max_abs_diff, phantom_weights, published, read_tensors,
+    with_legacy_attention_names, write_tensors, TempDir,
 };
 use flowgym_images::hub::{find_component, read_config, Search};
 use flowgym_images::models::unet_2d_condition::{UNet2DConditionConfig, UNet2DConditionModel};
 use flowgym_images::models::vae::{AutoencoderKL, AutoencoderKLConfig};
 use flowgym_images::weights::Weights;
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Kind};
 
 /// Loads a component folder with strict weight accounting.
 fn load<C, M>(dir: &Path, build: impl FnOnce(&Weights, &C) -> M) -> M
@@ -123,17 +122,7 @@ fn vae_loads_deprecated_attention_names() {
     let tmp = TempDir::new("vae-legacy");
     copy_dir(&fixture("vae-tiny"), tmp.path());
     let file = tmp.path().join("diffusion_pytorch_model.safetensors");
-    let renamed: BTreeMap<String, Tensor> = read_tensors(&file)
-        .into_iter()
-        .map(|(name, tensor)| {
-            let name = name
-                .replace(".to_q.", ".query.")
-                .replace(".to_k.", ".key.")
-                .replace(".to_v.", ".value.")
-                .replace(".to_out.0.", ".proj_attn.");
-            (name, tensor)
-        })
-        .collect();
+    let renamed = with_legacy_attention_names(read_tensors(&file));
     assert!(renamed.contains_key("decoder.mid_block.attentions.0.proj_attn.weight"));
     write_tensors(&renamed, &file);
     let [decode, mean, logvar] = vae_errors(&vae(tmp.path()));

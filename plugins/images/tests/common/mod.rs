@@ -127,3 +127,19 @@ pub fn phantom_weights(
         Device::Cpu,
     )
 }
+
+/// The tensors renamed to the attention names of checkpoints saved before diffusers renamed
+/// them (`query`, `key`, `value`, `proj_attn`), which diffusers still accepts on load.
+pub fn with_legacy_attention_names(tensors: BTreeMap<String, Tensor>) -> BTreeMap<String, Tensor> {
+    tensors
+        .into_iter()
+        .map(|(name, tensor)| {
+            let name = name
+                .replace(".to_q.", ".query.")
+                .replace(".to_k.", ".key.")
+                .replace(".to_v.", ".value.")
+                .replace(".to_out.0.", ".proj_attn.");
+            (name, tensor)
+        })
+        .collect()
+}
