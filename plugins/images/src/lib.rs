@@ -2,10 +2,12 @@
 //!
 //! Architectures live in [`models`], one module each, in the manner of the diffusers and
 //! transformers sources: a config struct that mirrors the published `config.json` and weights
-//! loaded by their published names through [`weights`].
+//! loaded by their published names through [`weights`] (or, for the aesthetic heads' `.pth`
+//! files, through the restricted checkpoint reader [`pth`]).
 
 pub mod models;
 pub mod nn;
+pub mod pth;
 pub mod weights;
 
 flowgym_plugin_api::export_plugin!(libtorch);

@@ -6,9 +6,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use flowgym_images::aesthetic::{find_clip, find_head, AestheticArgs, AestheticReward};
-use flowgym_images::models::aesthetic::{
-    pth, read_head_tensors, AestheticHead, AestheticPredictor,
-};
+use flowgym_images::models::aesthetic::{read_head_tensors, AestheticHead, AestheticPredictor};
+use flowgym_images::pth;
 use flowgym_plugin_api::{Arguments, Batch, ConstructContext, Kwargs, Reward};
 mod common;
 
