@@ -9,7 +9,7 @@ use crate::models::resnet::{
     check_levels, Activation, ConfigError, ResnetBlock2DConfig, TimeEmbeddingNorm,
 };
 use crate::models::unet_2d_blocks::{
-    AttnDownBlock2D, AttnUpBlock2D, DownBlock2D, UNetMidBlock2D, UpBlock2D,
+    down_levels, up_levels, AttnDownBlock2D, AttnUpBlock2D, DownBlock2D, UNetMidBlock2D, UpBlock2D,
 };
 use crate::nn::{Conv2d, GroupNorm};
 use crate::weights::WeightPath;
@@ -250,13 +250,11 @@ impl UNet2DModel {
         config.validate()?;
         let c = config;
         let channels = &c.block_out_channels;
-        let levels = channels.len();
         let time_embed_dim = c.time_embedding_dim.unwrap_or(channels[0] * 4);
-        let groups = c.groups();
         let resnet = ResnetBlock2DConfig {
             out_channels: None,
             temb_channels: Some(time_embed_dim),
-            groups,
+            groups: c.groups(),
             groups_out: None,
             eps: c.norm_eps,
             act: Activation::from_name("act_fn", &c.act_fn)?,
@@ -264,75 +262,6 @@ impl UNet2DModel {
             skip_time_act: false,
             output_scale_factor: 1.0,
         };
-
-        let mut down_blocks = Vec::with_capacity(levels);
-        let mut output_channel = channels[0];
-        for (i, kind) in c.down_block_types.iter().enumerate() {
-            let input_channel = output_channel;
-            output_channel = channels[i];
-            let padding = (i + 1 < levels).then_some(c.downsample_padding);
-            let p = p.pp("down_blocks").pp(i);
-            let (n, from, to) = (c.layers_per_block, input_channel, output_channel);
-            down_blocks.push(if kind == "AttnDownBlock2D" {
-                let head_dim = c.attention_head_dim.unwrap_or(to);
-                DownBlock::Attn(AttnDownBlock2D::new(
-                    &p, from, to, n, resnet, head_dim, padding,
-                ))
-            } else {
-                DownBlock::Plain(DownBlock2D::new(&p, from, to, n, resnet, padding))
-            });
-        }
-
-        let mid_block = c.mid_block_type.as_ref().map(|_| {
-            let last = channels[levels - 1];
-            let attn_groups = c
-                .attn_norm_num_groups
-                .or((resnet.time_embedding_norm == TimeEmbeddingNorm::Default).then_some(groups));
-            let attention = c
-                .add_attention
-                .then(|| (c.attention_head_dim.unwrap_or(last), attn_groups));
-            let resnet = ResnetBlock2DConfig {
-                output_scale_factor: c.mid_block_scale_factor,
-                ..resnet
-            };
-            UNetMidBlock2D::new(&p.pp("mid_block"), last, 1, resnet, attention)
-        });
-
-        let reversed: Vec<i64> = channels.iter().rev().copied().collect();
-        let mut up_blocks = Vec::with_capacity(levels);
-        let mut output_channel = reversed[0];
-        for (i, kind) in c.up_block_types.iter().enumerate() {
-            let prev_output_channel = output_channel;
-            output_channel = reversed[i];
-            let input_channel = reversed[(i + 1).min(levels - 1)];
-            let add_upsample = i + 1 < levels;
-            let p = p.pp("up_blocks").pp(i);
-            let n = c.layers_per_block + 1;
-            up_blocks.push(if kind == "AttnUpBlock2D" {
-                let head_dim = c.attention_head_dim.unwrap_or(output_channel);
-                UpBlock::Attn(AttnUpBlock2D::new(
-                    &p,
-                    input_channel,
-                    prev_output_channel,
-                    output_channel,
-                    n,
-                    resnet,
-                    head_dim,
-                    add_upsample,
-                ))
-            } else {
-                UpBlock::Plain(UpBlock2D::new(
-                    &p,
-                    input_channel,
-                    prev_output_channel,
-                    output_channel,
-                    n,
-                    resnet,
-                    add_upsample,
-                ))
-            });
-        }
-
         Ok(Self {
             conv_in: Conv2d::new(&p.pp("conv_in"), c.in_channels, channels[0], 3, 1, 1),
             time_proj: Timesteps::new(channels[0], c.flip_sin_to_cos, c.freq_shift),
@@ -344,10 +273,18 @@ impl UNet2DModel {
                 Activation::Silu,
                 None,
             ),
-            down_blocks,
-            mid_block,
-            up_blocks,
-            conv_norm_out: GroupNorm::new(&p.pp("conv_norm_out"), groups, channels[0], c.norm_eps),
+            down_blocks: down_blocks(&p.pp("down_blocks"), c, resnet),
+            mid_block: c
+                .mid_block_type
+                .as_ref()
+                .map(|_| mid_block(&p.pp("mid_block"), c, resnet)),
+            up_blocks: up_blocks(&p.pp("up_blocks"), c, resnet),
+            conv_norm_out: GroupNorm::new(
+                &p.pp("conv_norm_out"),
+                c.groups(),
+                channels[0],
+                c.norm_eps,
+            ),
             conv_out: Conv2d::new(&p.pp("conv_out"), channels[0], c.out_channels, 3, 1, 1),
             config: config.clone(),
         })
@@ -405,4 +342,83 @@ impl UNet2DModel {
         self.conv_out
             .forward(&self.conv_norm_out.forward(&x).silu())
     }
+}
+
+/// The down blocks (`down_blocks.{i}` under `p`): `DownBlock2D` or `AttnDownBlock2D` per level.
+fn down_blocks(p: &WeightPath, c: &UNet2DConfig, resnet: ResnetBlock2DConfig) -> Vec<DownBlock> {
+    let n = c.layers_per_block;
+    down_levels(&c.block_out_channels)
+        .into_iter()
+        .zip(&c.down_block_types)
+        .map(|(level, kind)| {
+            let p = p.pp(level.index);
+            let (from, to) = (level.in_channels, level.out_channels);
+            let padding = level.downsample.then_some(c.downsample_padding);
+            if kind == "AttnDownBlock2D" {
+                let head_dim = c.attention_head_dim.unwrap_or(to);
+                DownBlock::Attn(AttnDownBlock2D::new(
+                    &p, from, to, n, resnet, head_dim, padding,
+                ))
+            } else {
+                DownBlock::Plain(DownBlock2D::new(&p, from, to, n, resnet, padding))
+            }
+        })
+        .collect()
+}
+
+/// The mid block (`mid_block` is `p`): one attention between two resnets at the deepest level,
+/// its output scaled by `mid_block_scale_factor`.
+fn mid_block(p: &WeightPath, c: &UNet2DConfig, resnet: ResnetBlock2DConfig) -> UNetMidBlock2D {
+    let last = c.block_out_channels[c.block_out_channels.len() - 1];
+    let attn_groups = c
+        .attn_norm_num_groups
+        .or((resnet.time_embedding_norm == TimeEmbeddingNorm::Default).then_some(c.groups()));
+    let attention = c
+        .add_attention
+        .then(|| (c.attention_head_dim.unwrap_or(last), attn_groups));
+    let resnet = ResnetBlock2DConfig {
+        output_scale_factor: c.mid_block_scale_factor,
+        ..resnet
+    };
+    UNetMidBlock2D::new(p, last, 1, resnet, attention)
+}
+
+/// The up blocks (`up_blocks.{i}` under `p`), deepest first: `UpBlock2D` or `AttnUpBlock2D`.
+fn up_blocks(p: &WeightPath, c: &UNet2DConfig, resnet: ResnetBlock2DConfig) -> Vec<UpBlock> {
+    let n = c.layers_per_block + 1;
+    up_levels(&c.block_out_channels)
+        .into_iter()
+        .zip(&c.up_block_types)
+        .map(|(level, kind)| {
+            let p = p.pp(level.index);
+            let (skip, prev, out) = (
+                level.in_channels,
+                level.prev_output_channel,
+                level.out_channels,
+            );
+            if kind == "AttnUpBlock2D" {
+                let head_dim = c.attention_head_dim.unwrap_or(out);
+                UpBlock::Attn(AttnUpBlock2D::new(
+                    &p,
+                    skip,
+                    prev,
+                    out,
+                    n,
+                    resnet,
+                    head_dim,
+                    level.upsample,
+                ))
+            } else {
+                UpBlock::Plain(UpBlock2D::new(
+                    &p,
+                    skip,
+                    prev,
+                    out,
+                    n,
+                    resnet,
+                    level.upsample,
+                ))
+            }
+        })
+        .collect()
 }

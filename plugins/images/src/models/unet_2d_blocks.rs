@@ -105,6 +105,70 @@ fn upsampler(p: &WeightPath, channels: i64, add: bool) -> Option<Upsample2D> {
     add.then(|| Upsample2D::new(&p.pp("upsamplers").pp(0), channels, channels))
 }
 
+/// The channels of down block `index` of a UNet or VAE encoder, as diffusers' constructors
+/// compute them: each level maps the previous level's channels (the first level: its own) to its
+/// own, and every level but the last halves the resolution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DownLevel {
+    /// The block's index, `down_blocks.{index}`.
+    pub index: usize,
+    /// Channels in.
+    pub in_channels: i64,
+    /// Channels out (`block_out_channels[index]`).
+    pub out_channels: i64,
+    /// Whether the block ends with a down-sampler (all but the last).
+    pub downsample: bool,
+}
+
+/// The down levels of `block_out_channels`, first to last.
+pub fn down_levels(block_out_channels: &[i64]) -> Vec<DownLevel> {
+    let levels = block_out_channels.len();
+    (0..levels)
+        .map(|index| DownLevel {
+            index,
+            in_channels: block_out_channels[index.saturating_sub(1)],
+            out_channels: block_out_channels[index],
+            downsample: index + 1 < levels,
+        })
+        .collect()
+}
+
+/// The channels of up block `index` of a UNet or VAE decoder, as diffusers' constructors compute
+/// them: the up path runs deepest level first, so block `index` is level `levels - 1 - index`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpLevel {
+    /// The block's index, `up_blocks.{index}`.
+    pub index: usize,
+    /// The level it mirrors, `levels - 1 - index` (for per-level settings).
+    pub level: usize,
+    /// Width of the skip connection its last resnet reads: the next shallower level's channels
+    /// (the shallowest block: its own).
+    pub in_channels: i64,
+    /// Channels of the features it receives: the previous up block's output (the first: its
+    /// own).
+    pub prev_output_channel: i64,
+    /// Channels out (`block_out_channels[level]`).
+    pub out_channels: i64,
+    /// Whether the block ends with an up-sampler (all but the last).
+    pub upsample: bool,
+}
+
+/// The up levels of `block_out_channels`, deepest first.
+pub fn up_levels(block_out_channels: &[i64]) -> Vec<UpLevel> {
+    let levels = block_out_channels.len();
+    let reversed: Vec<i64> = block_out_channels.iter().rev().copied().collect();
+    (0..levels)
+        .map(|index| UpLevel {
+            index,
+            level: levels - 1 - index,
+            in_channels: reversed[(index + 1).min(levels - 1)],
+            prev_output_channel: reversed[index.saturating_sub(1)],
+            out_channels: reversed[index],
+            upsample: index + 1 < levels,
+        })
+        .collect()
+}
+
 /// The skip connection resnet `i` of an up block consumes: the skips are taken last first.
 fn skip(res: &[Tensor], i: usize) -> &Tensor {
     &res[res.len() - 1 - i]

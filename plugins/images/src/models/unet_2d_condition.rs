@@ -13,8 +13,8 @@ use crate::models::resnet::{
 };
 use crate::models::unet_2d::SampleSize;
 use crate::models::unet_2d_blocks::{
-    CrossAttnConfig, CrossAttnDownBlock2D, CrossAttnUpBlock2D, DownBlock2D, UNetMidBlock2D,
-    UNetMidBlock2DCrossAttn, UpBlock2D,
+    down_levels, up_levels, CrossAttnConfig, CrossAttnDownBlock2D, CrossAttnUpBlock2D, DownBlock2D,
+    UNetMidBlock2D, UNetMidBlock2DCrossAttn, UpBlock2D,
 };
 use crate::nn::{Conv2d, GroupNorm};
 use crate::weights::WeightPath;
@@ -228,13 +228,23 @@ impl UNet2DConditionConfig {
         self.levels().map(|_| ())
     }
 
+    /// Validates the config and resolves its per-level settings.
     fn levels(&self) -> Result<Levels, ConfigError> {
-        let levels = self.block_out_channels.len();
         check_levels(
             &self.block_out_channels,
             &self.down_block_types,
             &self.up_block_types,
         )?;
+        self.refuse_unsupported_features()?;
+        self.check_block_types()?;
+        self.check_layers()?;
+        let levels = self.resolve_levels()?;
+        self.check_groups_and_heads(&levels.heads)?;
+        Ok(levels)
+    }
+
+    /// Refuses the keys of features this implementation does not have.
+    fn refuse_unsupported_features(&self) -> Result<(), ConfigError> {
         let unset: [(&str, bool); 13] = [
             ("num_attention_heads", self.num_attention_heads.is_some()),
             ("encoder_hid_dim", self.encoder_hid_dim.is_some()),
@@ -283,6 +293,11 @@ impl UNet2DConditionConfig {
                 "\"default\"",
             ));
         }
+        Ok(())
+    }
+
+    /// Refuses down, mid and up block types other than Stable Diffusion's.
+    fn check_block_types(&self) -> Result<(), ConfigError> {
         for kind in &self.down_block_types {
             if !matches!(kind.as_str(), "CrossAttnDownBlock2D" | "DownBlock2D") {
                 return Err(ConfigError::unsupported(
@@ -310,6 +325,11 @@ impl UNet2DConditionConfig {
                 ));
             }
         }
+        Ok(())
+    }
+
+    /// Checks the convolution kernels, the activations and the time-embedding norm.
+    fn check_layers(&self) -> Result<(), ConfigError> {
         for kernel in [self.conv_in_kernel, self.conv_out_kernel] {
             if kernel <= 0 || kernel % 2 == 0 {
                 return Err(ConfigError::Invalid(format!(
@@ -328,7 +348,13 @@ impl UNet2DConditionConfig {
             }
         }
         TimeEmbeddingNorm::from_name(&self.resnet_time_scale_shift)?;
-        let resolved = Levels {
+        Ok(())
+    }
+
+    /// The settings given once or per level, one per level.
+    fn resolve_levels(&self) -> Result<Levels, ConfigError> {
+        let levels = self.block_out_channels.len();
+        Ok(Levels {
             only_cross_attention: self
                 .only_cross_attention
                 .per_level("only_cross_attention", levels)?,
@@ -344,9 +370,13 @@ impl UNet2DConditionConfig {
             heads: self
                 .attention_head_dim
                 .per_level("attention_head_dim", levels)?,
-        };
+        })
+    }
+
+    /// Checks that each level's channels split into its norm groups and attention heads.
+    fn check_groups_and_heads(&self, heads: &[i64]) -> Result<(), ConfigError> {
         let groups = self.groups();
-        for (&channels, &heads) in self.block_out_channels.iter().zip(&resolved.heads) {
+        for (&channels, &heads) in self.block_out_channels.iter().zip(heads) {
             if groups <= 0 || channels % groups != 0 {
                 return Err(ConfigError::Invalid(format!(
                     "{channels} channels cannot be split into {groups} groups (`norm_num_groups`)"
@@ -359,7 +389,7 @@ impl UNet2DConditionConfig {
                 )));
             }
         }
-        Ok(resolved)
+        Ok(())
     }
 
     fn groups(&self) -> i64 {
@@ -415,10 +445,9 @@ impl UNet2DConditionModel {
     /// Builds the architecture of `cfg`, taking its weights by their published names under `p`
     /// (check them with [`Weights::finish`](crate::weights::Weights::finish)).
     pub fn new(p: &WeightPath, cfg: &UNet2DConditionConfig) -> Result<Self, ConfigError> {
-        let levels_cfg = cfg.levels()?;
+        let levels = cfg.levels()?;
         let c = cfg;
         let channels = &c.block_out_channels;
-        let levels = channels.len();
         let act = Activation::from_name("act_fn", &c.act_fn)?;
         let optional_act = |key: &str, name: &Option<String>| {
             name.as_deref()
@@ -426,118 +455,22 @@ impl UNet2DConditionModel {
                 .transpose()
         };
         let time_embed_dim = c.time_embedding_dim.unwrap_or(channels[0] * 4);
-        let groups = c.groups();
-        let resnet = ResnetBlock2DConfig {
-            out_channels: None,
-            temb_channels: Some(time_embed_dim),
-            groups,
-            groups_out: None,
-            eps: c.norm_eps,
-            act,
-            time_embedding_norm: TimeEmbeddingNorm::from_name(&c.resnet_time_scale_shift)?,
-            // diffusers passes `resnet_skip_time_act` only to block types not supported here.
-            skip_time_act: false,
-            output_scale_factor: 1.0,
+        let blocks = Blocks {
+            config: c,
+            levels,
+            resnet: ResnetBlock2DConfig {
+                out_channels: None,
+                temb_channels: Some(time_embed_dim),
+                groups: c.groups(),
+                groups_out: None,
+                eps: c.norm_eps,
+                act,
+                time_embedding_norm: TimeEmbeddingNorm::from_name(&c.resnet_time_scale_shift)?,
+                // diffusers passes `resnet_skip_time_act` only to block types not supported here.
+                skip_time_act: false,
+                output_scale_factor: 1.0,
+            },
         };
-        let cross = |level: usize, only_cross: bool| CrossAttnConfig {
-            num_attention_heads: levels_cfg.heads[level],
-            transformer_layers: levels_cfg.transformer_layers[level],
-            cross_attention_dim: levels_cfg.cross_attention_dim[level],
-            use_linear_projection: c.use_linear_projection,
-            only_cross_attention: only_cross,
-        };
-
-        let mut down_blocks = Vec::with_capacity(levels);
-        let mut output_channel = channels[0];
-        for (i, kind) in c.down_block_types.iter().enumerate() {
-            let input_channel = output_channel;
-            output_channel = channels[i];
-            let padding = (i + 1 < levels).then_some(c.downsample_padding);
-            let p = p.pp("down_blocks").pp(i);
-            let n = levels_cfg.layers_per_block[i];
-            down_blocks.push(if kind == "CrossAttnDownBlock2D" {
-                DownBlock::CrossAttn(CrossAttnDownBlock2D::new(
-                    &p,
-                    input_channel,
-                    output_channel,
-                    n,
-                    resnet,
-                    cross(i, levels_cfg.only_cross_attention[i]),
-                    padding,
-                ))
-            } else {
-                DownBlock::Plain(DownBlock2D::new(
-                    &p,
-                    input_channel,
-                    output_channel,
-                    n,
-                    resnet,
-                    padding,
-                ))
-            });
-        }
-
-        let last = channels[levels - 1];
-        let mid_resnet = ResnetBlock2DConfig {
-            output_scale_factor: c.mid_block_scale_factor,
-            ..resnet
-        };
-        let mid_block = match c.mid_block_type.as_deref() {
-            Some("UNetMidBlock2DCrossAttn") => {
-                Some(MidBlock::CrossAttn(UNetMidBlock2DCrossAttn::new(
-                    &p.pp("mid_block"),
-                    last,
-                    1,
-                    mid_resnet,
-                    cross(levels - 1, false),
-                )))
-            }
-            // get_mid_block builds this one with a single resnet and no attention.
-            Some(_) => Some(MidBlock::Plain(UNetMidBlock2D::new(
-                &p.pp("mid_block"),
-                last,
-                0,
-                mid_resnet,
-                None,
-            ))),
-            None => None,
-        };
-
-        let reversed: Vec<i64> = channels.iter().rev().copied().collect();
-        let mut up_blocks = Vec::with_capacity(levels);
-        let mut output_channel = reversed[0];
-        for (i, kind) in c.up_block_types.iter().enumerate() {
-            let level = levels - 1 - i;
-            let prev_output_channel = output_channel;
-            output_channel = reversed[i];
-            let input_channel = reversed[(i + 1).min(levels - 1)];
-            let add_upsample = i + 1 < levels;
-            let p = p.pp("up_blocks").pp(i);
-            let n = levels_cfg.layers_per_block[level] + 1;
-            up_blocks.push(if kind == "CrossAttnUpBlock2D" {
-                UpBlock::CrossAttn(CrossAttnUpBlock2D::new(
-                    &p,
-                    input_channel,
-                    prev_output_channel,
-                    output_channel,
-                    n,
-                    resnet,
-                    cross(level, levels_cfg.only_cross_attention[level]),
-                    add_upsample,
-                ))
-            } else {
-                UpBlock::Plain(UpBlock2D::new(
-                    &p,
-                    input_channel,
-                    prev_output_channel,
-                    output_channel,
-                    n,
-                    resnet,
-                    add_upsample,
-                ))
-            });
-        }
-
         Ok(Self {
             conv_in: Conv2d::new(
                 &p.pp("conv_in"),
@@ -556,10 +489,15 @@ impl UNet2DConditionModel {
                 optional_act("timestep_post_act", &c.timestep_post_act)?,
             ),
             time_embed_act: optional_act("time_embedding_act_fn", &c.time_embedding_act_fn)?,
-            down_blocks,
-            mid_block,
-            up_blocks,
-            conv_norm_out: GroupNorm::new(&p.pp("conv_norm_out"), groups, channels[0], c.norm_eps),
+            down_blocks: blocks.down_blocks(&p.pp("down_blocks")),
+            mid_block: blocks.mid_block(&p.pp("mid_block")),
+            up_blocks: blocks.up_blocks(&p.pp("up_blocks")),
+            conv_norm_out: GroupNorm::new(
+                &p.pp("conv_norm_out"),
+                c.groups(),
+                channels[0],
+                c.norm_eps,
+            ),
             conv_act: act,
             conv_out: Conv2d::new(
                 &p.pp("conv_out"),
@@ -637,5 +575,121 @@ impl UNet2DConditionModel {
         }
         let x = self.conv_act.forward(&self.conv_norm_out.forward(&x));
         self.conv_out.forward(&x)
+    }
+}
+
+/// What building the down, mid and up blocks needs: the config, its per-level settings and the
+/// resnets' settings.
+struct Blocks<'a> {
+    config: &'a UNet2DConditionConfig,
+    levels: Levels,
+    resnet: ResnetBlock2DConfig,
+}
+
+impl Blocks<'_> {
+    /// The cross-attention settings of `level`.
+    fn cross(&self, level: usize, only_cross_attention: bool) -> CrossAttnConfig {
+        CrossAttnConfig {
+            num_attention_heads: self.levels.heads[level],
+            transformer_layers: self.levels.transformer_layers[level],
+            cross_attention_dim: self.levels.cross_attention_dim[level],
+            use_linear_projection: self.config.use_linear_projection,
+            only_cross_attention,
+        }
+    }
+
+    /// `down_blocks.{i}` under `p`: `CrossAttnDownBlock2D` or `DownBlock2D` per level.
+    fn down_blocks(&self, p: &WeightPath) -> Vec<DownBlock> {
+        let c = self.config;
+        down_levels(&c.block_out_channels)
+            .into_iter()
+            .zip(&c.down_block_types)
+            .map(|(level, kind)| {
+                let i = level.index;
+                let p = p.pp(i);
+                let (from, to) = (level.in_channels, level.out_channels);
+                let n = self.levels.layers_per_block[i];
+                let padding = level.downsample.then_some(c.downsample_padding);
+                if kind == "CrossAttnDownBlock2D" {
+                    let cross = self.cross(i, self.levels.only_cross_attention[i]);
+                    DownBlock::CrossAttn(CrossAttnDownBlock2D::new(
+                        &p,
+                        from,
+                        to,
+                        n,
+                        self.resnet,
+                        cross,
+                        padding,
+                    ))
+                } else {
+                    DownBlock::Plain(DownBlock2D::new(&p, from, to, n, self.resnet, padding))
+                }
+            })
+            .collect()
+    }
+
+    /// The mid block at `p` (`mid_block`) at the deepest level, if the config has one.
+    fn mid_block(&self, p: &WeightPath) -> Option<MidBlock> {
+        let c = self.config;
+        let levels = c.block_out_channels.len();
+        let last = c.block_out_channels[levels - 1];
+        let resnet = ResnetBlock2DConfig {
+            output_scale_factor: c.mid_block_scale_factor,
+            ..self.resnet
+        };
+        match c.mid_block_type.as_deref() {
+            Some("UNetMidBlock2DCrossAttn") => {
+                let cross = self.cross(levels - 1, false);
+                Some(MidBlock::CrossAttn(UNetMidBlock2DCrossAttn::new(
+                    p, last, 1, resnet, cross,
+                )))
+            }
+            // get_mid_block builds this one with a single resnet and no attention.
+            Some(_) => Some(MidBlock::Plain(UNetMidBlock2D::new(
+                p, last, 0, resnet, None,
+            ))),
+            None => None,
+        }
+    }
+
+    /// `up_blocks.{i}` under `p`, deepest level first: `CrossAttnUpBlock2D` or `UpBlock2D`.
+    fn up_blocks(&self, p: &WeightPath) -> Vec<UpBlock> {
+        let c = self.config;
+        up_levels(&c.block_out_channels)
+            .into_iter()
+            .zip(&c.up_block_types)
+            .map(|(level, kind)| {
+                let p = p.pp(level.index);
+                let (skip, prev, out) = (
+                    level.in_channels,
+                    level.prev_output_channel,
+                    level.out_channels,
+                );
+                let n = self.levels.layers_per_block[level.level] + 1;
+                if kind == "CrossAttnUpBlock2D" {
+                    let only_cross = self.levels.only_cross_attention[level.level];
+                    UpBlock::CrossAttn(CrossAttnUpBlock2D::new(
+                        &p,
+                        skip,
+                        prev,
+                        out,
+                        n,
+                        self.resnet,
+                        self.cross(level.level, only_cross),
+                        level.upsample,
+                    ))
+                } else {
+                    UpBlock::Plain(UpBlock2D::new(
+                        &p,
+                        skip,
+                        prev,
+                        out,
+                        n,
+                        self.resnet,
+                        level.upsample,
+                    ))
+                }
+            })
+            .collect()
     }
 }

@@ -11,7 +11,9 @@ use crate::models::resnet::{
     check_levels, Activation, ConfigError, ResnetBlock2DConfig, TimeEmbeddingNorm,
 };
 use crate::models::unet_2d::SampleSize;
-use crate::models::unet_2d_blocks::{DownBlock2D, UNetMidBlock2D, UpDecoderBlock2D};
+use crate::models::unet_2d_blocks::{
+    down_levels, up_levels, DownBlock2D, UNetMidBlock2D, UpDecoderBlock2D,
+};
 use crate::nn::{Conv2d, GroupNorm};
 use crate::weights::WeightPath;
 
@@ -175,18 +177,16 @@ impl Encoder {
         let channels = &c.block_out_channels;
         let levels = channels.len();
         let resnet = c.resnet()?;
-        let mut output_channel = channels[0];
-        let down_blocks = (0..levels)
-            .map(|i| {
-                let input_channel = output_channel;
-                output_channel = channels[i];
+        let down_blocks = down_levels(channels)
+            .into_iter()
+            .map(|level| {
                 DownBlock2D::new(
-                    &p.pp("down_blocks").pp(i),
-                    input_channel,
-                    output_channel,
+                    &p.pp("down_blocks").pp(level.index),
+                    level.in_channels,
+                    level.out_channels,
                     c.layers_per_block,
                     resnet,
-                    (i + 1 < levels).then_some(0),
+                    level.downsample.then_some(0),
                 )
             })
             .collect();
@@ -231,19 +231,16 @@ impl Decoder {
         let channels = &c.block_out_channels;
         let levels = channels.len();
         let resnet = c.resnet()?;
-        let reversed: Vec<i64> = channels.iter().rev().copied().collect();
-        let mut output_channel = reversed[0];
-        let up_blocks = (0..levels)
-            .map(|i| {
-                let prev_output_channel = output_channel;
-                output_channel = reversed[i];
+        let up_blocks = up_levels(channels)
+            .into_iter()
+            .map(|level| {
                 UpDecoderBlock2D::new(
-                    &p.pp("up_blocks").pp(i),
-                    prev_output_channel,
-                    output_channel,
+                    &p.pp("up_blocks").pp(level.index),
+                    level.prev_output_channel,
+                    level.out_channels,
                     c.layers_per_block + 1,
                     resnet,
-                    i + 1 < levels,
+                    level.upsample,
                 )
             })
             .collect();
