@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 static REQUESTED: AtomicBool = AtomicBool::new(false);
 
 /// Installs the handler (once per process; later calls are no-ops).
+#[cfg(feature = "cli")]
 pub fn install() {
     let _ = ctrlc::set_handler(|| {
         if REQUESTED.swap(true, Ordering::SeqCst) {
@@ -14,6 +15,15 @@ pub fn install() {
         }
         eprintln!("\ninterrupt: stopping after this step and writing a checkpoint (press Ctrl-C again to exit now)");
     });
+}
+
+/// Without the `cli` feature the embedding program handles signals; [`request`] stops a run.
+#[cfg(not(feature = "cli"))]
+pub fn install() {}
+
+/// Asks the running sampler or run to stop after its current step, as Ctrl-C does.
+pub fn request() {
+    REQUESTED.store(true, Ordering::SeqCst);
 }
 
 /// Whether a stop was asked for.

@@ -1,28 +1,43 @@
 //! # flowgym-host
 //!
 //! Loads base-model and reward plugins, checks that they fit together, and adapts the model to
-//! the reward with Value Matching on libtorch.
+//! the reward with Value Matching on libtorch. The mathematics it implements is derived in the
+//! repository's `docs/mathematics.md`.
 //!
 //! - [`plugins`]: discovery, loading and checks of plugin files, entry lookup.
 //! - [`compat`]: whether a model and a reward can run together, from metadata alone.
-//! - [`env`]: schedules, the memoryless SDE and the sampler.
-//! - [`cli`]: the `flowgym-host` command line.
+//! - [`compose`]: constructing a checked model and reward on a device.
+//! - [`model`], [`reward`], [`state`], [`kwargs`]: plugin entries and batches as libtorch
+//!   tensors, every plugin output checked.
+//! - [`sde`]: the interpolant, the diffusion coefficient, the drift and the sampler.
+//! - [`value`]: the built-in value networks; [`value_matching`]: the trainer.
+//! - [`run`]: a training run and its directory; [`optimum`]: the tilted optimum estimated
+//!   from base samples.
+//! - [`bench`]: speed figures; `cli` (feature `cli`): the `flowgym-host` command line.
+//!
+//! Without its default features (`cli`, `figures`) the crate compiles no command-line,
+//! progress-bar or plotting dependency: a program that only loads plugins and samples uses
+//! [`plugins::Registry`], [`compose`] and [`sde::sample`].
 
+pub mod atomic_file;
 pub mod bench;
+#[cfg(feature = "cli")]
 pub mod cli;
 pub mod compat;
-pub mod data;
+pub mod compose;
 pub mod device;
-pub mod env;
 pub mod interrupt;
 pub mod kwargs;
 pub mod memory;
-pub mod method;
 pub mod model;
+pub mod optimum;
 pub mod plugins;
+#[cfg(feature = "figures")]
 pub mod report;
 pub mod reward;
 pub mod run;
+pub mod sde;
 pub mod seed;
-pub mod setup;
+pub mod state;
 pub mod value;
+pub mod value_matching;

@@ -3,11 +3,11 @@
 
 use anyhow::{anyhow, bail, Result};
 use flowgym_plugin_api::{BaseModelBox, ManagedTensor, OutputType};
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
-use crate::data::State;
-use crate::env::Schedule;
 use crate::kwargs::HostKwargs;
+use crate::sde::Interpolant;
+use crate::state::State;
 
 /// A base model loaded from a plugin.
 pub struct Model {
@@ -17,8 +17,8 @@ pub struct Model {
     pub data_type: String,
     /// What `forward` predicts.
     pub output_type: OutputType,
-    /// Its noise schedule.
-    pub schedule: Schedule,
+    /// Its interpolant `x_t = alpha(t) x_1 + beta(t) x_0`.
+    pub interpolant: Interpolant,
     inner: BaseModelBox,
 }
 
@@ -26,13 +26,13 @@ impl Model {
     /// Wraps a constructed plugin model, reading its output type and schedule.
     pub fn new(id: &str, data_type: &str, inner: BaseModelBox) -> Result<Self> {
         let output_type = inner.output_type();
-        let schedule = Schedule::from_plugin(&inner.scheduler())
+        let interpolant = Interpolant::from_plugin(&inner.scheduler())
             .map_err(|e| anyhow!("model `{id}` declares an unusable scheduler: {e}"))?;
         Ok(Self {
             id: id.to_string(),
             data_type: data_type.to_string(),
             output_type,
-            schedule,
+            interpolant,
             inner,
         })
     }
@@ -78,10 +78,18 @@ impl Model {
         HostKwargs::from_plugin(out, x.len(), &what)
     }
 
-    /// The network's prediction at `x` and model time `t` (`[n]`).
-    pub fn forward(&mut self, x: &State, t: &Tensor, kwargs: &HostKwargs) -> Result<State> {
+    /// The network's prediction at `x` and sampler time `t` in `[0, 1]`. The model receives
+    /// its own time (the step index of a discrete schedule) as a float32 tensor `[n]` on the
+    /// samples' device.
+    pub fn forward(&mut self, x: &State, t: f64, kwargs: &HostKwargs) -> Result<State> {
         let what = self.what("forward");
-        let t = ManagedTensor::from_tch(t).map_err(|e| anyhow!("{what}: {e}"))?;
+        let device = x.device();
+        let model_time = Tensor::full(
+            [x.len() as i64],
+            self.interpolant.model_time(t),
+            (Kind::Float, device),
+        );
+        let t = ManagedTensor::from_tch(&model_time).map_err(|e| anyhow!("{what}: {e}"))?;
         let out = self
             .inner
             .forward(x.to_batch()?, t, kwargs.to_plugin()?)

@@ -5,8 +5,8 @@ use anyhow::{anyhow, bail, Result};
 use flowgym_plugin_api::{Capabilities, RewardBox};
 use tch::{Device, Kind, Tensor};
 
-use crate::data::State;
 use crate::kwargs::HostKwargs;
+use crate::state::State;
 
 /// Rewards and validity of a batch, on the host's device.
 #[derive(Debug)]
@@ -15,6 +15,63 @@ pub struct Scores {
     pub reward: Tensor,
     /// `[n]` bool: whether each sample could be scored.
     pub valid: Tensor,
+}
+
+impl Scores {
+    /// Zero rewards, all valid: samples drawn without a reward.
+    pub fn unscored(n: usize, device: Device) -> Self {
+        Self {
+            reward: Tensor::zeros([n as i64], (Kind::Float, device)),
+            valid: Tensor::ones([n as i64], (Kind::Bool, device)),
+        }
+    }
+
+    /// Mean and spread of the valid rewards, and the valid share.
+    pub fn statistics(&self) -> RewardStats {
+        RewardStats::of(&self.reward, &self.valid)
+    }
+}
+
+/// Reward statistics of a set of samples.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RewardStats {
+    /// Number of samples.
+    pub samples: usize,
+    /// Mean reward of the valid samples (NaN when none is valid).
+    pub reward_mean: f64,
+    /// Their standard deviation.
+    pub reward_std: f64,
+    /// Share of valid samples.
+    pub valid_fraction: f64,
+}
+
+impl RewardStats {
+    /// Statistics of `reward` over the samples `valid` marks.
+    pub fn of(reward: &Tensor, valid: &Tensor) -> Self {
+        let samples = reward.size()[0] as usize;
+        let mask = valid.to_kind(Kind::Double);
+        let count = mask.sum(Kind::Double).double_value(&[]);
+        if count == 0.0 {
+            return Self {
+                samples,
+                reward_mean: f64::NAN,
+                reward_std: f64::NAN,
+                valid_fraction: 0.0,
+            };
+        }
+        let reward = reward.to_kind(Kind::Double);
+        let mean = (&reward * &mask).sum(Kind::Double).double_value(&[]) / count;
+        let var = ((reward - mean).square() * &mask)
+            .sum(Kind::Double)
+            .double_value(&[])
+            / count;
+        Self {
+            samples,
+            reward_mean: mean,
+            reward_std: var.max(0.0).sqrt(),
+            valid_fraction: count / samples.max(1) as f64,
+        }
+    }
 }
 
 /// A reward loaded from a plugin.

@@ -7,10 +7,10 @@
 //! `u = -s grad V*` must then produce the tilted distribution `p* ~ p_base exp(lambda r)`, up to
 //! the discretisation of the time grid.
 
-use flowgym_host::data::State;
-use flowgym_host::env::{sample, Control, NoiseSchedule, SamplerOptions};
 use flowgym_host::model::Model;
 use flowgym_host::reward::Reward;
+use flowgym_host::sde::{never_stop, sample, Control, Diffusion, SampleRequest, SamplerOptions};
+use flowgym_host::state::State;
 use flowgym_host::value::ValueNetwork;
 use flowgym_plugin_api::{
     Arguments, BaseModelAdapter, Capabilities, ConstructContext, RewardAdapter,
@@ -127,25 +127,22 @@ fn exact_samples(steps: usize, n: usize) -> (Vec<f64>, f64, f64) {
     let options = SamplerOptions {
         steps,
         t0: 0.02,
-        noise: NoiseSchedule::Memoryless,
-        batch_size: n,
+        diffusion: Diffusion::Memoryless,
+        chunk_size: 0,
     };
     let control = Control {
         value: &value,
         scale: LAMBDA,
     };
-    let trajectory = sample(
-        &mut model,
-        Some(&mut reward),
-        Some(control),
+    let request = SampleRequest {
         n,
-        &options,
-        5,
-        Device::Cpu,
-        false,
-        &|_| false,
-    )
-    .unwrap();
+        seed: 5,
+        control: Some(control),
+        record: false,
+        device: Device::Cpu,
+        stop_after_step: &never_stop,
+    };
+    let trajectory = sample(&mut model, Some(&mut reward), &options, &request).unwrap();
     let x = Vec::<f64>::try_from(
         trajectory
             .sample

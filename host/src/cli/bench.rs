@@ -6,10 +6,10 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Args, Subcommand};
 
-use super::{warn_refused, Cli};
+use super::{args, warn_refused, Cli};
 use crate::bench;
+use crate::compose::{construct_context, open_model, open_reward};
 use crate::device::parse_device;
-use crate::setup::{construct_context, open_model, open_reward};
 
 /// Arguments of `bench`.
 #[derive(Debug, Args)]
@@ -44,8 +44,8 @@ pub enum Which {
         #[arg(long)]
         model: String,
         /// Model arguments as a JSON object.
-        #[arg(long, value_name = "JSON", default_value = "{}")]
-        model_args: String,
+        #[arg(long, value_name = "JSON", value_parser = args::json_object)]
+        model_args: Option<toml::Table>,
         /// Samples denoised at once.
         #[arg(long, default_value_t = 16)]
         batch_size: usize,
@@ -124,7 +124,8 @@ pub fn run(cli: &Cli, args: &BenchArgs) -> Result<ExitCode> {
             set_threads(*threads);
             let device = parse_device(device)?;
             let ctx = construct_context(device, weights)?;
-            let (mut model, _) = open_model(&registry, model, model_args, &ctx)?;
+            let model_args = args::json_text(&model_args.clone().unwrap_or_default());
+            let (mut model, _) = open_model(&registry, model, &model_args, &ctx)?;
             let f = bench::sampling(
                 &mut model,
                 *batch_size,

@@ -1,5 +1,6 @@
 //! The `flowgym-host` command line.
 
+mod args;
 mod bench;
 mod check;
 mod list;

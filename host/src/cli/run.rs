@@ -3,17 +3,17 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::Args;
+use serde::Serialize;
 
-use super::{warn_refused, Cli};
-use crate::env::NoiseSchedule;
-use crate::run::train::{train, Outcome};
-use crate::run::RunConfig;
+use super::{args, warn_refused, Cli};
+use crate::reward::RewardStats;
+use crate::run::{Run, RunConfig, RunEnd, Start};
+use crate::sde::Diffusion;
 use crate::value::ValueArch;
 
-/// Arguments of `run`. Every option overrides the `--config` file, which overrides the
-/// defaults (the toy: `1d/gmm` adapted to `1d/binary` at reward scale 5).
+/// Arguments of `run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// A TOML run configuration (keys as in a run directory's config.toml).
@@ -23,156 +23,119 @@ pub struct RunArgs {
     /// (only --iterations may be changed, to extend it).
     #[arg(long, value_name = "DIR", conflicts_with = "config")]
     pub resume: Option<PathBuf>,
+    /// Run directory [default: runs/<date>-<time>-<model>-<reward>].
+    #[arg(long, value_name = "DIR", conflicts_with = "resume")]
+    pub out: Option<PathBuf>,
+    /// The configuration keys set on the command line.
+    #[command(flatten)]
+    pub flags: ConfigFlags,
+}
+
+/// One option per configuration key: each overrides the `--config` file, which overrides the
+/// defaults (the toy: `1d/gmm` adapted to `1d/binary` at reward scale 5). The field names are
+/// the keys of `config.toml`.
+#[derive(Debug, Default, Args, Serialize)]
+pub struct ConfigFlags {
     /// Base model id [default: 1d/gmm].
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
     /// Reward id [default: 1d/binary].
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub reward: Option<String>,
     /// Model arguments as a JSON object, e.g. '{"weights": "/models/ddpm-cifar10-32"}'.
-    #[arg(long, value_name = "JSON")]
-    pub model_args: Option<String>,
+    #[arg(long, value_name = "JSON", value_parser = args::json_object)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model_args: Option<toml::Table>,
     /// Reward arguments as a JSON object, e.g. '{"quality": 50}'.
-    #[arg(long, value_name = "JSON")]
-    pub reward_args: Option<String>,
+    #[arg(long, value_name = "JSON", value_parser = args::json_object)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reward_args: Option<toml::Table>,
     /// Value Matching iterations [default: 300].
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub iterations: Option<usize>,
     /// Trajectories per iteration [default: 128].
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub batch_size: Option<usize>,
     /// Euler-Maruyama steps [default: 100].
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub steps: Option<usize>,
     /// Reward scale lambda: the target is p_base(x) exp(lambda r(x)) [default: 5].
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub reward_scale: Option<f64>,
     /// Adam learning rate [default: 3e-4].
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub lr: Option<f64>,
     /// Gradient-norm clip [default: 1].
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub grad_clip: Option<f64>,
     /// First time of the grid [default: 0.02].
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub t0: Option<f64>,
     /// Diffusion coefficient: `memoryless` or a constant level such as `0.5` [default: memoryless].
-    #[arg(long, value_parser = parse_noise)]
-    pub noise: Option<NoiseSchedule>,
+    #[arg(long, value_parser = args::diffusion)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub noise: Option<Diffusion>,
     /// Value network [default: auto: CNN for [n, C, H, W] samples, MLP otherwise].
     #[arg(long, value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub value_net: Option<ValueArch>,
     /// Largest number of trajectories simulated at once (0: the whole batch).
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub sample_chunk: Option<usize>,
     /// Points per gradient-accumulation chunk when fitting the value (0: all at once for flat
     /// data, 256 for images).
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub train_chunk: Option<usize>,
     /// Samples drawn before and after training (0: 10000 for flat data, 16 for images).
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub eval_samples: Option<usize>,
     /// Iterations between checkpoints [default: 50].
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub checkpoint_every: Option<usize>,
     /// Run seed [default: 0].
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
     /// `cpu`, `cuda` or `cuda:N` [default: cpu].
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub device: Option<String>,
     /// libtorch threads (0: libtorch's default).
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub threads: Option<usize>,
     /// A directory plugins may look for weights in (repeatable).
     #[arg(long = "weights", value_name = "DIR")]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub weights: Vec<PathBuf>,
-    /// Run directory [default: runs/<date>-<time>-<model>-<reward>].
-    #[arg(long, value_name = "DIR")]
-    pub out: Option<PathBuf>,
 }
 
-fn parse_noise(text: &str) -> Result<NoiseSchedule, String> {
-    match text {
-        "memoryless" => Ok(NoiseSchedule::Memoryless),
-        level => level
-            .parse::<f64>()
-            .map(NoiseSchedule::Constant)
-            .map_err(|_| format!("`{level}`: expected `memoryless` or a number")),
-    }
-}
-
-/// Parses a JSON object argument into a TOML table.
-fn json_table(flag: &str, text: &str) -> Result<toml::Table> {
-    let value: serde_json::Value =
-        serde_json::from_str(text).with_context(|| format!("--{flag} is not valid JSON"))?;
-    if !value.is_object() {
-        bail!("--{flag} must be a JSON object such as '{{\"name\": 1}}', got {value}");
-    }
-    toml::Table::try_from(value)
-        .with_context(|| format!("--{flag} cannot be stored in the run's TOML config"))
-}
-
-impl RunArgs {
-    /// The configuration options set on the command line, by flag name (for --resume).
-    fn overrides(&self) -> Vec<&'static str> {
-        let mut set = Vec::new();
-        macro_rules! check {
-            ($($field:ident => $flag:literal),*) => {$( if self.$field.is_some() { set.push($flag); } )*};
-        }
-        check!(model => "--model", reward => "--reward", model_args => "--model-args",
-            reward_args => "--reward-args", batch_size => "--batch-size", steps => "--steps",
-            reward_scale => "--reward-scale", lr => "--lr", grad_clip => "--grad-clip", t0 => "--t0",
-            noise => "--noise", value_net => "--value-net", sample_chunk => "--sample-chunk",
-            train_chunk => "--train-chunk", eval_samples => "--eval-samples",
-            checkpoint_every => "--checkpoint-every", seed => "--seed", device => "--device",
-            threads => "--threads", out => "--out");
-        if !self.weights.is_empty() {
-            set.push("--weights");
-        }
-        set
+impl ConfigFlags {
+    /// The configuration keys these flags set, as a table.
+    fn overrides(&self) -> Result<toml::Table> {
+        Ok(toml::Table::try_from(self)?)
     }
 
     /// Defaults, then the config file, then the flags.
-    pub fn resolve(&self) -> Result<RunConfig> {
-        let mut c = match &self.config {
+    pub fn resolve(&self, file: Option<&Path>) -> Result<RunConfig> {
+        let base = match file {
             Some(path) => RunConfig::from_toml_file(path)?,
             None => RunConfig::default(),
         };
-        macro_rules! set {
-            ($($field:ident),*) => {$( if let Some(v) = &self.$field { c.$field = v.clone(); } )*};
-        }
-        set!(
-            model,
-            reward,
-            iterations,
-            batch_size,
-            steps,
-            reward_scale,
-            lr,
-            grad_clip,
-            t0,
-            noise,
-            value_net,
-            sample_chunk,
-            train_chunk,
-            eval_samples,
-            checkpoint_every,
-            seed,
-            device,
-            threads
-        );
-        if let Some(text) = &self.model_args {
-            c.model_args.extend(json_table("model-args", text)?);
-        }
-        if let Some(text) = &self.reward_args {
-            c.reward_args.extend(json_table("reward-args", text)?);
-        }
-        if !self.weights.is_empty() {
-            c.weights = self.weights.clone();
-        }
-        c.validate()?;
-        Ok(c)
+        base.with_overrides(self.overrides()?)
     }
 }
 
@@ -189,43 +152,41 @@ fn default_run_dir(config: &RunConfig) -> PathBuf {
 
 /// Runs or resumes training and reports where everything is.
 pub fn run(cli: &Cli, args: &RunArgs) -> Result<ExitCode> {
-    let (config, dir, resume) = match &args.resume {
+    let start = match &args.resume {
         Some(dir) => {
-            let overrides = args.overrides();
-            if !overrides.is_empty() {
+            let mut set: Vec<String> = args.flags.overrides()?.keys().cloned().collect();
+            set.retain(|key| key != "iterations");
+            if !set.is_empty() {
+                let flags: Vec<String> = set
+                    .iter()
+                    .map(|key| format!("--{}", key.replace('_', "-")))
+                    .collect();
                 bail!(
                     "--resume continues a run with its own configuration ({}); drop {} (only --iterations may change)",
-                    dir.join("config.toml").display(),
-                    overrides.join(", ")
+                    dir.join(crate::run::dir::CONFIG).display(),
+                    flags.join(", ")
                 );
             }
-            let mut config = RunConfig::from_toml_file(&dir.join("config.toml"))
-                .with_context(|| format!("{} is not a run directory", dir.display()))?;
-            if let Some(iterations) = args.iterations {
-                config.iterations = iterations;
-                crate::run::dir::write_bytes_atomically(
-                    &dir.join("config.toml"),
-                    config.to_toml()?.as_bytes(),
-                )?;
+            Start::Resume {
+                dir: dir.clone(),
+                iterations: args.flags.iterations,
             }
-            (config, dir.clone(), true)
         }
         None => {
-            let config = args.resolve()?;
+            let config = args.flags.resolve(args.config.as_deref())?;
             let dir = args.out.clone().unwrap_or_else(|| default_run_dir(&config));
-            if dir.join("config.toml").exists() {
-                bail!(
-                    "{} already holds a run; continue it with --resume {0}, or choose another --out",
-                    dir.display()
-                );
+            Start::New {
+                config: Box::new(config),
+                dir,
             }
-            (config, dir, false)
         }
     };
     let registry = cli.registry();
     warn_refused(&registry);
-    let (outcome, summary) = train(&registry, config, &dir, resume)?;
-    let describe = |s: &Option<crate::run::train::SampleStats>| {
+    let mut run = Run::open(&registry, start)?;
+    let (end, summary) = run.execute()?;
+    let dir = run.dir().root.clone();
+    let describe = |s: &Option<RewardStats>| {
         s.map(|s| format!("{:.4} +- {:.4}", s.reward_mean, s.reward_std))
             .unwrap_or_else(|| "-".into())
     };
@@ -248,9 +209,9 @@ pub fn run(cli: &Cli, args: &RunArgs) -> Result<ExitCode> {
     if let Some(mib) = summary.peak_rss_mib {
         println!("peak resident memory: {mib:.0} MiB");
     }
-    match outcome {
-        Outcome::Finished => Ok(ExitCode::SUCCESS),
-        Outcome::Interrupted => {
+    match end {
+        RunEnd::Finished => Ok(ExitCode::SUCCESS),
+        RunEnd::Interrupted => {
             println!(
                 "interrupted: checkpoint written after iteration {}; continue with `flowgym-host run --resume {}`",
                 summary.iterations_done,

@@ -7,14 +7,15 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
-use super::{warn_refused, Cli};
+use super::{args, warn_refused, Cli};
+use crate::compose::{check_pair, construct_context, open_model, open_reward};
 use crate::device::parse_device;
-use crate::env::{sample, Control, SamplerOptions};
-use crate::method::value_matching::{load_value, reward_statistics};
+use crate::interrupt;
+use crate::model::Model;
 use crate::report::plot;
-use crate::run::{checkpoint, samples, RunConfig};
-use crate::setup::{check_pair, construct_context, open_model, open_reward};
-use crate::value;
+use crate::run::{checkpoint, sampler_options, samples, RunConfig, RunDir};
+use crate::sde::{sample, Control, SampleRequest};
+use crate::value::{self, ValueNetwork};
 
 /// Arguments of `sample`.
 #[derive(Debug, Args)]
@@ -30,14 +31,14 @@ pub struct SampleArgs {
     #[arg(long, conflicts_with = "run", required_unless_present = "run")]
     pub model: Option<String>,
     /// Model arguments as a JSON object (without --run).
-    #[arg(long, value_name = "JSON", conflicts_with = "run")]
-    pub model_args: Option<String>,
+    #[arg(long, value_name = "JSON", conflicts_with = "run", value_parser = args::json_object)]
+    pub model_args: Option<toml::Table>,
     /// Reward id, to score the samples (without --run; a run's own reward scores its samples).
     #[arg(long, conflicts_with = "run")]
     pub reward: Option<String>,
     /// Reward arguments as a JSON object (without --run).
-    #[arg(long, value_name = "JSON", conflicts_with = "run")]
-    pub reward_args: Option<String>,
+    #[arg(long, value_name = "JSON", conflicts_with = "run", value_parser = args::json_object)]
+    pub reward_args: Option<toml::Table>,
     /// Number of samples.
     #[arg(short = 'n', long, default_value_t = 16)]
     pub samples: usize,
@@ -61,31 +62,56 @@ pub struct SampleArgs {
     pub out: Option<PathBuf>,
 }
 
+/// The configuration samples are drawn with: a run's own, or the base model's.
+fn configuration(args: &SampleArgs) -> Result<RunConfig> {
+    match &args.run {
+        Some(dir) => RunDir::open(dir)?.read_config(),
+        None => Ok(RunConfig {
+            model: args
+                .model
+                .clone()
+                .expect("clap requires --model without --run"),
+            reward: args.reward.clone().unwrap_or_default(),
+            model_args: args.model_args.clone().unwrap_or_default(),
+            reward_args: args.reward_args.clone().unwrap_or_default(),
+            ..RunConfig::default()
+        }),
+    }
+}
+
+/// The value network a run saved, in `checkpoint` or the run's latest.
+fn saved_value(
+    run: &Path,
+    checkpoint: Option<&Path>,
+    config: &RunConfig,
+    model: &mut Model,
+    device: tch::Device,
+) -> Result<Box<dyn ValueNetwork>> {
+    let path = checkpoint
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| RunDir::at(run).latest_checkpoint());
+    let (done, tensors) = checkpoint::load(&path)?;
+    let example = {
+        let _guard = tch::no_grad_guard();
+        model.sample_p0(2, 0)?.0
+    };
+    let mut network = value::build(config.value_net, &example, device)?;
+    value::load(network.as_mut(), &tensors)
+        .with_context(|| format!("loading {}", path.display()))?;
+    eprintln!(
+        "steering with {} from {} (after {done} iterations)",
+        network.describe(),
+        path.display()
+    );
+    Ok(network)
+}
+
 /// Draws the samples, scores them if a reward is known, and writes them.
 pub fn run(cli: &Cli, args: &SampleArgs) -> Result<ExitCode> {
-    let config = match &args.run {
-        Some(dir) => RunConfig::from_toml_file(&dir.join("config.toml"))
-            .with_context(|| format!("{} is not a run directory", dir.display()))?,
-        None => {
-            let mut config = RunConfig {
-                model: args
-                    .model
-                    .clone()
-                    .expect("clap requires --model without --run"),
-                reward: args.reward.clone().unwrap_or_default(),
-                ..RunConfig::default()
-            };
-            if let Some(text) = &args.model_args {
-                config.model_args =
-                    serde_json::from_str(text).context("--model-args is not a JSON object")?;
-            }
-            if let Some(text) = &args.reward_args {
-                config.reward_args =
-                    serde_json::from_str(text).context("--reward-args is not a JSON object")?;
-            }
-            config
-        }
-    };
+    if args.samples == 0 {
+        bail!("-n must be at least 1");
+    }
+    let config = configuration(args)?;
     let registry = cli.registry();
     warn_refused(&registry);
     let has_reward = !config.reward.is_empty();
@@ -105,63 +131,38 @@ pub fn run(cli: &Cli, args: &SampleArgs) -> Result<ExitCode> {
         false => None,
     };
     let network = match &args.run {
-        Some(dir) => {
-            let path = args
-                .checkpoint
-                .clone()
-                .unwrap_or_else(|| dir.join("checkpoints").join("latest.safetensors"));
-            let (done, tensors) = checkpoint::load(&path)?;
-            let example = {
-                let _guard = tch::no_grad_guard();
-                model.sample_p0(2, 0)?.0
-            };
-            let mut network = value::build(config.value_net, &example, device)?;
-            load_value(network.as_mut(), &tensors)
-                .with_context(|| format!("loading {}", path.display()))?;
-            eprintln!(
-                "steering with {} from {} (after {done} iterations)",
-                network.describe(),
-                path.display()
-            );
-            Some(network)
-        }
+        Some(dir) => Some(saved_value(
+            dir,
+            args.checkpoint.as_deref(),
+            &config,
+            &mut model,
+            device,
+        )?),
         None => None,
     };
-    if args.samples == 0 {
-        bail!("-n must be at least 1");
-    }
-    let options = SamplerOptions {
-        steps: args.steps.unwrap_or(config.steps),
-        t0: config.t0,
-        noise: config.noise,
-        batch_size: if args.sample_chunk == 0 {
-            args.samples
-        } else {
-            args.sample_chunk
-        },
-    };
-    let control = network.as_deref().map(|value| Control {
-        value,
-        scale: config.reward_scale,
-    });
-    let trajectory = sample(
-        &mut model,
-        reward.as_mut(),
-        control,
-        args.samples,
-        &options,
-        args.seed,
+    let mut options = sampler_options(&config);
+    options.steps = args.steps.unwrap_or(config.steps);
+    options.chunk_size = args.sample_chunk;
+    let stop = |_| interrupt::requested();
+    let request = SampleRequest {
+        n: args.samples,
+        seed: args.seed,
+        control: network.as_deref().map(|value| Control {
+            value,
+            scale: config.reward_scale,
+        }),
+        record: false,
         device,
-        false,
-        &|_| crate::interrupt::requested(),
-    )?;
+        stop_after_step: &stop,
+    };
+    let trajectory = sample(&mut model, reward.as_mut(), &options, &request)?;
     let out = args.out.clone().unwrap_or_else(|| {
         Path::new("samples").join(chrono::Local::now().format("%Y%m%d-%H%M%S").to_string())
     });
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
     let figure = out.join("samples.png");
-    samples::save(&out, "samples", &trajectory, Some(&figure))?;
-    if let Some(saved) = samples::load(&out, "samples")?.filter(|s| s.is_1d()) {
+    let saved = samples::save(&out, "samples", &trajectory, Some(&figure))?;
+    if saved.is_1d() {
         plot::histograms(
             &figure,
             &format!("{} samples", config.model),
@@ -174,12 +175,13 @@ pub fn run(cli: &Cli, args: &SampleArgs) -> Result<ExitCode> {
         println!("peak resident memory: {mib:.0} MiB");
     }
     if has_reward {
-        let (mean, std, valid) =
-            reward_statistics(&trajectory.scores.reward, &trajectory.scores.valid);
+        let stats = saved.stats;
         println!(
-            "reward `{}`: mean {mean:.4} +- {std:.4} ({:.0}% valid)",
+            "reward `{}`: mean {:.4} +- {:.4} ({:.0}% valid)",
             config.reward,
-            100.0 * valid
+            stats.reward_mean,
+            stats.reward_std,
+            100.0 * stats.valid_fraction
         );
     }
     Ok(ExitCode::SUCCESS)

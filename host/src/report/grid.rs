@@ -8,7 +8,7 @@ use plotters::prelude::*;
 use tch::{Device, Kind, Tensor};
 
 use super::plot::{ensure_font, FONT};
-use crate::run::dir::write_atomically;
+use crate::atomic_file::write_atomically;
 
 const GAP: u32 = 4;
 

@@ -10,7 +10,7 @@ use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use plotters::style::FontStyle;
 
-use crate::run::dir::write_atomically;
+use crate::atomic_file::write_atomically;
 
 /// The font family every figure uses.
 pub const FONT: &str = "sans-serif";

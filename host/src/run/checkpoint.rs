@@ -6,7 +6,7 @@ use std::path::Path;
 use anyhow::{anyhow, Context, Result};
 use tch::{Device, Tensor};
 
-use super::dir::write_atomically;
+use crate::atomic_file::write_atomically;
 
 const ITERATIONS_KEY: &str = "run.iterations_done";
 

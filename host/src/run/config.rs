@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::env::NoiseSchedule;
+use crate::sde::Diffusion;
 use crate::value::ValueArch;
 
 /// Everything that determines a run.
@@ -36,7 +36,7 @@ pub struct RunConfig {
     /// First time of the grid.
     pub t0: f64,
     /// Diffusion coefficient: `memoryless` or a constant level.
-    pub noise: NoiseSchedule,
+    pub noise: Diffusion,
     /// Value network: `auto`, `mlp` or `cnn`.
     pub value_net: ValueArch,
     /// Largest number of trajectories simulated at once (0: the whole batch).
@@ -73,7 +73,7 @@ impl Default for RunConfig {
             lr: 3e-4,
             grad_clip: 1.0,
             t0: 0.02,
-            noise: NoiseSchedule::Memoryless,
+            noise: Diffusion::Memoryless,
             value_net: ValueArch::Auto,
             sample_chunk: 0,
             train_chunk: 0,
@@ -88,7 +88,8 @@ impl Default for RunConfig {
 }
 
 impl RunConfig {
-    /// Reads a TOML file; keys it omits keep their defaults.
+    /// Reads a TOML file; keys it omits keep their defaults (not validated: see
+    /// [`RunConfig::validate`]).
     pub fn from_toml_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read the config file {}", path.display()))?;
@@ -98,8 +99,25 @@ impl RunConfig {
                 path.display()
             )
         })?;
-        config.validate()?;
         Ok(config)
+    }
+
+    /// This configuration with the keys of `overrides` replaced (the argument tables
+    /// `model_args` and `reward_args` are merged key by key). Unknown keys and wrong types are
+    /// named.
+    pub fn with_overrides(self, overrides: toml::Table) -> Result<Self> {
+        let mut table = toml::Table::try_from(&self)?;
+        for (key, value) in overrides {
+            match (table.get_mut(&key), value) {
+                (Some(toml::Value::Table(args)), toml::Value::Table(new)) => args.extend(new),
+                (_, value) => {
+                    table.insert(key, value);
+                }
+            }
+        }
+        toml::Value::Table(table)
+            .try_into()
+            .context("the options do not form a valid run configuration")
     }
 
     /// The TOML text of this configuration.
@@ -141,7 +159,7 @@ impl RunConfig {
         if !(self.t0 > 0.0 && self.t0 < 1.0) {
             bail!("`t0` must lie in (0, 1), got {}", self.t0);
         }
-        if let NoiseSchedule::Constant(level) = self.noise {
+        if let Diffusion::Constant(level) = self.noise {
             if !(level >= 0.0 && level.is_finite()) {
                 bail!("a constant `noise` level must be non-negative, got {level}");
             }
@@ -162,10 +180,25 @@ mod tests {
         .unwrap();
         assert_eq!(config.model, "images/cifar");
         assert_eq!(config.steps, 100);
-        assert_eq!(config.noise, NoiseSchedule::Constant(0.5));
+        assert_eq!(config.noise, Diffusion::Constant(0.5));
         assert_eq!(config.reward_args_json().unwrap(), r#"{"quality":50}"#);
         let again: RunConfig = toml::from_str(&config.to_toml().unwrap()).unwrap();
         assert_eq!(again, config);
+    }
+
+    #[test]
+    fn overrides_replace_keys_and_merge_argument_tables() {
+        let config: RunConfig =
+            toml::from_str("steps = 7\n[reward_args]\nquality = 50\nsubsampling = \"4:2:0\"\n")
+                .unwrap();
+        let overrides: toml::Table =
+            toml::from_str("lr = 0.01\n[reward_args]\nquality = 20\n").unwrap();
+        let merged = config.with_overrides(overrides).unwrap();
+        assert_eq!((merged.steps, merged.lr), (7, 0.01));
+        assert_eq!(
+            merged.reward_args_json().unwrap(),
+            r#"{"quality":20,"subsampling":"4:2:0"}"#
+        );
     }
 
     #[test]

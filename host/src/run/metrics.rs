@@ -5,8 +5,8 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
-use super::dir::write_bytes_atomically;
-use crate::method::IterationStats;
+use crate::atomic_file::write_bytes_atomically;
+use crate::value_matching::IterationStats;
 
 /// Appends iteration rows to a CSV file.
 pub struct MetricsLog {
@@ -15,9 +15,9 @@ pub struct MetricsLog {
 
 impl MetricsLog {
     /// Opens `path`, keeping the rows of the first `keep` iterations (those a resumed run
-    /// already has in its checkpoint) and dropping any later ones.
-    pub fn open(path: &Path, keep: usize) -> Result<Self> {
-        let kept = if path.exists() {
+    /// already has in its checkpoint) and dropping any later ones; returns the kept rows too.
+    pub fn open(path: &Path, keep: usize) -> Result<(Self, Vec<IterationStats>)> {
+        let kept: Vec<IterationStats> = if path.exists() {
             read(path)?
                 .into_iter()
                 .filter(|s| s.iteration < keep)
@@ -42,7 +42,7 @@ impl MetricsLog {
         let writer = csv::WriterBuilder::new()
             .has_headers(false)
             .from_writer(file);
-        Ok(Self { writer })
+        Ok((Self { writer }, kept))
     }
 
     /// Appends one row and flushes it to the file.
@@ -97,12 +97,14 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("flowgym-metrics-{}", std::process::id()));
         fs::create_dir_all(&dir).unwrap();
         let path = dir.join("metrics.csv");
-        let mut log = MetricsLog::open(&path, 0).unwrap();
+        let (mut log, kept) = MetricsLog::open(&path, 0).unwrap();
+        assert!(kept.is_empty());
         for i in 0..5 {
             log.append(&row(i)).unwrap();
         }
         drop(log);
-        let mut log = MetricsLog::open(&path, 3).unwrap();
+        let (mut log, kept) = MetricsLog::open(&path, 3).unwrap();
+        assert_eq!(kept, vec![row(0), row(1), row(2)]);
         log.append(&row(3)).unwrap();
         let rows = read(&path).unwrap();
         assert_eq!(

@@ -1,11 +1,449 @@
-//! A training run: its configuration, its directory and what goes in it.
+//! A training run and everything it writes.
+//!
+//! [`Run`] goes through four phases: [`Run::open`] (resolve and check the model and reward,
+//! construct them, size the value network, restore a checkpoint), [`Run::sample_before`] (the
+//! base model's samples), [`Run::train`] (the Value Matching loop with metrics and checkpoints)
+//! and [`Run::finish`] (the adapted samples, figures and the summary). It owns every write to
+//! the run directory; an interrupted or failed run keeps everything finished so far and can be
+//! resumed.
 
 pub mod checkpoint;
 pub mod config;
 pub mod dir;
+#[cfg(feature = "figures")]
+mod figures;
 pub mod metrics;
+mod progress;
 pub mod samples;
-pub mod train;
+pub mod summary;
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use tch::Device;
 
 pub use config::RunConfig;
 pub use dir::RunDir;
+use metrics::MetricsLog;
+use progress::Progress;
+use samples::EvalSamples;
+pub use summary::Summary;
+
+use crate::compose::{check_pair, construct_context, open_model, open_reward};
+use crate::device::parse_device;
+use crate::interrupt;
+use crate::model::Model;
+use crate::reward::Reward;
+use crate::sde::{sample, Interrupted, SampleRequest, SamplerOptions, Trajectory};
+use crate::seed::derive_seed;
+use crate::value;
+use crate::value_matching::{IterationStats, ValueMatching, VmSettings};
+
+/// Where a run starts.
+#[derive(Debug, Clone)]
+pub enum Start {
+    /// A new run in `dir` (which must not hold one yet).
+    New {
+        /// The configuration, not yet validated.
+        config: Box<RunConfig>,
+        /// The run directory.
+        dir: PathBuf,
+    },
+    /// Continue the run in `dir` from its latest checkpoint, with its own configuration;
+    /// `iterations` extends (or shortens) it.
+    Resume {
+        /// The run directory.
+        dir: PathBuf,
+        /// A new total number of iterations.
+        iterations: Option<usize>,
+    },
+}
+
+/// How a run's session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunEnd {
+    /// Every iteration ran and the adapted samples were drawn.
+    Finished,
+    /// Ctrl-C: a checkpoint was written; resume to continue.
+    Interrupted,
+}
+
+/// Whether a phase ran to its end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// It ran to its end.
+    Done,
+    /// Ctrl-C stopped it; what it finished is kept.
+    Interrupted,
+}
+
+/// A training run: its configuration, its directory, the model, reward and trainer, and what
+/// it has produced so far.
+pub struct Run {
+    config: RunConfig,
+    dir: RunDir,
+    device: Device,
+    model: Model,
+    reward: Reward,
+    trainer: ValueMatching,
+    value_description: String,
+    /// Samples drawn before and after training for the figures.
+    eval_samples: usize,
+    iterations_done: usize,
+    metrics: MetricsLog,
+    /// Every finished iteration's statistics, earlier sessions' included.
+    history: Vec<IterationStats>,
+    before: Option<EvalSamples>,
+    after: Option<EvalSamples>,
+    started: Instant,
+    /// Seconds of each iteration of this session.
+    session_seconds: Vec<f64>,
+}
+
+/// The sampler options of `config`.
+pub fn sampler_options(config: &RunConfig) -> SamplerOptions {
+    SamplerOptions {
+        steps: config.steps,
+        t0: config.t0,
+        diffusion: config.noise,
+        chunk_size: config.sample_chunk,
+    }
+}
+
+/// Samples for the figures when the configuration leaves it to the data: 16 images, or
+/// 10,000 points of flat data.
+fn default_eval_samples(example: &crate::state::State) -> usize {
+    if samples::is_image(example) {
+        16
+    } else {
+        10_000
+    }
+}
+
+impl Run {
+    /// Opens a new or resumed run: resolves and checks the pair, constructs the model and the
+    /// reward, builds the value network and restores the latest checkpoint.
+    pub fn open(registry: &crate::plugins::Registry, start: Start) -> Result<Self> {
+        let started = Instant::now();
+        let (config, dir, resume) = match start {
+            Start::New { config, dir } => {
+                if dir.join(dir::CONFIG).exists() {
+                    bail!(
+                        "{} already holds a run; continue it with --resume {0}, or choose another --out",
+                        dir.display()
+                    );
+                }
+                config.validate()?;
+                (*config, RunDir::at(&dir), false)
+            }
+            Start::Resume { dir, iterations } => {
+                let dir = RunDir::open(&dir)?;
+                let mut config = dir.read_config()?;
+                if let Some(iterations) = iterations {
+                    config.iterations = iterations;
+                }
+                config.validate()?;
+                (config, dir, true)
+            }
+        };
+        check_pair(registry, &config.model, &config.reward)?;
+        let device = parse_device(&config.device)?;
+        if config.threads > 0 {
+            tch::set_num_threads(config.threads as i32);
+        }
+        let ctx = construct_context(device, &config.weights)?;
+        let (mut model, _) = open_model(registry, &config.model, &config.model_args_json()?, &ctx)?;
+        let (reward, _) = open_reward(registry, &config.reward, &config.reward_args_json()?, &ctx)?;
+        let example = {
+            let _guard = tch::no_grad_guard();
+            tch::manual_seed(derive_seed(config.seed, "shape", 0) as i64);
+            model.sample_p0(2, 0)?.0
+        };
+        tch::manual_seed(derive_seed(config.seed, "init", 0) as i64);
+        let network = value::build(config.value_net, &example, device)?;
+        let value_description = network.describe();
+        let eval_samples = match config.eval_samples {
+            0 => default_eval_samples(&example),
+            n => n,
+        };
+        let settings = VmSettings {
+            reward_scale: config.reward_scale,
+            lr: config.lr,
+            grad_clip: config.grad_clip,
+            batch_size: config.batch_size,
+            train_chunk: config.train_chunk,
+            sampler: sampler_options(&config),
+            seed: config.seed,
+            device,
+        };
+        let mut trainer = ValueMatching::new(network, settings);
+        // The configuration is written once it has been checked against the plugins, so a
+        // run that cannot start leaves no directory that looks like a run.
+        dir.create()?;
+        dir.write_config(&config)?;
+        let mut iterations_done = 0;
+        if resume && dir.latest_checkpoint().exists() {
+            let (saved, tensors) = checkpoint::load(&dir.latest_checkpoint())?;
+            trainer
+                .load_state(tensors)
+                .with_context(|| format!("resuming from {}", dir.latest_checkpoint().display()))?;
+            iterations_done = saved;
+            eprintln!(
+                "resuming {} after iteration {iterations_done}",
+                dir.root.display()
+            );
+        }
+        let (metrics, history) = MetricsLog::open(&dir.metrics(), iterations_done)?;
+        let before = samples::load(&dir.samples_dir(), "before")?;
+        let after = samples::load(&dir.samples_dir(), "after")?;
+        eprintln!(
+            "model {} -> reward {} (scale {}), value network: {value_description}, run directory: {}",
+            config.model,
+            config.reward,
+            config.reward_scale,
+            dir.root.display()
+        );
+        Ok(Self {
+            config,
+            dir,
+            device,
+            model,
+            reward,
+            trainer,
+            value_description,
+            eval_samples,
+            iterations_done,
+            metrics,
+            history,
+            before,
+            after,
+            started,
+            session_seconds: Vec::new(),
+        })
+    }
+
+    /// Every phase in turn: samples before, training, samples after, figures and summary.
+    pub fn execute(&mut self) -> Result<(RunEnd, Summary)> {
+        interrupt::install();
+        let mut end = RunEnd::Finished;
+        for phase in [Self::sample_before, Self::train, Self::sample_after] {
+            if phase(self)? == Phase::Interrupted {
+                end = RunEnd::Interrupted;
+                break;
+            }
+        }
+        Ok((end, self.finish()?))
+    }
+
+    /// The run directory.
+    pub fn dir(&self) -> &RunDir {
+        &self.dir
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &RunConfig {
+        &self.config
+    }
+
+    /// Draws and saves the base model's samples, unless an earlier session did.
+    pub fn sample_before(&mut self) -> Result<Phase> {
+        if self.before.is_some() {
+            return Ok(Phase::Done);
+        }
+        match self.evaluate(false, "base model samples") {
+            Ok(before) => {
+                self.before = Some(self.save_samples("before", &before)?);
+                Ok(Phase::Done)
+            }
+            Err(e) if e.is::<Interrupted>() => Ok(Phase::Interrupted),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Value Matching iterations up to the configured number, with metrics after every one
+    /// and checkpoints every `checkpoint_every` and at the end. An error keeps the last good
+    /// state (checkpoint, metrics, figures) and says how to resume.
+    pub fn train(&mut self) -> Result<Phase> {
+        let total = self.config.iterations;
+        if self.iterations_done >= total {
+            return Ok(Phase::Done);
+        }
+        let bar = Progress::iterations(total, self.iterations_done);
+        let mut phase = Phase::Done;
+        while self.iterations_done < total {
+            let done = self.iterations_done;
+            let result = self
+                .trainer
+                .iteration(&mut self.model, &mut self.reward, done, &|_| {
+                    interrupt::requested()
+                });
+            let stats = match result {
+                Ok(stats) => stats,
+                Err(e) if e.is::<Interrupted>() => {
+                    phase = Phase::Interrupted;
+                    break;
+                }
+                Err(e) => {
+                    bar.abandon();
+                    return Err(self.stop_with(e));
+                }
+            };
+            self.record(stats)?;
+            bar.iteration_done(self.iterations_done, &stats);
+            if self
+                .iterations_done
+                .is_multiple_of(self.config.checkpoint_every)
+                || self.iterations_done == total
+            {
+                self.checkpoint()?;
+                bar.log_checkpoint(self.iterations_done, total, &stats);
+            }
+            if interrupt::requested() {
+                phase = Phase::Interrupted;
+                break;
+            }
+        }
+        bar.finish();
+        self.checkpoint()?;
+        Ok(phase)
+    }
+
+    /// Draws and saves the adapted samples once training is complete.
+    pub fn sample_after(&mut self) -> Result<Phase> {
+        if self.iterations_done < self.config.iterations {
+            return Ok(Phase::Done);
+        }
+        match self.evaluate(true, "adapted samples") {
+            Ok(after) => {
+                self.after = Some(self.save_samples("after", &after)?);
+                Ok(Phase::Done)
+            }
+            Err(e) if e.is::<Interrupted>() => Ok(Phase::Interrupted),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Writes the figures and `summary.json` from what this run holds, and returns the summary.
+    pub fn finish(&mut self) -> Result<Summary> {
+        self.write_figures()?;
+        let summary = self.summary();
+        crate::atomic_file::write_bytes_atomically(
+            &self.dir.summary(),
+            serde_json::to_string_pretty(&summary)?.as_bytes(),
+        )?;
+        Ok(summary)
+    }
+
+    fn record(&mut self, stats: IterationStats) -> Result<()> {
+        self.metrics.append(&stats)?;
+        self.history.push(stats);
+        self.session_seconds.push(stats.seconds);
+        self.iterations_done += 1;
+        Ok(())
+    }
+
+    /// After a failed iteration: keeps the last good state and names it in the error.
+    fn stop_with(&mut self, error: anyhow::Error) -> anyhow::Error {
+        let done = self.iterations_done;
+        if let Err(e) = self.checkpoint() {
+            return error.context(format!("the run stopped at iteration {done}, and its checkpoint could not be written: {e:#}"));
+        }
+        let _ = self.write_figures();
+        error.context(format!(
+            "the run stopped at iteration {done}; the last good state (after {done} iterations) is in {}; resume with `flowgym-host run --resume {}`",
+            self.dir.latest_checkpoint().display(),
+            self.dir.root.display()
+        ))
+    }
+
+    /// Samples for the figures, from the same noise before and after training.
+    fn evaluate(&mut self, controlled: bool, what: &str) -> Result<Trajectory> {
+        let options = sampler_options(&self.config);
+        let n = self.eval_samples;
+        let chunks = match options.chunk_size {
+            0 => 1,
+            size => n.div_ceil(size),
+        };
+        let bar = Progress::steps(self.config.steps * chunks, what);
+        let stop = |_| {
+            bar.inc();
+            interrupt::requested()
+        };
+        let request = SampleRequest {
+            n,
+            seed: derive_seed(self.config.seed, "eval", 0),
+            control: if controlled {
+                self.trainer.control()
+            } else {
+                None
+            },
+            record: false,
+            device: self.device,
+            stop_after_step: &stop,
+        };
+        let result = sample(&mut self.model, Some(&mut self.reward), &options, &request);
+        bar.finish();
+        result
+    }
+
+    fn save_samples(&self, name: &str, trajectory: &Trajectory) -> Result<EvalSamples> {
+        samples::save(
+            &self.dir.samples_dir(),
+            name,
+            trajectory,
+            Some(&self.dir.figure(name)),
+        )
+    }
+
+    fn checkpoint(&self) -> Result<()> {
+        let done = self.iterations_done;
+        let state = self.trainer.state();
+        checkpoint::save(&self.dir.latest_checkpoint(), &state, done)?;
+        if done > 0 && done.is_multiple_of(self.config.checkpoint_every) {
+            checkpoint::save(&self.dir.checkpoint_at(done), &state, done)?;
+        }
+        Ok(())
+    }
+
+    fn summary(&self) -> Summary {
+        Summary {
+            model: self.config.model.clone(),
+            reward: self.config.reward.clone(),
+            reward_scale: self.config.reward_scale,
+            iterations_done: self.iterations_done,
+            iterations: self.config.iterations,
+            value_network: self.value_description.clone(),
+            device: self.config.device.clone(),
+            before: self.before.as_ref().map(|s| s.stats),
+            after: self.after.as_ref().map(|s| s.stats),
+            optimum: summary::optimum(
+                self.before.as_ref(),
+                self.after.as_ref(),
+                self.config.reward_scale,
+            ),
+            final_loss: self.history.last().map(|r| r.loss),
+            seconds_per_iteration: (!self.session_seconds.is_empty()).then(|| {
+                self.session_seconds.iter().sum::<f64>() / self.session_seconds.len() as f64
+            }),
+            seconds: self.started.elapsed().as_secs_f64(),
+            peak_rss_mib: crate::memory::peak_rss_mib(),
+        }
+    }
+
+    #[cfg(feature = "figures")]
+    fn write_figures(&self) -> Result<()> {
+        figures::write(
+            &self.dir,
+            &self.config,
+            &self.history,
+            self.before.as_ref(),
+            self.after.as_ref(),
+        )
+    }
+
+    #[cfg(not(feature = "figures"))]
+    fn write_figures(&self) -> Result<()> {
+        Ok(())
+    }
+}

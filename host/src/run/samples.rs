@@ -1,15 +1,16 @@
-//! Saved samples: `NAME.safetensors` (sample and latent leaves, rewards, validity),
-//! `NAME-prompts.txt` when the samples have prompts, and `NAME.png` for images.
+//! Evaluation samples: `NAME.safetensors` (sample and latent leaves, rewards, validity),
+//! `NAME-prompts.txt` when the samples have prompts, and `NAME.png` for images; and what the
+//! figures and the summary read of them.
 
 use std::path::Path;
 
 use anyhow::{anyhow, Result};
 use tch::{Device, Kind, Tensor};
 
-use super::dir::{write_atomically, write_bytes_atomically};
-use crate::data::State;
-use crate::env::Trajectory;
-use crate::report::grid;
+use crate::atomic_file::{write_atomically, write_bytes_atomically};
+use crate::reward::RewardStats;
+use crate::sde::Trajectory;
+use crate::state::State;
 
 /// Whether samples are RGB images `[n, 3, H, W]`.
 pub fn is_image(state: &State) -> bool {
@@ -28,8 +29,13 @@ pub fn prompts_of(trajectory: &Trajectory) -> Option<Vec<String>> {
 pub const GRID_IMAGES: i64 = 16;
 
 /// Writes `dir/NAME.safetensors` (and prompts), plus `figure` as an image grid when the samples
-/// are images.
-pub fn save(dir: &Path, name: &str, trajectory: &Trajectory, figure: Option<&Path>) -> Result<()> {
+/// are images; returns what the figures and the summary need of them.
+pub fn save(
+    dir: &Path,
+    name: &str,
+    trajectory: &Trajectory,
+    figure: Option<&Path>,
+) -> Result<EvalSamples> {
     let mut named: Vec<(String, Tensor)> = Vec::new();
     for (leaf, t) in &trajectory.sample.leaves {
         named.push((
@@ -61,6 +67,7 @@ pub fn save(dir: &Path, name: &str, trajectory: &Trajectory, figure: Option<&Pat
             (prompts.join("\n") + "\n").as_bytes(),
         )?;
     }
+    #[cfg(feature = "figures")]
     if let (Some(figure), true) = (figure, is_image(&trajectory.sample)) {
         let images = trajectory
             .sample
@@ -69,14 +76,27 @@ pub fn save(dir: &Path, name: &str, trajectory: &Trajectory, figure: Option<&Pat
             .expect("is_image checked");
         let shown = images.narrow(0, 0, images.size()[0].min(GRID_IMAGES));
         let captions = prompts.map(|p| p[..shown.size()[0] as usize].to_vec());
-        grid::image_grid(figure, &shown, captions.as_deref(), 4)?;
+        crate::report::grid::image_grid(figure, &shown, captions.as_deref(), 4)?;
     }
-    Ok(())
+    #[cfg(not(feature = "figures"))]
+    let _ = (figure, prompts);
+    let first_leaf = trajectory
+        .sample
+        .leaves
+        .first()
+        .map(|(_, t)| t.shallow_clone())
+        .ok_or_else(|| anyhow!("the samples have no leaves"))?;
+    EvalSamples::new(
+        &first_leaf,
+        &trajectory.scores.reward,
+        &trajectory.scores.valid,
+    )
 }
 
-/// What `save` wrote, read back for figures: the first sample leaf, rewards, validity.
+/// What the figures and the summary read of a set of samples: the first sample leaf,
+/// rewards, validity and their statistics.
 #[derive(Debug, Clone)]
-pub struct Saved {
+pub struct EvalSamples {
     /// The first sample leaf, flattened.
     pub values: Vec<f64>,
     /// Its shape.
@@ -85,9 +105,25 @@ pub struct Saved {
     pub reward: Vec<f64>,
     /// Validity.
     pub valid: Vec<bool>,
+    /// Reward statistics.
+    pub stats: RewardStats,
 }
 
-impl Saved {
+impl EvalSamples {
+    /// From the first sample leaf and the scores.
+    pub fn new(first_leaf: &Tensor, reward: &Tensor, valid: &Tensor) -> Result<Self> {
+        let doubles = |t: &Tensor| {
+            Vec::<f64>::try_from(t.to_device(Device::Cpu).to_kind(Kind::Double).view([-1]))
+        };
+        Ok(Self {
+            values: doubles(first_leaf)?,
+            shape: first_leaf.size(),
+            reward: doubles(reward)?,
+            valid: Vec::<bool>::try_from(valid.to_device(Device::Cpu).view([-1]))?,
+            stats: RewardStats::of(reward, valid),
+        })
+    }
+
     /// Whether the samples are points on the line (`[n, 1]`).
     pub fn is_1d(&self) -> bool {
         self.shape.len() == 2 && self.shape[1] == 1
@@ -95,7 +131,7 @@ impl Saved {
 }
 
 /// Reads `dir/NAME.safetensors`, if it exists.
-pub fn load(dir: &Path, name: &str) -> Result<Option<Saved>> {
+pub fn load(dir: &Path, name: &str) -> Result<Option<EvalSamples>> {
     let path = dir.join(format!("{name}.safetensors"));
     if !path.exists() {
         return Ok(None);
@@ -114,11 +150,5 @@ pub fn load(dir: &Path, name: &str) -> Result<Option<Saved>> {
             path.display()
         ));
     };
-    let doubles = |t: &Tensor| Vec::<f64>::try_from(t.to_kind(Kind::Double).view([-1]));
-    Ok(Some(Saved {
-        values: doubles(&x)?,
-        shape: x.size(),
-        reward: doubles(&r)?,
-        valid: Vec::<bool>::try_from(v.view([-1]))?,
-    }))
+    EvalSamples::new(&x, &r, &v).map(Some)
 }

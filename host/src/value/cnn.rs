@@ -17,7 +17,7 @@ use tch::{Device, Tensor};
 
 use super::embedding::sinusoidal;
 use super::{parameter_count, zero_init, ValueNetwork};
-use crate::data::State;
+use crate::state::State;
 
 const TIME_DIM: i64 = 128;
 const WIDTHS: [i64; 3] = [32, 64, 128];

@@ -5,7 +5,7 @@ use tch::{Device, Tensor};
 
 use super::embedding::sinusoidal;
 use super::{parameter_count, zero_init, ValueNetwork};
-use crate::data::State;
+use crate::state::State;
 
 const TIME_DIM: i64 = 64;
 const HIDDEN: i64 = 128;

@@ -11,10 +11,11 @@ use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Tensor};
 
-use crate::data::State;
+use crate::state::State;
 
 /// Which architecture to use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum ValueArch {
     /// CNN for one `[n, C, H, W]` floating leaf, MLP otherwise.
@@ -97,4 +98,48 @@ pub fn value_gradient(value: &dyn ValueNetwork, x: &State, t: &Tensor) -> Vec<Te
     let v = value.forward(&inputs, t);
     let leaves: Vec<&Tensor> = inputs.floating().collect();
     Tensor::run_backward(&[v.sum(v.kind())], &leaves, false, false)
+}
+
+/// The prefix of the value network's weights in checkpoints: `value.<variable name>`.
+pub const PREFIX: &str = "value.";
+
+/// Copies the `value.<name>` tensors of a checkpoint into the network's variables, checking
+/// names and shapes.
+pub fn load(value: &mut dyn ValueNetwork, tensors: &[(String, Tensor)]) -> Result<()> {
+    let _guard = tch::no_grad_guard();
+    let mut variables = value.var_store_mut().variables();
+    let mut names: Vec<&String> = variables.keys().collect();
+    names.sort();
+    let mut missing = Vec::new();
+    for name in names.clone() {
+        let key = format!("{PREFIX}{name}");
+        match tensors.iter().find(|(n, _)| *n == key) {
+            Some((_, saved)) => {
+                let target = variables.get(name).expect("listed above");
+                if saved.size() != target.size() {
+                    bail!(
+                        "checkpoint's `{key}` has shape {:?} but the value network's has {:?}; was it written for another model or architecture?",
+                        saved.size(),
+                        target.size()
+                    );
+                }
+            }
+            None => missing.push(key),
+        }
+    }
+    if !missing.is_empty() {
+        bail!(
+            "the checkpoint does not fit this value network: missing {}",
+            missing.join(", ")
+        );
+    }
+    for (name, target) in variables.iter_mut() {
+        let key = format!("{PREFIX}{name}");
+        let (_, saved) = tensors
+            .iter()
+            .find(|(n, _)| *n == key)
+            .expect("checked above");
+        target.copy_(&saved.to_device(target.device()));
+    }
+    Ok(())
 }

@@ -1,13 +1,6 @@
-//! Benchmarks that print figures (`flowgym-host bench ...`): no thresholds, ratios measured in
-//! one process.
-//!
-//! - [`value_matching`]: seconds per Value Matching iteration through the plugins, controlled
-//!   sampling steps per second, and the host's overhead: the same iteration issued directly
-//!   against libtorch (the toy's closed-form flow and reward inlined, no plugin boundary, no
-//!   checks) gives the floor, and `1 - floor / host` is the share of wall time the host adds
-//!   outside libtorch's own work.
-//! - [`sampling`]: seconds per denoising step of a base model (any plugin), and images per
-//!   second at 100 steps.
+//! The Value Matching benchmark: seconds per iteration through the plugins, controlled
+//! sampling steps per second, and the host's overhead over the same iteration issued directly
+//! against libtorch.
 
 use std::time::Instant;
 
@@ -15,15 +8,17 @@ use anyhow::{bail, Result};
 use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 
-use crate::data::State;
-use crate::env::drift::step_coefficients;
-use crate::env::{sample, time_grid, Interrupted, NoiseSchedule, SamplerOptions, Schedule};
-use crate::method::adam::Adam;
-use crate::method::value_matching::{ValueMatching, VmSettings};
-use crate::method::Method;
+use super::median;
 use crate::model::Model;
 use crate::reward::Reward;
+use crate::sde::{
+    never_stop, sample, sde_coefficients, time_grid, Diffusion, Interpolant, SampleRequest,
+    SamplerOptions,
+};
+use crate::state::State;
 use crate::value::{mlp::MlpValue, value_gradient, ValueNetwork};
+use crate::value_matching::adam::Adam;
+use crate::value_matching::{ValueMatching, VmSettings};
 
 /// Figures of the Value Matching benchmark.
 #[derive(Debug, Clone, Serialize)]
@@ -46,11 +41,6 @@ pub struct VmFigures {
     pub sampling_seconds: f64,
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
 /// Times Value Matching iterations of `model` + `reward` through the host, and the direct
 /// libtorch floor of the toy (`1d/gmm` with `1d/binary`, default arguments).
 pub fn value_matching(
@@ -67,8 +57,8 @@ pub fn value_matching(
     let options = SamplerOptions {
         steps,
         t0: 0.02,
-        noise: NoiseSchedule::Memoryless,
-        batch_size,
+        diffusion: Diffusion::Memoryless,
+        chunk_size: 0,
     };
     let settings = VmSettings {
         reward_scale: 5.0,
@@ -86,14 +76,14 @@ pub fn value_matching(
         vec![("x".into(), Tensor::zeros([1, 1], (Kind::Float, device)))],
     );
     let network = crate::value::build(crate::value::ValueArch::Mlp, &example, device)?;
-    let mut method = ValueMatching::new(network, settings)?;
+    let mut trainer = ValueMatching::new(network, settings);
     // Host and floor iterations alternate, so that both see the same machine load.
     let warmup = 2;
     let mut reference = DirectLoop::new(batch_size, steps, device);
     let (mut host, mut floor) = (Vec::new(), Vec::new());
     for i in 0..warmup + iterations {
         let start = Instant::now();
-        method.iteration(model, reward, i, &|_| false)?;
+        trainer.iteration(model, reward, i, &never_stop)?;
         let host_seconds = start.elapsed().as_secs_f64();
         let start = Instant::now();
         reference.iteration(i as i64);
@@ -106,17 +96,15 @@ pub fn value_matching(
     let mut sampling = Vec::new();
     for i in 0..iterations {
         let start = Instant::now();
-        sample(
-            model,
-            Some(reward),
-            method.control(),
-            batch_size,
-            &options,
-            i as u64,
+        let request = SampleRequest {
+            n: batch_size,
+            seed: i as u64,
+            control: trainer.control(),
+            record: true,
             device,
-            true,
-            &|_| false,
-        )?;
+            stop_after_step: &never_stop,
+        };
+        sample(model, Some(reward), &options, &request)?;
         sampling.push(start.elapsed().as_secs_f64());
     }
     let (host, floor, sampling) = (median(host), median(floor), median(sampling));
@@ -140,7 +128,7 @@ struct DirectLoop {
     adam: Adam,
     batch_size: i64,
     grid: Vec<f64>,
-    schedule: Schedule,
+    interpolant: Interpolant,
     means: Tensor,
     variances: Tensor,
     log_weights: Tensor,
@@ -157,7 +145,7 @@ impl DirectLoop {
             adam,
             batch_size: batch_size as i64,
             grid: time_grid(steps, 0.02),
-            schedule: Schedule::OptimalTransport,
+            interpolant: Interpolant::OptimalTransport,
             means: row(&[0.0, 3.0]),
             variances: row(&[1.0, 0.16]),
             log_weights: row(&[0.5f32.ln(), 0.5f32.ln()]),
@@ -187,9 +175,9 @@ impl DirectLoop {
         let mut dts = vec![0.0; steps];
         for k in 0..steps {
             let (t, dt) = (self.grid[k], self.grid[k + 1] - self.grid[k]);
-            let c = step_coefficients(
-                &self.schedule,
-                NoiseSchedule::Memoryless,
+            let c = sde_coefficients(
+                &self.interpolant,
+                Diffusion::Memoryless,
                 flowgym_plugin_api::OutputType::Velocity,
                 t,
             );
@@ -239,77 +227,4 @@ impl DirectLoop {
         });
         self.adam.step(1.0);
     }
-}
-
-/// Figures of the sampling benchmark.
-#[derive(Debug, Clone, Serialize)]
-pub struct SamplingFigures {
-    /// Model id.
-    pub model: String,
-    /// Samples denoised at once.
-    pub batch_size: usize,
-    /// Steps timed (after the warm-up ones).
-    pub timed_steps: usize,
-    /// libtorch threads.
-    pub threads: i32,
-    /// Median seconds per denoising step of the whole batch.
-    pub seconds_per_step: f64,
-    /// `batch_size / (100 * seconds_per_step)`.
-    pub images_per_second_at_100_steps: f64,
-}
-
-/// Times `timed` base-model denoising steps (after `warmup`) on a batch of `batch_size`, on the
-/// model's own 100-step time grid.
-pub fn sampling(
-    model: &mut Model,
-    batch_size: usize,
-    warmup: usize,
-    timed: usize,
-    device: Device,
-) -> Result<SamplingFigures> {
-    let options = SamplerOptions {
-        steps: 100,
-        t0: 0.02,
-        noise: NoiseSchedule::Memoryless,
-        batch_size,
-    };
-    let marks = std::cell::RefCell::new(vec![Instant::now()]);
-    let total = warmup + timed;
-    let result = sample(
-        model,
-        None,
-        None,
-        batch_size,
-        &options,
-        0,
-        device,
-        false,
-        &|k| {
-            marks.borrow_mut().push(Instant::now());
-            k + 1 >= total
-        },
-    );
-    match result {
-        Err(e) if e.is::<Interrupted>() => {}
-        Err(e) => return Err(e),
-        Ok(_) => {}
-    }
-    let marks = marks.into_inner();
-    let per_step: Vec<f64> = marks
-        .windows(2)
-        .skip(warmup)
-        .map(|w| (w[1] - w[0]).as_secs_f64())
-        .collect();
-    if per_step.is_empty() {
-        bail!("no steps were timed");
-    }
-    let seconds_per_step = median(per_step);
-    Ok(SamplingFigures {
-        model: model.id.clone(),
-        batch_size,
-        timed_steps: timed,
-        threads: tch::get_num_threads(),
-        seconds_per_step,
-        images_per_second_at_100_steps: batch_size as f64 / (100.0 * seconds_per_step),
-    })
 }

@@ -1,5 +1,5 @@
-//! Value Matching: sample with the current control (no gradients), then regress the value
-//! network on the cost-to-go.
+//! The Value Matching trainer: one iteration samples a batch of trajectories with the current
+//! control and takes one optimiser step on the regression loss.
 //!
 //! Loss: `sum_k w_k / K * mean_n (V(x_k, t_k) - C_k)^2 / lambda^2` with
 //! `w_k = 1 / (1 + 0.5 * integral_{t_k}^1 s^2 dt)` (the integral summed on the time grid) and
@@ -12,13 +12,13 @@ use anyhow::{bail, Result};
 use tch::{Device, Kind, Tensor};
 
 use super::adam::Adam;
-use super::{IterationStats, Method};
-use crate::data::State;
-use crate::env::{sample, Control, SamplerOptions, Trajectory};
+use super::IterationStats;
 use crate::model::Model;
 use crate::reward::Reward;
+use crate::sde::{sample, Control, SampleRequest, SamplerOptions, Trajectory};
 use crate::seed::derive_seed;
-use crate::value::ValueNetwork;
+use crate::state::State;
+use crate::value::{self, ValueNetwork};
 
 /// Points per gradient-accumulation chunk for image data when none is set: activations of
 /// the CNN for `K * N` images at once would dwarf everything else.
@@ -65,25 +65,15 @@ pub fn loss_weights(trajectory: &Trajectory) -> Vec<f64> {
 }
 
 impl ValueMatching {
-    /// Value Matching training `value` with `settings`.
-    pub fn new(value: Box<dyn ValueNetwork>, settings: VmSettings) -> Result<Self> {
-        if !(settings.reward_scale > 0.0 && settings.reward_scale.is_finite()) {
-            bail!(
-                "the reward scale must be positive, got {}",
-                settings.reward_scale
-            );
-        }
+    /// Value Matching training `value` with `settings` (checked by the caller: a positive,
+    /// finite reward scale and learning rate).
+    pub fn new(value: Box<dyn ValueNetwork>, settings: VmSettings) -> Self {
         let adam = Adam::new(value.var_store(), settings.lr);
-        Ok(Self {
+        Self {
             value,
             adam,
             settings,
-        })
-    }
-
-    /// The value network.
-    pub fn value(&self) -> &dyn ValueNetwork {
-        self.value.as_ref()
+        }
     }
 
     /// Fits the value network to one batch of trajectories; returns (loss, gradient norm).
@@ -149,50 +139,29 @@ impl ValueMatching {
     }
 }
 
-/// Mean and standard deviation of the valid rewards, and the valid share.
-pub fn reward_statistics(reward: &Tensor, valid: &Tensor) -> (f64, f64, f64) {
-    let n = reward.size()[0].max(1) as f64;
-    let mask = valid.to_kind(Kind::Double);
-    let count = mask.sum(Kind::Double).double_value(&[]);
-    if count == 0.0 {
-        return (f64::NAN, f64::NAN, 0.0);
-    }
-    let r = reward.to_kind(Kind::Double) * &mask;
-    let mean = r.sum(Kind::Double).double_value(&[]) / count;
-    let var = ((reward.to_kind(Kind::Double) - mean).square() * &mask)
-        .sum(Kind::Double)
-        .double_value(&[])
-        / count;
-    (mean, var.max(0.0).sqrt(), count / n)
-}
-
-impl Method for ValueMatching {
-    fn name(&self) -> &'static str {
-        "value-matching"
-    }
-
-    fn iteration(
+impl ValueMatching {
+    /// Samples a batch with the current control, then takes one step on the loss.
+    /// `stop_after_step` is called after every sampling step; returning `true` abandons the
+    /// iteration with [`crate::sde::Interrupted`].
+    pub fn iteration(
         &mut self,
         model: &mut Model,
         reward: &mut Reward,
         iteration: usize,
-        on_step: &dyn Fn(usize) -> bool,
+        stop_after_step: &dyn Fn(usize) -> bool,
     ) -> Result<IterationStats> {
         let start = Instant::now();
-        let trajectory = sample(
-            model,
-            Some(reward),
-            self.control(),
-            self.settings.batch_size,
-            &self.settings.sampler,
-            derive_seed(self.settings.seed, "train", iteration as u64),
-            self.settings.device,
-            true,
-            on_step,
-        )?;
+        let request = SampleRequest {
+            n: self.settings.batch_size,
+            seed: derive_seed(self.settings.seed, "train", iteration as u64),
+            control: self.control(),
+            record: true,
+            device: self.settings.device,
+            stop_after_step,
+        };
+        let trajectory = sample(model, Some(reward), &self.settings.sampler, &request)?;
         let (loss, grad_norm) = self.fit(&trajectory, iteration)?;
-        let (reward_mean, reward_std, valid_fraction) =
-            reward_statistics(&trajectory.scores.reward, &trajectory.scores.valid);
+        let stats = trajectory.scores.statistics();
         let control_cost = trajectory
             .control_cost()
             .mean(Kind::Float)
@@ -200,77 +169,41 @@ impl Method for ValueMatching {
         Ok(IterationStats {
             iteration,
             loss,
-            reward_mean,
-            reward_std,
-            valid_fraction,
+            reward_mean: stats.reward_mean,
+            reward_std: stats.reward_std,
+            valid_fraction: stats.valid_fraction,
             control_cost,
             grad_norm,
             seconds: start.elapsed().as_secs_f64(),
         })
     }
 
-    fn control(&self) -> Option<Control<'_>> {
+    /// The control that steers sampling now.
+    pub fn control(&self) -> Option<Control<'_>> {
         Some(Control {
             value: self.value.as_ref(),
             scale: self.settings.reward_scale,
         })
     }
 
-    fn state(&self) -> Vec<(String, Tensor)> {
+    /// Everything needed to resume, as named tensors: the value network's weights
+    /// (`value.*`) and the optimiser's state.
+    pub fn state(&self) -> Vec<(String, Tensor)> {
         let mut named: Vec<(String, Tensor)> = self
             .value
             .var_store()
             .variables()
             .into_iter()
-            .map(|(name, t)| (format!("value.{name}"), t))
+            .map(|(name, t)| (format!("{}{name}", value::PREFIX), t))
             .collect();
         named.sort_by(|a, b| a.0.cmp(&b.0));
         named.extend(self.adam.state());
         named
     }
 
-    fn load_state(&mut self, tensors: Vec<(String, Tensor)>) -> Result<()> {
-        load_value(self.value.as_mut(), &tensors)?;
+    /// Restores what [`ValueMatching::state`] saved.
+    pub fn load_state(&mut self, tensors: Vec<(String, Tensor)>) -> Result<()> {
+        value::load(self.value.as_mut(), &tensors)?;
         self.adam.load_state(&tensors)
     }
-}
-
-/// Copies `value.<name>` tensors into the network's variables, checking names and shapes.
-pub fn load_value(value: &mut dyn ValueNetwork, tensors: &[(String, Tensor)]) -> Result<()> {
-    let _guard = tch::no_grad_guard();
-    let mut variables = value.var_store_mut().variables();
-    let mut names: Vec<&String> = variables.keys().collect();
-    names.sort();
-    let mut missing = Vec::new();
-    for name in names.clone() {
-        let key = format!("value.{name}");
-        match tensors.iter().find(|(n, _)| *n == key) {
-            Some((_, saved)) => {
-                let target = variables.get(name).expect("listed above");
-                if saved.size() != target.size() {
-                    bail!(
-                        "checkpoint's `{key}` has shape {:?} but the value network's has {:?}; was it written for another model or architecture?",
-                        saved.size(),
-                        target.size()
-                    );
-                }
-            }
-            None => missing.push(key),
-        }
-    }
-    if !missing.is_empty() {
-        bail!(
-            "the checkpoint does not fit this value network: missing {}",
-            missing.join(", ")
-        );
-    }
-    for (name, target) in variables.iter_mut() {
-        let key = format!("value.{name}");
-        let (_, saved) = tensors
-            .iter()
-            .find(|(n, _)| *n == key)
-            .expect("checked above");
-        target.copy_(&saved.to_device(target.device()));
-    }
-    Ok(())
 }

@@ -4,7 +4,7 @@ use flowgym_plugin_api::Scheduler;
 
 /// `alpha`, `beta` and their derivatives at one time.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Coefficients {
+pub struct InterpolantAt {
     /// Weight of the data.
     pub alpha: f64,
     /// Weight of the noise.
@@ -17,7 +17,7 @@ pub struct Coefficients {
 
 /// A schedule the host can evaluate.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Schedule {
+pub enum Interpolant {
     /// `alpha = t`.
     OptimalTransport,
     /// `alpha = 1 - cos^2(pi/2 t^nu)`.
@@ -39,14 +39,14 @@ pub enum Schedule {
     },
 }
 
-impl Schedule {
+impl Interpolant {
     /// The host's form of a plugin's scheduler descriptor, checked for sense.
     pub fn from_plugin(scheduler: &Scheduler) -> Result<Self, String> {
         match scheduler {
-            Scheduler::OptimalTransport => Ok(Schedule::OptimalTransport),
+            Scheduler::OptimalTransport => Ok(Interpolant::OptimalTransport),
             Scheduler::Cosine { nu } => {
                 if *nu > 0.0 && nu.is_finite() {
-                    Ok(Schedule::Cosine { nu: *nu })
+                    Ok(Interpolant::Cosine { nu: *nu })
                 } else {
                     Err(format!("cosine scheduler needs nu > 0, got {nu}"))
                 }
@@ -65,7 +65,7 @@ impl Schedule {
                             .into(),
                     );
                 }
-                Ok(Schedule::Discrete { alpha_bar })
+                Ok(Interpolant::Discrete { alpha_bar })
             }
             Scheduler::Tabulated {
                 t,
@@ -87,7 +87,7 @@ impl Schedule {
                 let values = (0..n)
                     .map(|i| [alpha[i], beta[i], alpha_dot[i], beta_dot[i]])
                     .collect();
-                Ok(Schedule::Tabulated {
+                Ok(Interpolant::Tabulated {
                     t: t.to_vec(),
                     values,
                 })
@@ -102,28 +102,28 @@ impl Schedule {
     }
 
     /// `alpha`, `beta` and their derivatives at `t`.
-    pub fn at(&self, t: f64) -> Coefficients {
+    pub fn at(&self, t: f64) -> InterpolantAt {
         match self {
-            Schedule::OptimalTransport => Coefficients {
+            Interpolant::OptimalTransport => InterpolantAt {
                 alpha: t,
                 beta: 1.0 - t,
                 alpha_dot: 1.0,
                 beta_dot: -1.0,
             },
-            Schedule::Cosine { nu } => {
+            Interpolant::Cosine { nu } => {
                 let phase = std::f64::consts::FRAC_PI_2 * t.powf(*nu);
                 let alpha = 1.0 - phase.cos().powi(2);
                 // d/dt [1 - cos^2(phase)] = sin(2 phase) * phase'
                 let phase_dot = std::f64::consts::FRAC_PI_2 * nu * t.powf(nu - 1.0);
                 let alpha_dot = (2.0 * phase).sin() * phase_dot;
-                Coefficients {
+                InterpolantAt {
                     alpha,
                     beta: 1.0 - alpha,
                     alpha_dot,
                     beta_dot: -alpha_dot,
                 }
             }
-            Schedule::Discrete { alpha_bar } => {
+            Interpolant::Discrete { alpha_bar } => {
                 let k = Self::step_index(alpha_bar, t);
                 let k_max = (alpha_bar.len() - 1) as f64;
                 let ab = alpha_bar[k];
@@ -131,7 +131,7 @@ impl Schedule {
                 let ab_dot = k_max * (previous - ab);
                 let alpha = ab.sqrt();
                 let beta = (1.0 - ab).max(0.0).sqrt();
-                Coefficients {
+                InterpolantAt {
                     alpha,
                     beta,
                     alpha_dot: ab_dot / (2.0 * alpha),
@@ -142,13 +142,13 @@ impl Schedule {
                     },
                 }
             }
-            Schedule::Tabulated { t: grid, values } => {
+            Interpolant::Tabulated { t: grid, values } => {
                 let last = grid.len() - 1;
                 let i = grid.partition_point(|&g| g <= t).clamp(1, last);
                 let (t0, t1) = (grid[i - 1], grid[i]);
                 let w = ((t - t0) / (t1 - t0)).clamp(0.0, 1.0);
                 let lerp = |j: usize| values[i - 1][j] * (1.0 - w) + values[i][j] * w;
-                Coefficients {
+                InterpolantAt {
                     alpha: lerp(0),
                     beta: lerp(1),
                     alpha_dot: lerp(2),
@@ -161,7 +161,7 @@ impl Schedule {
     /// The time the model's `forward` receives: `t`, or the step `k(t)` for a discrete schedule.
     pub fn model_time(&self, t: f64) -> f64 {
         match self {
-            Schedule::Discrete { alpha_bar } => Self::step_index(alpha_bar, t) as f64,
+            Interpolant::Discrete { alpha_bar } => Self::step_index(alpha_bar, t) as f64,
             _ => t,
         }
     }
@@ -187,9 +187,9 @@ mod tests {
     fn continuous_derivatives_match_finite_differences() {
         let h = 1e-6;
         for schedule in [
-            Schedule::OptimalTransport,
-            Schedule::Cosine { nu: 1.0 },
-            Schedule::Cosine { nu: 0.7 },
+            Interpolant::OptimalTransport,
+            Interpolant::Cosine { nu: 1.0 },
+            Interpolant::Cosine { nu: 0.7 },
         ] {
             for &t in &[0.05, 0.3, 0.5, 0.8, 0.97] {
                 let c = schedule.at(t);
@@ -204,7 +204,7 @@ mod tests {
 
     #[test]
     fn cosine_ends_at_noise_and_data() {
-        let s = Schedule::Cosine { nu: 1.0 };
+        let s = Interpolant::Cosine { nu: 1.0 };
         assert!(s.at(0.0).alpha.abs() < 1e-12 && (s.at(0.0).beta - 1.0).abs() < 1e-12);
         assert!((s.at(1.0).alpha - 1.0).abs() < 1e-12 && s.at(1.0).beta.abs() < 1e-12);
     }
@@ -212,7 +212,7 @@ mod tests {
     #[test]
     fn discrete_schedule_follows_alpha_bar_and_its_difference_quotient() {
         let ab = linear_alpha_bar(1000);
-        let s = Schedule::Discrete {
+        let s = Interpolant::Discrete {
             alpha_bar: ab.clone(),
         };
         let k_max = 999.0;
@@ -236,7 +236,7 @@ mod tests {
 
     #[test]
     fn tabulated_interpolates_linearly() {
-        let s = Schedule::from_plugin(&Scheduler::Tabulated {
+        let s = Interpolant::from_plugin(&Scheduler::Tabulated {
             t: vec![0.0, 1.0].into(),
             alpha: vec![0.0, 1.0].into(),
             beta: vec![1.0, 0.0].into(),
@@ -244,7 +244,7 @@ mod tests {
             beta_dot: vec![-1.0, -1.0].into(),
         })
         .unwrap();
-        assert_eq!(s.at(0.25), Schedule::OptimalTransport.at(0.25));
+        assert_eq!(s.at(0.25), Interpolant::OptimalTransport.at(0.25));
     }
 
     #[test]
@@ -253,11 +253,11 @@ mod tests {
             alpha_bar: vec![0.5, 0.9].into(),
         };
         assert_eq!(
-            Schedule::from_plugin(&increasing).unwrap_err(),
+            Interpolant::from_plugin(&increasing).unwrap_err(),
             "discrete scheduler's alpha_bar must not increase with the index (index 0 is the cleanest)"
         );
         assert_eq!(
-            Schedule::from_plugin(&Scheduler::Cosine { nu: 0.0 }).unwrap_err(),
+            Interpolant::from_plugin(&Scheduler::Cosine { nu: 0.0 }).unwrap_err(),
             "cosine scheduler needs nu > 0, got 0"
         );
     }

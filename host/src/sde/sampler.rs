@@ -9,11 +9,12 @@
 use anyhow::{anyhow, bail, Result};
 use tch::{Device, Kind, Tensor};
 
-use super::drift::{step_coefficients, NoiseSchedule};
-use crate::data::State;
+use super::diffusion::Diffusion;
+use super::drift::sde_coefficients;
 use crate::kwargs::HostKwargs;
 use crate::model::Model;
 use crate::reward::{Reward, Scores};
+use crate::state::State;
 use crate::value::{value_gradient, ValueNetwork};
 
 /// How to discretise.
@@ -21,12 +22,36 @@ use crate::value::{value_gradient, ValueNetwork};
 pub struct SamplerOptions {
     /// Number of Euler-Maruyama steps `K`.
     pub steps: usize,
-    /// First time (avoids the singularity of the schedule at 0).
+    /// First time (avoids the singularity of the interpolant at 0).
     pub t0: f64,
-    /// The diffusion coefficient.
-    pub noise: NoiseSchedule,
-    /// Largest number of samples simulated at once; larger requests run in chunks.
-    pub batch_size: usize,
+    /// The diffusion coefficient `s(t)`.
+    pub diffusion: Diffusion,
+    /// Largest number of samples simulated at once; larger requests run in chunks of this size
+    /// (0: all at once).
+    pub chunk_size: usize,
+}
+
+/// What to sample: how many, from which seed, steered by what, and what to keep.
+#[derive(Clone, Copy)]
+pub struct SampleRequest<'a> {
+    /// Number of samples.
+    pub n: usize,
+    /// Seed of the source samples and the noise (chunk `i` uses a seed derived from it).
+    pub seed: u64,
+    /// The value network steering the samples; `None` samples the base model.
+    pub control: Option<Control<'a>>,
+    /// Keep the state at every step (Value Matching trains on them).
+    pub record: bool,
+    /// Where to compute.
+    pub device: Device,
+    /// Called after every step with its index; returning `true` stops sampling with
+    /// [`Interrupted`].
+    pub stop_after_step: &'a dyn Fn(usize) -> bool,
+}
+
+/// A `stop_after_step` that never stops.
+pub fn never_stop(_step: usize) -> bool {
+    false
 }
 
 /// A value network steering the sampler: `V(x, t) = scale * value(x, t)`.
@@ -97,59 +122,56 @@ fn chunk_seed(seed: u64, chunk: usize) -> u64 {
         .wrapping_add(chunk as u64)
 }
 
-/// Samples `n` trajectories, in chunks of `options.batch_size`, scoring them with `reward`
-/// if given. `record` keeps the intermediate states (for training). `on_step` is called after
-/// every step (with the step index) and stops sampling with [`Interrupted`] by returning true.
-#[allow(clippy::too_many_arguments)]
+/// Samples `request.n` trajectories in chunks of `options.chunk_size`, scoring them with
+/// `reward` if given.
 pub fn sample(
     model: &mut Model,
     mut reward: Option<&mut Reward>,
-    control: Option<Control<'_>>,
-    n: usize,
     options: &SamplerOptions,
-    seed: u64,
-    device: Device,
-    record: bool,
-    on_step: &dyn Fn(usize) -> bool,
+    request: &SampleRequest<'_>,
 ) -> Result<Trajectory> {
     if options.steps == 0 {
         bail!("the sampler needs at least one step");
     }
-    let chunk = options.batch_size.max(1);
+    let chunk = match options.chunk_size {
+        0 => request.n.max(1),
+        size => size,
+    };
     let mut parts = Vec::new();
     let mut start = 0;
-    while start < n {
-        let size = chunk.min(n - start);
-        let part = sample_chunk(
+    while start < request.n {
+        let size = chunk.min(request.n - start);
+        let part_request = SampleRequest {
+            n: size,
+            seed: chunk_seed(request.seed, parts.len()),
+            ..*request
+        };
+        parts.push(sample_chunk(
             model,
             reward.as_deref_mut(),
-            control,
-            size,
             options,
-            chunk_seed(seed, parts.len()),
-            device,
-            record,
-            on_step,
-        )?;
-        parts.push(part);
+            &part_request,
+        )?);
         start += size;
     }
     concatenate(parts)
 }
 
-#[allow(clippy::too_many_arguments)]
 fn sample_chunk(
     model: &mut Model,
     reward: Option<&mut Reward>,
-    control: Option<Control<'_>>,
-    n: usize,
     options: &SamplerOptions,
-    seed: u64,
-    device: Device,
-    record: bool,
-    on_step: &dyn Fn(usize) -> bool,
+    request: &SampleRequest<'_>,
 ) -> Result<Trajectory> {
     let _no_grad = tch::no_grad_guard();
+    let SampleRequest {
+        n,
+        seed,
+        control,
+        record,
+        device,
+        stop_after_step,
+    } = *request;
     tch::manual_seed(seed as i64);
     let grid = time_grid(options.steps, options.t0);
     let (x0, kwargs) = model.sample_p0(n, seed)?;
@@ -162,14 +184,9 @@ fn sample_chunk(
     let mut diffusion = Vec::with_capacity(options.steps);
     for k in 0..options.steps {
         let (t, dt) = (grid[k], grid[k + 1] - grid[k]);
-        let c = step_coefficients(&model.schedule, options.noise, model.output_type, t);
+        let c = sde_coefficients(&model.interpolant, options.diffusion, model.output_type, t);
         diffusion.push(c.s);
-        let model_t = Tensor::full(
-            [n as i64],
-            model.schedule.model_time(t),
-            (Kind::Float, device),
-        );
-        let f = model.forward(&x, &model_t, &kwargs)?;
+        let f = model.forward(&x, t, &kwargs)?;
         model_ok.push(f.all_finite());
         let mut drift = x.zip_floating(&f, |x, f| x * c.drift.a + f * c.drift.b);
         match control {
@@ -194,7 +211,7 @@ fn sample_chunk(
             states.push(x);
         }
         x = next;
-        if on_step(k) {
+        if stop_after_step(k) {
             return Err(Interrupted.into());
         }
     }
@@ -202,10 +219,7 @@ fn sample_chunk(
     let sample = model.postprocess(&x, &kwargs)?;
     let scores = match reward {
         Some(reward) => reward.score(&sample, &x, &kwargs, device)?,
-        None => Scores {
-            reward: Tensor::zeros([n as i64], (Kind::Float, device)),
-            valid: Tensor::ones([n as i64], (Kind::Bool, device)),
-        },
+        None => Scores::unscored(n, device),
     };
     Ok(Trajectory {
         times: grid[..options.steps].to_vec(),

@@ -1,4 +1,4 @@
-//! Batches on the host side: named libtorch tensors, with the arithmetic the sampler does.
+//! The state of a batch on the host side: named libtorch tensors, with the arithmetic the sampler does.
 //!
 //! Floating leaves take part in arithmetic, noise and gradients; integer and bool leaves pass
 //! through unchanged. Leaves carry the batch on dimension 0 (plain data).
@@ -206,6 +206,11 @@ impl State {
                 .map(|(n, t)| (n.clone(), t.shallow_clone()))
                 .collect(),
         }
+    }
+
+    /// The device of the samples (that of the first leaf).
+    pub fn device(&self) -> Device {
+        self.leaves.first().map_or(Device::Cpu, |(_, t)| t.device())
     }
 
     /// Every leaf moved to `device`.

@@ -8,19 +8,9 @@
 //! `b = g alpha / beta^2`.
 
 use flowgym_plugin_api::OutputType;
-use serde::{Deserialize, Serialize};
 
-use super::schedule::{Coefficients, Schedule};
-
-/// The diffusion coefficient `s(t)` of the sampler.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "kind", content = "level")]
-pub enum NoiseSchedule {
-    /// `s = sigma_m = sqrt(2 eta)`: the memoryless schedule Value Matching is proven for.
-    Memoryless,
-    /// A constant `s`.
-    Constant(f64),
-}
+use super::diffusion::Diffusion;
+use super::interpolant::{Interpolant, InterpolantAt};
 
 /// `a` and `b` of the base drift `a x + b f(x, t)`.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -33,9 +23,9 @@ pub struct DriftCoefficients {
 
 /// Everything the sampler needs at one time.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct StepCoefficients {
-    /// The schedule at this time.
-    pub schedule: Coefficients,
+pub struct SdeCoefficients {
+    /// The interpolant at this time.
+    pub interpolant: InterpolantAt,
     /// `alpha' / alpha`.
     pub kappa: f64,
     /// `beta (kappa beta - beta')`.
@@ -49,25 +39,25 @@ pub struct StepCoefficients {
 }
 
 /// The sampler's coefficients at `t` for a model predicting `output`.
-pub fn step_coefficients(
-    schedule: &Schedule,
-    noise: NoiseSchedule,
+pub fn sde_coefficients(
+    schedule: &Interpolant,
+    noise: Diffusion,
     output: OutputType,
     t: f64,
-) -> StepCoefficients {
+) -> SdeCoefficients {
     let c = schedule.at(t);
     let kappa = c.alpha_dot / c.alpha;
     let eta = c.beta * (kappa * c.beta - c.beta_dot);
     let sigma_m = (2.0 * eta).max(0.0).sqrt();
     let s = match noise {
-        NoiseSchedule::Memoryless => sigma_m,
-        NoiseSchedule::Constant(level) => level,
+        Diffusion::Memoryless => sigma_m,
+        Diffusion::Constant(level) => level,
     };
     let g = s * s / 2.0 + eta;
     // s^2 / (2 eta), exactly 1 when memoryless (also where eta vanishes at t = 1).
     let ratio = match noise {
-        NoiseSchedule::Memoryless => 1.0,
-        NoiseSchedule::Constant(_) => s * s / (2.0 * eta),
+        Diffusion::Memoryless => 1.0,
+        Diffusion::Constant(_) => s * s / (2.0 * eta),
     };
     let drift = match output {
         OutputType::Velocity => DriftCoefficients {
@@ -84,8 +74,8 @@ pub fn step_coefficients(
             b: g * c.alpha / (c.beta * c.beta),
         },
     };
-    StepCoefficients {
-        schedule: c,
+    SdeCoefficients {
+        interpolant: c,
         kappa,
         eta,
         sigma_m,
@@ -99,7 +89,7 @@ mod tests {
     use super::*;
 
     /// Data `x_1 ~ N(m, v)`: every parameterisation of the model is known in closed form.
-    fn exact_output(output: OutputType, c: &Coefficients, x: f64) -> f64 {
+    fn exact_output(output: OutputType, c: &InterpolantAt, x: f64) -> f64 {
         let (m, v) = (0.7, 0.3);
         let var_t = c.alpha * c.alpha * v + c.beta * c.beta;
         let dev = x - c.alpha * m;
@@ -113,7 +103,7 @@ mod tests {
         }
     }
 
-    fn schedules() -> Vec<Schedule> {
+    fn schedules() -> Vec<Interpolant> {
         let mut ab = Vec::new();
         let mut prod = 1.0;
         for i in 0..1000 {
@@ -121,16 +111,16 @@ mod tests {
             ab.push(prod);
         }
         vec![
-            Schedule::OptimalTransport,
-            Schedule::Cosine { nu: 1.0 },
-            Schedule::Discrete { alpha_bar: ab },
+            Interpolant::OptimalTransport,
+            Interpolant::Cosine { nu: 1.0 },
+            Interpolant::Discrete { alpha_bar: ab },
         ]
     }
 
     #[test]
     fn the_four_parameterisations_give_one_drift() {
         for schedule in schedules() {
-            for noise in [NoiseSchedule::Memoryless, NoiseSchedule::Constant(0.8)] {
+            for noise in [Diffusion::Memoryless, Diffusion::Constant(0.8)] {
                 for &t in &[0.05, 0.3, 0.6, 0.9] {
                     for &x in &[-1.0, 0.2, 2.5] {
                         let drifts: Vec<f64> = [
@@ -141,8 +131,8 @@ mod tests {
                         ]
                         .iter()
                         .map(|&output| {
-                            let k = step_coefficients(&schedule, noise, output, t);
-                            let f = exact_output(output, &k.schedule, x);
+                            let k = sde_coefficients(&schedule, noise, output, t);
+                            let f = exact_output(output, &k.interpolant, x);
                             k.drift.a * x + k.drift.b * f
                         })
                         .collect();
@@ -161,9 +151,9 @@ mod tests {
     #[test]
     fn optimal_transport_noise_level_is_closed_form() {
         // alpha = t: kappa = 1/t, eta = (1 - t)/t, sigma_m = sqrt(2 (1 - t) / t).
-        let k = step_coefficients(
-            &Schedule::OptimalTransport,
-            NoiseSchedule::Memoryless,
+        let k = sde_coefficients(
+            &Interpolant::OptimalTransport,
+            Diffusion::Memoryless,
             OutputType::Velocity,
             0.25,
         );
@@ -173,32 +163,59 @@ mod tests {
         assert_eq!(k.drift, DriftCoefficients { a: -4.0, b: 2.0 });
     }
 
-    /// With zero noise the base drift must be the probability-flow ODE of the true marginals:
-    /// for Gaussian data the ODE maps the variance var_t = alpha^2 v + beta^2 exactly, i.e.
-    /// d var_t / dt = 2 d(x)/dx-coefficient * var_t. Checked with the velocity drift at s = 0.
+    /// For Gaussian data `N(m, v)` every output is affine in `x`, so the drift is `A x + B`
+    /// and the SDE moves mean and variance by `dm/dt = A m + B`, `dV/dt = 2 A V + s^2`. Those
+    /// must be the interpolant's own `alpha m` and `alpha^2 v + beta^2` at every time, for
+    /// every interpolant, output type and diffusion coefficient: a wrong `s^2 / 2` anywhere in
+    /// the drift breaks the variance equation.
     #[test]
-    fn zero_noise_drift_transports_the_marginal_variance() {
-        let (v, h) = (0.3, 1e-6);
-        for schedule in schedules().into_iter().take(2) {
-            for &t in &[0.2, 0.5, 0.8] {
-                let k = step_coefficients(
-                    &schedule,
-                    NoiseSchedule::Constant(0.0),
-                    OutputType::Velocity,
-                    t,
-                );
-                let c = k.schedule;
-                let var_t = |c: &Coefficients| c.alpha * c.alpha * v + c.beta * c.beta;
-                // drift is linear in x: slope = a + b * d(velocity)/dx.
-                let slope_f = (exact_output(OutputType::Velocity, &c, 1.0)
-                    - exact_output(OutputType::Velocity, &c, 0.0))
-                    * k.drift.b;
-                let slope = k.drift.a + slope_f;
-                let dvar = (var_t(&schedule.at(t + h)) - var_t(&schedule.at(t - h))) / (2.0 * h);
-                assert!(
-                    (dvar - 2.0 * slope * var_t(&c)).abs() < 1e-5,
-                    "{schedule:?} t={t}"
-                );
+    fn the_drift_keeps_the_interpolants_marginals() {
+        let (m, v) = (0.7, 0.3);
+        let mut interpolants = schedules();
+        interpolants.push(Interpolant::Cosine { nu: 0.7 });
+        interpolants.push(
+            Interpolant::from_plugin(&flowgym_plugin_api::Scheduler::Tabulated {
+                t: vec![0.0, 0.5, 1.0].into(),
+                alpha: vec![0.0, 0.4, 1.0].into(),
+                beta: vec![1.0, 0.8, 0.0].into(),
+                alpha_dot: vec![0.8, 1.2, 1.2].into(),
+                beta_dot: vec![-0.4, -1.6, -1.6].into(),
+            })
+            .unwrap(),
+        );
+        let outputs = [
+            OutputType::Velocity,
+            OutputType::Epsilon,
+            OutputType::Score,
+            OutputType::Endpoint,
+        ];
+        let noises = [
+            Diffusion::Memoryless,
+            Diffusion::Constant(0.0),
+            Diffusion::Constant(0.8),
+        ];
+        for interpolant in &interpolants {
+            for output in outputs {
+                for noise in noises {
+                    for &t in &[0.05, 0.3, 0.6, 0.9] {
+                        let k = sde_coefficients(interpolant, noise, output, t);
+                        let c = k.interpolant;
+                        let f0 = exact_output(output, &c, 0.0);
+                        let f1 = exact_output(output, &c, 1.0) - f0;
+                        let (slope, offset) = (k.drift.a + k.drift.b * f1, k.drift.b * f0);
+                        let mean = c.alpha * m;
+                        let var = c.alpha * c.alpha * v + c.beta * c.beta;
+                        let dmean = c.alpha_dot * m;
+                        let dvar = 2.0 * c.alpha * c.alpha_dot * v + 2.0 * c.beta * c.beta_dot;
+                        let what = format!("{interpolant:?} {output:?} {noise:?} t={t}");
+                        assert!((slope * mean + offset - dmean).abs() < 1e-9, "mean: {what}");
+                        assert!(
+                            (2.0 * slope * var + k.s * k.s - dvar).abs()
+                                < 1e-9 * dvar.abs().max(1.0),
+                            "variance: {what}"
+                        );
+                    }
+                }
             }
         }
     }

@@ -1,0 +1,21 @@
+//! Benchmarks that print figures (`flowgym-host bench ...`): no thresholds, ratios measured in
+//! one process.
+//!
+//! - [`value_matching`]: seconds per Value Matching iteration through the plugins, controlled
+//!   sampling steps per second, and the host's overhead: the same iteration issued directly
+//!   against libtorch (the toy's closed-form flow and reward inlined, no plugin boundary, no
+//!   checks) gives the floor, and `1 - floor / host` is the share of wall time the host adds
+//!   outside libtorch's own work.
+//! - [`sampling`]: seconds per denoising step of a base model (any plugin), and images per
+//!   second at 100 steps.
+
+mod sampling;
+mod vm;
+
+pub use sampling::{sampling, SamplingFigures};
+pub use vm::{value_matching, VmFigures};
+
+pub(crate) fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}

@@ -1,0 +1,16 @@
+//! The stochastic differential equation the host samples: the model's interpolant
+//! `x_t = alpha(t) x_1 + beta(t) x_0` (`t = 0` noise, `t = 1` data), the diffusion coefficient
+//! `s(t)`, the base drift of each output type, and the Euler-Maruyama sampler that records
+//! trajectories. The mathematics, with derivations, is in `docs/mathematics.md`.
+
+pub mod diffusion;
+pub mod drift;
+pub mod interpolant;
+pub mod sampler;
+
+pub use diffusion::Diffusion;
+pub use drift::{sde_coefficients, DriftCoefficients, SdeCoefficients};
+pub use interpolant::{Interpolant, InterpolantAt};
+pub use sampler::{
+    never_stop, sample, time_grid, Control, Interrupted, SampleRequest, SamplerOptions, Trajectory,
+};
