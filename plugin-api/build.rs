@@ -27,7 +27,6 @@ mod tch_bridge {
             "cargo:rustc-env=FLOWGYM_LIBTORCH_VERSION={}",
             libtorch_version(&include)
         );
-        println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib_dir.display());
         cc::Build::new()
             .cpp(true)
             .pic(true)

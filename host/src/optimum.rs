@@ -29,11 +29,6 @@ impl Weighted {
         Self { points, weights }
     }
 
-    /// The weighted mean of `f`.
-    pub fn mean(&self, f: impl Fn(usize) -> f64) -> f64 {
-        self.weights.iter().enumerate().map(|(i, w)| w * f(i)).sum()
-    }
-
     /// Kish's effective sample size `1 / sum w^2`.
     pub fn effective_size(&self) -> f64 {
         1.0 / self.weights.iter().map(|w| w * w).sum::<f64>()

@@ -98,6 +98,7 @@ impl State {
     }
 
     /// The leaf called `name`.
+    #[cfg(test)]
     pub fn leaf(&self, name: &str) -> Option<&Tensor> {
         self.leaves.iter().find(|(n, _)| n == name).map(|(_, t)| t)
     }
@@ -182,18 +183,6 @@ impl State {
             out.push((name.clone(), produced.shallow_clone()));
         }
         Ok(State::new(self.data_type.clone(), out))
-    }
-
-    /// A view of every leaf cut off from autograd.
-    pub fn detach(&self) -> State {
-        State {
-            data_type: self.data_type.clone(),
-            leaves: self
-                .leaves
-                .iter()
-                .map(|(n, t)| (n.clone(), t.detach()))
-                .collect(),
-        }
     }
 
     /// Shares the tensors.

@@ -3,8 +3,9 @@
 //! tch needs libtorch when it compiles. Unless the user points at their own (`LIBTORCH`, or
 //! `LIBTORCH_USE_PYTORCH=1` with PyTorch installed), this fetches the libtorch 2.13.0 CPU
 //! libraries from the PyPI wheels into a cache outside the repository, once, and runs cargo with
-//! `LIBTORCH` set. The crates that link libtorch set an rpath to it, so nothing else is needed
-//! at run time.
+//! `LIBTORCH` set, and with an rpath to libtorch's directory in `RUSTFLAGS`: the one place the
+//! rpath is set, for every binary, test and plugin file the workspace links, so nothing else is
+//! needed at run time.
 
 use std::env;
 use std::ffi::OsString;
@@ -22,6 +23,17 @@ const LINUX_WHEELS: &[&str] = &[
 ];
 const OTHER_WHEELS: &[&str] = &["torch==2.13.0"];
 
+/// The host as a library, without its command-line, progress-bar and figure dependencies:
+/// checked by `test`, so that programs embedding it keep compiling.
+const HOST_LIBRARY_ALONE: &[&str] = &[
+    "check",
+    "--release",
+    "--package",
+    "flowgym-host",
+    "--lib",
+    "--no-default-features",
+];
+
 /// Packages that are not part of what `run` needs next to the host executable.
 const EXCLUDED_FROM_RUN_BUILD: &[&str] = &["xtask", "flowgym-tests", "third-party-reward"];
 
@@ -35,7 +47,8 @@ usage: cargo xtask <command> [args...]
   run [ARGS...]     build the host and plugins (release), then `flowgym-host run ARGS`
                     (no ARGS: the built-in toy, 1d/gmm adapted to 1d/binary)
   host [ARGS...]    build, then `flowgym-host ARGS` (list, check, sample, bench, ...)
-  test [ARGS...]    the whole test suite: `cargo test --release --workspace ARGS`
+  test [ARGS...]    the whole test suite: `cargo test --release --workspace ARGS`, then a
+                    check that the host library builds without its CLI features
   cargo [ARGS...]   any cargo command with libtorch set up (clippy, doc, bench, ...)
   env               print the environment variables the commands above set
   libtorch          only fetch libtorch into the cache and print where it is
@@ -63,7 +76,7 @@ fn main() -> ExitCode {
                 .map(OsString::from)
                 .collect();
             cargo_args.extend(args);
-            cargo(&cargo_args)
+            cargo(&cargo_args).and_then(|()| cargo(&os_args(HOST_LIBRARY_ALONE)))
         }
         Some("cargo") => cargo(&args),
         Some("env") => print_env(),
@@ -88,6 +101,10 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn os_args(args: &[&str]) -> Vec<OsString> {
+    args.iter().map(OsString::from).collect()
 }
 
 fn print_env() -> Result<(), String> {

@@ -4,8 +4,7 @@ use std::path::{Path, PathBuf};
 
 use abi_stable::std_types::{RResult, RStr};
 use flowgym_plugin_api::{
-    BaseModelBox, ConstructContext, DataLayout, DataTypeMeta, DataTypeOpsBox, EntryKind, EntryMeta,
-    RewardBox,
+    BaseModelBox, ConstructContext, DataTypeMeta, EntryKind, EntryMeta, RewardBox,
 };
 
 use super::discovery::{candidate_files, search_dirs, SearchDir};
@@ -255,24 +254,6 @@ impl Registry {
                 .find(|d| d.id.name.as_str() == name)
                 .map(|d| (plugin, d))
         })
-    }
-
-    /// The batch operations of a custom data type, from the plugin that defines it.
-    pub fn custom_ops(&self, name: &str) -> Result<Option<DataTypeOpsBox>, String> {
-        for plugin in &self.plugins {
-            let defines_custom = plugin
-                .data_types
-                .iter()
-                .any(|d| d.id.name.as_str() == name && d.layout == DataLayout::Custom);
-            if !defines_custom {
-                continue;
-            }
-            return match (plugin.module.data_type_ops())(RStr::from_str(name)) {
-                RResult::ROk(ops) => Ok(ops.into_option()),
-                RResult::RErr(e) => Err(format!("{}: {e}", plugin.path.display())),
-            };
-        }
-        Ok(None)
     }
 }
 

@@ -44,16 +44,6 @@ pub fn load(path: &Path) -> Result<(usize, Vec<(String, Tensor)>)> {
     Ok((done.int64_value(&[0]) as usize, tensors))
 }
 
-/// The tensors of a checkpoint whose names start with `prefix.`, with the prefix kept.
-pub fn with_prefix(tensors: &[(String, Tensor)], prefix: &str) -> Vec<(String, Tensor)> {
-    let dotted = format!("{prefix}.");
-    tensors
-        .iter()
-        .filter(|(n, _)| n.starts_with(&dotted))
-        .map(|(n, t)| (n.clone(), t.shallow_clone()))
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -241,11 +241,6 @@ impl Run {
         &self.dir
     }
 
-    /// The configuration.
-    pub fn config(&self) -> &RunConfig {
-        &self.config
-    }
-
     /// Draws and saves the base model's samples, unless an earlier session did.
     pub fn sample_before(&mut self) -> Result<Phase> {
         if self.before.is_some() {
