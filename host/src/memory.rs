@@ -18,12 +18,11 @@ pub fn peak_rss_mib() -> Option<f64> {
 mod tests {
     /// The peak is reported in bytes and counts memory the process has touched: after filling
     /// a 64 MiB block it is at least the block's size and at least the current resident size
-    /// (read independently from `VmRSS`).
+    /// (read independently from `VmRSS`, before the peak).
     #[test]
     #[cfg(target_os = "linux")]
     fn peak_memory_is_in_bytes_and_covers_a_touched_allocation() {
         let block = vec![1u8; 64 << 20];
-        let peak = super::peak_rss_bytes().unwrap();
         let status = std::fs::read_to_string("/proc/self/status").unwrap();
         let current_kib: u64 = status
             .lines()
@@ -32,6 +31,8 @@ mod tests {
             .unwrap()
             .parse()
             .unwrap();
+        // Read after the resident size: the peak can only have grown since.
+        let peak = super::peak_rss_bytes().unwrap();
         assert!(peak >= block.len() as u64, "peak {peak} bytes");
         assert!(peak >= current_kib * 1024, "peak {peak} < current {current_kib} KiB");
         assert_eq!(block[block.len() - 1], 1);
