@@ -18,6 +18,30 @@ fn fixture(relative: &str) -> String {
         .to_string()
 }
 
+/// `summary.json` of the run directory `run` in `sandbox`.
+fn summary(sandbox: &Sandbox, run: &str) -> serde_json::Value {
+    let path = sandbox.path(run).join("summary.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path:?}: {e}"))
+}
+
+/// `(mean, standard error of the mean)` of the reward statistics `stats` (`before` or `after`
+/// of a summary). The summary's `reward_std` divides by `n`; the standard error of the mean of
+/// `n` samples is the sample deviation over `sqrt(n)`, i.e. `reward_std / sqrt(n - 1)`.
+fn mean_and_standard_error(stats: &serde_json::Value) -> (f64, f64) {
+    let n = stats["samples"].as_f64().unwrap();
+    let mean = stats["reward_mean"].as_f64().unwrap();
+    let std = stats["reward_std"].as_f64().unwrap();
+    (mean, std / (n - 1.0).sqrt())
+}
+
+/// The DDPM fixture adapted to JPEG compressibility compresses better afterwards.
+///
+/// The fixture's UNet has random weights, so its samples are saturated noise whose JPEG sizes
+/// spread by only about 0.05 bits per pixel. A tilt `exp(lambda r)` moves a distribution only
+/// when `lambda` times the reward's spread is well above 1, hence `--reward-scale 5000` (and a
+/// learning rate of 3e-3 so that 12 iterations suffice); at these settings the run takes about
+/// 20 s on one CPU thread.
 #[test]
 fn cifar_adapts_to_jpeg_compression_and_writes_image_grids() {
     let sandbox = image_sandbox("cifar");
@@ -30,14 +54,18 @@ fn cifar_adapts_to_jpeg_compression_and_writes_image_grids() {
         &args,
         "--reward",
         "images/compression",
+        "--reward-scale",
+        "5000",
+        "--lr",
+        "3e-3",
         "--iterations",
-        "3",
+        "12",
         "--batch-size",
-        "4",
+        "16",
         "--steps",
         "8",
         "--eval-samples",
-        "4",
+        "16",
         "--out",
         "run",
     ]);
@@ -52,9 +80,7 @@ fn cifar_adapts_to_jpeg_compression_and_writes_image_grids() {
     ] {
         assert!(sandbox.path("run").join(file).exists(), "{file} is missing");
     }
-    let summary: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(sandbox.path("run/summary.json")).unwrap())
-            .unwrap();
+    let summary = summary(&sandbox, "run");
     assert!(
         summary["value_network"]
             .as_str()
@@ -62,9 +88,16 @@ fn cifar_adapts_to_jpeg_compression_and_writes_image_grids() {
             .starts_with("CNN (3 channels in"),
         "{summary}"
     );
+    let (before, before_error) = mean_and_standard_error(&summary["before"]);
+    let (after, after_error) = mean_and_standard_error(&summary["after"]);
+    assert!(before < 0.0, "compression rewards are minus bits per pixel");
+    // Had training changed nothing, the two means would be means of samples of one
+    // distribution: their difference, of standard error sqrt(se_before^2 + se_after^2), exceeds
+    // 4 of those with probability below 1e-4 (normal means).
+    let margin = 4.0 * before_error.hypot(after_error);
     assert!(
-        summary["before"]["reward_mean"].as_f64().unwrap() < 0.0,
-        "compression rewards are minus bits per pixel"
+        after - before > margin,
+        "mean reward {before:.4} before, {after:.4} after: not above by {margin:.4}\n{summary}"
     );
     assert!(summary["optimum"].is_null(), "no 1-d optimum for images");
     let grid = std::fs::read(sandbox.path("run/after.png")).unwrap();
@@ -126,10 +159,14 @@ fn peak_mib(text: &str) -> f64 {
 }
 
 /// The command users quote, on the tiny fixtures: SD2-style pipeline (text encoder, UNet with
-/// classifier-free guidance, VAE decode) adapted to the aesthetic reward (CLIP vision tower +
-/// MLP head). The value network sees the latent and the time, not the prompt.
+/// classifier-free guidance, VAE decode) under Value Matching with the aesthetic reward (CLIP
+/// vision tower + MLP head). The value network sees the latent and the time, not the prompt.
+///
+/// This checks that such a run completes and records each sample's prompt beside the grids,
+/// not that the reward improves: the fixtures' random aesthetic head scores every image within
+/// about 0.001 of -0.21, too flat a reward for a few iterations to move measurably.
 #[test]
-fn stable_diffusion_adapts_to_the_aesthetic_reward_with_prompts_under_the_grids() {
+fn stable_diffusion_runs_with_the_aesthetic_reward_and_writes_prompts_under_the_grids() {
     let sandbox = image_sandbox("sd2");
     let model_args = format!(
         r#"{{"weights": "{}", "height": 48, "width": 64, "cfg_scale": 7.5}}"#,
@@ -180,9 +217,7 @@ fn stable_diffusion_adapts_to_the_aesthetic_reward_with_prompts_under_the_grids(
     }
     let prompts = std::fs::read_to_string(sandbox.path("run/samples/after-prompts.txt")).unwrap();
     assert_eq!(prompts.lines().count(), 4);
-    let summary: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(sandbox.path("run/summary.json")).unwrap())
-            .unwrap();
+    let summary = summary(&sandbox, "run");
     assert!(
         summary["value_network"]
             .as_str()
@@ -190,17 +225,27 @@ fn stable_diffusion_adapts_to_the_aesthetic_reward_with_prompts_under_the_grids(
             .starts_with("CNN (4 channels in"),
         "{summary}"
     );
-    let run_peak = peak_mib(&stdout(&out));
 
     // Base-model sampling alone, same batch and steps, for the memory comparison.
     let base = sandbox.run(&[&["sample"][..], &common, &["-n", "4", "--out", "base"]].concat());
     assert_exit(&base, 0);
-    let base_peak = peak_mib(&stdout(&base));
+    assert_training_costs_less_memory_than_sampling(
+        peak_mib(&stdout(&out)),
+        peak_mib(&stdout(&base)),
+    );
+}
+
+/// A run adds to sampling the reward (here a tiny CLIP model), the value network with its
+/// gradients and Adam's two moments (16 bytes per parameter: 6 MiB for the CNN's 0.38 M
+/// parameters) and the activations of fitting one batch of trajectories (here 4 x 6 steps of
+/// 4 x 6 x 8 latents, a few MiB), while sampling alone already holds libtorch and the three
+/// pipeline components. Training must therefore cost less memory than sampling itself: a run
+/// whose peak reached twice the peak of sampling alone would be holding a second copy of what
+/// sampling holds.
+fn assert_training_costs_less_memory_than_sampling(run_peak: f64, base_peak: f64) {
     eprintln!("peak resident memory: run {run_peak:.0} MiB, base sampling {base_peak:.0} MiB");
-    // Value Matching adds the value network, its optimiser and the recorded latents: on these
-    // tiny latents a few tens of MiB, never the size of the base model again.
     assert!(
-        run_peak - base_peak < 150.0,
+        run_peak - base_peak < base_peak,
         "run {run_peak} MiB vs sampling {base_peak} MiB"
     );
 }
