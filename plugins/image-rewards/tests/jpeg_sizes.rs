@@ -4,9 +4,12 @@
 mod common;
 
 use flowgym_image_rewards::{jpeg, JpegArgs, JpegSize};
-use flowgym_plugin_api::{ConstructContext, ManagedTensor};
+use flowgym_plugin_api::ConstructContext;
 
-/// How far from Pillow's byte size a size may be.
+/// How far from Pillow's byte size a size may be: the crate's documented promise. Once the scan
+/// headers are counted in libjpeg's layout (see `jpeg.rs`), what still differs from libjpeg is
+/// the padding at the end of each scan and the order DC differences are coded in, a few bytes
+/// either way; 5% of the smallest fixture file (the flat image, about 290 bytes) is 14 bytes.
 const TOLERANCE: f64 = 0.05;
 
 #[test]
@@ -73,5 +76,4 @@ fn batch_of_fixtures_scores_each_image() {
             .unwrap();
         assert_eq!(alone[0], *score, "{}", fixture.name);
     }
-    let _ = ManagedTensor::from_slice(&scores);
 }
