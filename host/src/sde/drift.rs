@@ -84,6 +84,40 @@ pub fn sde_coefficients(
     }
 }
 
+/// `x_hat_1 = x * x + f * f`: the model's estimate of the endpoint `E[x_1 | x_t]` from its
+/// output `f`, linear in both (docs/mathematics.md, section 2).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EndpointCoefficients {
+    /// Coefficient of the state.
+    pub x: f64,
+    /// Coefficient of the model output.
+    pub f: f64,
+}
+
+/// The endpoint estimate of a model predicting `output`, at the interpolant's values `c`:
+/// endpoint `f`; epsilon `(x - beta f) / alpha`; score `(x + beta^2 f) / alpha`; velocity
+/// `(beta f - beta' x) / (alpha' beta - beta' alpha)`.
+pub fn endpoint_coefficients(output: OutputType, c: &InterpolantAt) -> EndpointCoefficients {
+    match output {
+        OutputType::Endpoint => EndpointCoefficients { x: 0.0, f: 1.0 },
+        OutputType::Epsilon => EndpointCoefficients {
+            x: 1.0 / c.alpha,
+            f: -c.beta / c.alpha,
+        },
+        OutputType::Score => EndpointCoefficients {
+            x: 1.0 / c.alpha,
+            f: c.beta * c.beta / c.alpha,
+        },
+        OutputType::Velocity => {
+            let determinant = c.alpha_dot * c.beta - c.beta_dot * c.alpha;
+            EndpointCoefficients {
+                x: -c.beta_dot / determinant,
+                f: c.beta / determinant,
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,6 +247,33 @@ mod tests {
                             (2.0 * slope * var + k.s * k.s - dvar).abs()
                                 < 1e-9 * dvar.abs().max(1.0),
                             "variance: {what}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_output_type_gives_the_same_endpoint_estimate() {
+        let mut interpolants = schedules();
+        interpolants.push(Interpolant::Cosine { nu: 0.7 });
+        for interpolant in &interpolants {
+            for &t in &[0.05, 0.5, 0.99] {
+                let c = interpolant.at(t);
+                for &x in &[-1.0, 0.3, 2.0] {
+                    let truth = exact_output(OutputType::Endpoint, &c, x);
+                    for output in [
+                        OutputType::Velocity,
+                        OutputType::Epsilon,
+                        OutputType::Score,
+                        OutputType::Endpoint,
+                    ] {
+                        let e = endpoint_coefficients(output, &c);
+                        let estimate = e.x * x + e.f * exact_output(output, &c, x);
+                        assert!(
+                            (estimate - truth).abs() < 1e-9 * truth.abs().max(1.0),
+                            "{interpolant:?} {output:?} t={t} x={x}: {estimate} vs {truth}"
                         );
                     }
                 }

@@ -2,6 +2,10 @@
 
 use flowgym_plugin_api::Scheduler;
 
+/// How far a discrete schedule's `alpha_bar` is kept from 0 and 1 (see
+/// [`Interpolant::from_plugin`]).
+pub const ALPHA_BAR_CLIP: f64 = 1.0 / (1u64 << 24) as f64;
+
 /// `alpha`, `beta` and their derivatives at one time.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct InterpolantAt {
@@ -40,7 +44,9 @@ pub enum Interpolant {
 }
 
 impl Interpolant {
-    /// The host's form of a plugin's scheduler descriptor, checked for sense.
+    /// The host's form of a plugin's scheduler descriptor, checked for sense. A discrete
+    /// schedule's `alpha_bar` is clipped to `[2^-24, 1 - 2^-24]`, so that zero terminal SNR
+    /// or an exactly clean first step divide by nothing.
     pub fn from_plugin(scheduler: &Scheduler) -> Result<Self, String> {
         match scheduler {
             Scheduler::OptimalTransport => Ok(Interpolant::OptimalTransport),
@@ -52,13 +58,22 @@ impl Interpolant {
                 }
             }
             Scheduler::DiscreteDiffusion { alpha_bar } => {
-                let alpha_bar: Vec<f64> = alpha_bar.to_vec();
                 if alpha_bar.len() < 2 {
                     return Err("discrete scheduler needs at least two alpha_bar values".into());
                 }
-                if alpha_bar.iter().any(|a| !(*a > 0.0 && *a <= 1.0)) {
-                    return Err("discrete scheduler's alpha_bar must lie in (0, 1]".into());
+                if let Some(i) = alpha_bar.iter().position(|a| !(0.0..=1.0).contains(a)) {
+                    return Err(format!(
+                        "discrete scheduler's alpha_bar must lie in [0, 1]; alpha_bar[{i}] = {}",
+                        alpha_bar[i]
+                    ));
                 }
+                // A clean end with alpha_bar = 1 (beta = 0) or a noisy end with zero terminal
+                // SNR (alpha = 0) would divide by zero; both are clipped by 2^-24, as diffusers'
+                // schedulers do for zero terminal SNR.
+                let alpha_bar: Vec<f64> = alpha_bar
+                    .iter()
+                    .map(|a| a.clamp(ALPHA_BAR_CLIP, 1.0 - ALPHA_BAR_CLIP))
+                    .collect();
                 if alpha_bar.windows(2).any(|w| w[1] > w[0]) {
                     return Err(
                         "discrete scheduler's alpha_bar must not increase with the index (index 0 is the cleanest)"
@@ -83,6 +98,17 @@ impl Interpolant {
                 }
                 if t.windows(2).any(|w| w[1] <= w[0]) {
                     return Err("tabulated scheduler's t must increase".into());
+                }
+                // The SDE needs eta = beta (kappa beta - beta') >= 0: alpha / beta must not
+                // decrease with t.
+                for i in 0..n {
+                    let eta = beta[i] * (alpha_dot[i] / alpha[i] * beta[i] - beta_dot[i]);
+                    if alpha[i] > 0.0 && eta < -1e-12 {
+                        return Err(format!(
+                            "tabulated scheduler: alpha / beta decreases at t = {} (eta = {eta:.3e} < 0); the data must gain weight over noise as t grows",
+                            t[i]
+                        ));
+                    }
                 }
                 let values = (0..n)
                     .map(|i| [alpha[i], beta[i], alpha_dot[i], beta_dot[i]])
@@ -260,5 +286,57 @@ mod tests {
             Interpolant::from_plugin(&Scheduler::Cosine { nu: 0.0 }).unwrap_err(),
             "cosine scheduler needs nu > 0, got 0"
         );
+        let outside = Scheduler::DiscreteDiffusion {
+            alpha_bar: vec![1.5, 0.5].into(),
+        };
+        assert_eq!(
+            Interpolant::from_plugin(&outside).unwrap_err(),
+            "discrete scheduler's alpha_bar must lie in [0, 1]; alpha_bar[0] = 1.5"
+        );
+        let shrinking = Scheduler::Tabulated {
+            t: vec![0.0, 1.0].into(),
+            alpha: vec![0.5, 0.5].into(),
+            beta: vec![0.5, 0.5].into(),
+            alpha_dot: vec![-0.5, -0.5].into(),
+            beta_dot: vec![0.0, 0.0].into(),
+        };
+        assert!(Interpolant::from_plugin(&shrinking)
+            .unwrap_err()
+            .starts_with("tabulated scheduler: alpha / beta decreases at t = 0"));
+    }
+
+    /// A schedule from exactly clean data (alpha_bar[0] = 1) to zero terminal SNR
+    /// (alpha_bar[K] = 0) gives finite coefficients for every output type everywhere.
+    #[test]
+    fn clean_ends_and_zero_terminal_snr_give_finite_coefficients() {
+        let mut alpha_bar = linear_alpha_bar(1000);
+        alpha_bar[0] = 1.0;
+        alpha_bar[999] = 0.0;
+        let s = Interpolant::from_plugin(&Scheduler::DiscreteDiffusion {
+            alpha_bar: alpha_bar.into(),
+        })
+        .unwrap();
+        for i in 0..=1000 {
+            let t = i as f64 / 1000.0;
+            for output in [
+                flowgym_plugin_api::OutputType::Velocity,
+                flowgym_plugin_api::OutputType::Epsilon,
+                flowgym_plugin_api::OutputType::Score,
+                flowgym_plugin_api::OutputType::Endpoint,
+            ] {
+                let c = super::super::drift::sde_coefficients(
+                    &s,
+                    super::super::Diffusion::Memoryless,
+                    output,
+                    t,
+                );
+                let e = super::super::drift::endpoint_coefficients(output, &c.interpolant);
+                let all = [c.kappa, c.eta, c.s, c.drift.a, c.drift.b, e.x, e.f];
+                assert!(
+                    all.iter().all(|v| v.is_finite()),
+                    "t={t} {output:?}: {all:?}"
+                );
+            }
+        }
     }
 }

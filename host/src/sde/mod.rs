@@ -9,7 +9,10 @@ pub mod interpolant;
 pub mod sampler;
 
 pub use diffusion::Diffusion;
-pub use drift::{sde_coefficients, DriftCoefficients, SdeCoefficients};
+pub use drift::{
+    endpoint_coefficients, sde_coefficients, DriftCoefficients, EndpointCoefficients,
+    SdeCoefficients,
+};
 pub use interpolant::{Interpolant, InterpolantAt};
 pub use sampler::{
     never_stop, sample, time_grid, Control, Interrupted, SampleRequest, SamplerOptions, Trajectory,

@@ -3,14 +3,16 @@
 //!
 //! `K` steps on `t_k = t_0 + k (1 - t_0) / K`: `x += dt (a x + b f(x, t) + s u) + sqrt(dt) s
 //! noise`, with the control `u = -s grad_x V(x, t)` when a value network steers (the default
-//! memoryless `s` is `sigma_m`). Then `sample = postprocess(x_K)`, `(r, valid) = reward(sample,
-//! x_K)`, and the cost-to-go `C_k = sum_{j >= k} |u_j|^2 / 2 dt - lambda r`.
+//! memoryless `s` is `sigma_m`); the last step instead returns the model's endpoint estimate
+//! `E[x_1 | x_{t_{K-1}}]`, so that no noise of its own stays in the samples. Then
+//! `sample = postprocess(x_K)`, `(r, valid) = reward(sample, x_K)`, and the cost-to-go
+//! `C_k = sum_{j >= k} |u_j|^2 / 2 dt - lambda r`.
 
 use anyhow::{anyhow, bail, Result};
 use tch::{Device, Kind, Tensor};
 
 use super::diffusion::Diffusion;
-use super::drift::sde_coefficients;
+use super::drift::{endpoint_coefficients, sde_coefficients};
 use crate::kwargs::HostKwargs;
 use crate::model::Model;
 use crate::reward::{Reward, Scores};
@@ -133,6 +135,7 @@ pub fn sample(
     if options.steps == 0 {
         bail!("the sampler needs at least one step");
     }
+    check_stability(options, &model.interpolant)?;
     let chunk = match options.chunk_size {
         0 => request.n.max(1),
         size => size,
@@ -182,12 +185,30 @@ fn sample_chunk(
     let mut model_ok = Vec::with_capacity(options.steps);
     let mut control_ok = Vec::with_capacity(options.steps);
     let mut diffusion = Vec::with_capacity(options.steps);
+    let last = options.steps - 1;
     for k in 0..options.steps {
         let (t, dt) = (grid[k], grid[k + 1] - grid[k]);
         let c = sde_coefficients(&model.interpolant, options.diffusion, model.output_type, t);
-        diffusion.push(c.s);
         let f = model.forward(&x, t, &kwargs)?;
         model_ok.push(f.all_finite());
+        if k == last {
+            // The last step returns the model's estimate of the endpoint instead of an
+            // Euler-Maruyama step: its noise would stay in the samples (docs/mathematics.md,
+            // section 6). No control acts on it, so it costs nothing.
+            let e = endpoint_coefficients(model.output_type, &c.interpolant);
+            let endpoint = x.zip_floating(&f, |x, f| x * e.x + f * e.f);
+            diffusion.push(0.0);
+            costs.push(Tensor::zeros([n as i64], (Kind::Float, device)));
+            if record {
+                states.push(x);
+            }
+            x = endpoint;
+            if stop_after_step(k) {
+                return Err(Interrupted.into());
+            }
+            break;
+        }
+        diffusion.push(c.s);
         let mut drift = x.zip_floating(&f, |x, f| x * c.drift.a + f * c.drift.b);
         match control {
             Some(control) => {
@@ -232,6 +253,36 @@ fn sample_chunk(
         kwargs,
         scores,
     })
+}
+
+/// Refuses a constant diffusion level that the Euler-Maruyama steps cannot follow. With a
+/// constant `s` the drift pulls a sample towards its data point at rate `s^2 / (2 beta^2)`
+/// (for tight data, docs/mathematics.md, section 3), which grows without bound as `beta` goes
+/// to 0 near `t = 1`; an explicit step with `rate * dt > 2` overshoots and the samples end
+/// far too wide or diverge. The memoryless coefficient never does: its rate stays at the edge.
+fn check_stability(options: &SamplerOptions, interpolant: &super::Interpolant) -> Result<()> {
+    let Diffusion::Constant(level) = options.diffusion else {
+        return Ok(());
+    };
+    let grid = time_grid(options.steps, options.t0);
+    // The last step is the endpoint estimate, not an Euler-Maruyama step.
+    for k in 0..options.steps.saturating_sub(1) {
+        let dt = grid[k + 1] - grid[k];
+        let beta = interpolant.at(grid[k]).beta;
+        if level * level * dt > 4.0 * beta * beta {
+            let largest = (0..options.steps - 1)
+                .map(|j| 2.0 * interpolant.at(grid[j]).beta / (grid[j + 1] - grid[j]).sqrt())
+                .fold(f64::INFINITY, f64::min);
+            bail!(
+                "the constant diffusion level {level} is too stiff for {} steps: at t = {:.4} the drift contracts at rate s^2 / (2 beta^2) = {:.1} per unit time, more than 2 / dt = {:.1}, so the samples would end too wide or diverge; use `memoryless`, a level of at most {largest:.4}, or more steps",
+                options.steps,
+                grid[k],
+                level * level / (2.0 * beta * beta),
+                2.0 / dt
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Names the first step where the model or the control produced NaN or infinite values (one
