@@ -1,7 +1,7 @@
 //! Checkpoints: the method's named tensors plus the number of finished iterations, in one
 //! safetensors file written atomically.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Context, Result};
 use tch::{Device, Tensor};
@@ -44,6 +44,38 @@ pub fn load(path: &Path) -> Result<(usize, Vec<(String, Tensor)>)> {
     Ok((done.int64_value(&[0]) as usize, tensors))
 }
 
+/// The newest checkpoint that can be read among `candidates` (newest first): its path, its
+/// finished iterations and tensors, and the unreadable ones passed over with their errors.
+pub fn load_newest(candidates: &[PathBuf]) -> Option<Restored> {
+    let mut unreadable = Vec::new();
+    for path in candidates.iter().filter(|p| p.exists()) {
+        match load(path) {
+            Ok((iterations_done, tensors)) => {
+                return Some(Restored {
+                    path: path.clone(),
+                    iterations_done,
+                    tensors,
+                    unreadable,
+                })
+            }
+            Err(e) => unreadable.push((path.clone(), format!("{e:#}"))),
+        }
+    }
+    None
+}
+
+/// A checkpoint read back for resuming.
+pub struct Restored {
+    /// The file it came from.
+    pub path: PathBuf,
+    /// Iterations finished when it was written.
+    pub iterations_done: usize,
+    /// Its tensors.
+    pub tensors: Vec<(String, Tensor)>,
+    /// Newer files that could not be read, with the reason.
+    pub unreadable: Vec<(PathBuf, String)>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -64,6 +96,17 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.starts_with("cannot read checkpoint"), "{err}");
+        let restored = load_newest(&[
+            dir.join("missing.safetensors"),
+            dir.join("other.safetensors"),
+            path.clone(),
+        ])
+        .unwrap();
+        assert_eq!((restored.path, restored.iterations_done), (path, 7));
+        assert_eq!(restored.unreadable.len(), 1);
+        assert!(restored.unreadable[0]
+            .1
+            .starts_with("cannot read checkpoint"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -87,6 +87,25 @@ impl RunDir {
     pub fn latest_checkpoint(&self) -> PathBuf {
         self.root.join("checkpoints").join("latest.safetensors")
     }
+    /// Every checkpoint file, newest first: `latest`, then the numbered ones by decreasing
+    /// iteration.
+    pub fn checkpoints_newest_first(&self) -> Vec<PathBuf> {
+        let mut numbered: Vec<(usize, PathBuf)> = fs::read_dir(self.root.join("checkpoints"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|entry| {
+                let name = entry.file_name().into_string().ok()?;
+                let number = name.strip_prefix("iter-")?.strip_suffix(".safetensors")?;
+                Some((number.parse().ok()?, entry.path()))
+            })
+            .collect();
+        numbered.sort_by_key(|(number, _)| std::cmp::Reverse(*number));
+        std::iter::once(self.latest_checkpoint())
+            .chain(numbered.into_iter().map(|(_, path)| path))
+            .collect()
+    }
+
     /// `RUN/checkpoints/iter-NNNNNN.safetensors`.
     pub fn checkpoint_at(&self, iterations_done: usize) -> PathBuf {
         self.root

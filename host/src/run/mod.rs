@@ -38,7 +38,7 @@ use crate::reward::Reward;
 use crate::sde::{sample, Interrupted, SampleRequest, SamplerOptions, Trajectory};
 use crate::seed::derive_seed;
 use crate::value;
-use crate::value_matching::{IterationStats, ValueMatching, VmSettings};
+use crate::value_matching::{Diverged, IterationStats, ValueMatching, VmSettings};
 
 /// Where a run starts.
 #[derive(Debug, Clone)]
@@ -183,16 +183,8 @@ impl Run {
         dir.create()?;
         dir.write_config(&config)?;
         let mut iterations_done = 0;
-        if resume && dir.latest_checkpoint().exists() {
-            let (saved, tensors) = checkpoint::load(&dir.latest_checkpoint())?;
-            trainer
-                .load_state(tensors)
-                .with_context(|| format!("resuming from {}", dir.latest_checkpoint().display()))?;
-            iterations_done = saved;
-            eprintln!(
-                "resuming {} after iteration {iterations_done}",
-                dir.root.display()
-            );
+        if resume {
+            iterations_done = restore(&dir, &mut trainer)?;
         }
         let (metrics, history) = MetricsLog::open(&dir.metrics(), iterations_done)?;
         let before = samples::load(&dir.samples_dir(), "before")?;
@@ -239,6 +231,16 @@ impl Run {
     /// The run directory.
     pub fn dir(&self) -> &RunDir {
         &self.dir
+    }
+
+    /// The base model's evaluation samples, once drawn.
+    pub fn before(&self) -> Option<&EvalSamples> {
+        self.before.as_ref()
+    }
+
+    /// The adapted model's evaluation samples, once drawn.
+    pub fn after(&self) -> Option<&EvalSamples> {
+        self.after.as_ref()
     }
 
     /// Draws and saves the base model's samples, unless an earlier session did.
@@ -338,8 +340,24 @@ impl Run {
         Ok(())
     }
 
-    /// After a failed iteration: keeps the last good state and names it in the error.
+    /// After a failed iteration: keeps the last good state and names it in the error. A
+    /// diverged trainer's state is not saved: the checkpoint on disk is the last good one.
     fn stop_with(&mut self, error: anyhow::Error) -> anyhow::Error {
+        if error.is::<Diverged>() {
+            let _ = self.write_figures();
+            let kept = checkpoint::load(&self.dir.latest_checkpoint())
+                .map(|(done, _)| {
+                    format!(
+                        "the last good checkpoint, after {done} iterations, is {}",
+                        self.dir.latest_checkpoint().display()
+                    )
+                })
+                .unwrap_or_else(|_| "no checkpoint was written before it".to_string());
+            return error.context(format!(
+                "{kept}; start a new run with a lower --lr (now {}) or --reward-scale (now {})",
+                self.config.lr, self.config.reward_scale
+            ));
+        }
         let done = self.iterations_done;
         if let Err(e) = self.checkpoint() {
             return error.context(format!("the run stopped at iteration {done}, and its checkpoint could not be written: {e:#}"));
@@ -441,4 +459,30 @@ impl Run {
     fn write_figures(&self) -> Result<()> {
         Ok(())
     }
+}
+
+/// Restores the newest readable checkpoint of `dir` into `trainer`; returns its finished
+/// iterations (0 when there is none). Unreadable newer files are named and passed over.
+fn restore(dir: &RunDir, trainer: &mut ValueMatching) -> Result<usize> {
+    let Some(restored) = checkpoint::load_newest(&dir.checkpoints_newest_first()) else {
+        return Ok(0);
+    };
+    for (path, reason) in &restored.unreadable {
+        eprintln!("warning: passing over {}: {reason}", path.display());
+    }
+    let path = restored.path.clone();
+    trainer
+        .load_state(restored.tensors)
+        .with_context(|| format!("resuming from {}", path.display()))?;
+    let done = restored.iterations_done;
+    if restored.unreadable.is_empty() {
+        eprintln!("resuming {} after iteration {done}", dir.root.display());
+    } else {
+        eprintln!(
+            "resuming {} from the newest readable checkpoint, {} (after iteration {done})",
+            dir.root.display(),
+            path.display()
+        );
+    }
+    Ok(done)
 }

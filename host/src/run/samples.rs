@@ -124,6 +124,15 @@ impl EvalSamples {
         })
     }
 
+    /// The samples as points: one row of `values` per sample (trailing dimensions flattened).
+    pub fn points(&self) -> Vec<Vec<f64>> {
+        let n = self.shape.first().copied().unwrap_or(0).max(1) as usize;
+        self.values
+            .chunks(self.values.len() / n)
+            .map(<[f64]>::to_vec)
+            .collect()
+    }
+
     /// Whether the samples are points on the line (`[n, 1]`).
     pub fn is_1d(&self) -> bool {
         self.shape.len() == 2 && self.shape[1] == 1

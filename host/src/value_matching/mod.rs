@@ -2,8 +2,10 @@
 //! network on the cost-to-go (docs/mathematics.md, section 7).
 
 pub mod adam;
+mod guard;
 mod trainer;
 
+pub use guard::{Diverged, DivergenceGuard};
 pub use trainer::{loss_weights, ValueMatching, VmSettings, AUTO_IMAGE_CHUNK};
 
 /// Statistics of one training iteration.

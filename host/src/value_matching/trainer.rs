@@ -12,6 +12,7 @@ use anyhow::{bail, Result};
 use tch::{Device, Kind, Tensor};
 
 use super::adam::Adam;
+use super::guard::DivergenceGuard;
 use super::IterationStats;
 use crate::model::Model;
 use crate::reward::Reward;
@@ -51,6 +52,7 @@ pub struct ValueMatching {
     value: Box<dyn ValueNetwork>,
     adam: Adam,
     settings: VmSettings,
+    guard: DivergenceGuard,
 }
 
 /// `w_k = 1 / (1 + 0.5 sum_{j >= k} s_j^2 dt_j)`: `[K]`.
@@ -73,6 +75,7 @@ impl ValueMatching {
             value,
             adam,
             settings,
+            guard: DivergenceGuard::default(),
         }
     }
 
@@ -131,6 +134,7 @@ impl ValueMatching {
         if !loss.is_finite() {
             bail!("the Value Matching loss became {loss} at iteration {iteration}");
         }
+        self.guard.check_loss(iteration, loss)?;
         let grad_norm = self.adam.step(self.settings.grad_clip);
         if !grad_norm.is_finite() {
             bail!("the value network's gradient became {grad_norm} at iteration {iteration}");
@@ -160,12 +164,18 @@ impl ValueMatching {
             stop_after_step,
         };
         let trajectory = sample(model, Some(reward), &self.settings.sampler, &request)?;
-        let (loss, grad_norm) = self.fit(&trajectory, iteration)?;
-        let stats = trajectory.scores.statistics();
         let control_cost = trajectory
             .control_cost()
             .mean(Kind::Float)
             .double_value(&[]);
+        self.guard.check_control(
+            iteration,
+            control_cost,
+            reward_range(&trajectory),
+            self.settings.reward_scale,
+        )?;
+        let (loss, grad_norm) = self.fit(&trajectory, iteration)?;
+        let stats = trajectory.scores.statistics();
         Ok(IterationStats {
             iteration,
             loss,
@@ -206,4 +216,17 @@ impl ValueMatching {
         value::load(self.value.as_mut(), &tensors)?;
         self.adam.load_state(&tensors)
     }
+}
+
+/// The smallest and largest reward of the valid samples (0, 0 when none is valid).
+fn reward_range(trajectory: &Trajectory) -> (f64, f64) {
+    let valid = &trajectory.scores.valid;
+    if valid.sum(Kind::Int64).int64_value(&[]) == 0 {
+        return (0.0, 0.0);
+    }
+    let reward = trajectory.scores.reward.masked_select(valid);
+    (
+        reward.min().double_value(&[]),
+        reward.max().double_value(&[]),
+    )
 }

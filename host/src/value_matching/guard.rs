@@ -1,0 +1,123 @@
+//! The divergence guard: stops training whose loss or control explodes without producing NaN
+//! (a learning rate too high for the problem), before the exploded state is saved.
+
+use std::collections::VecDeque;
+
+/// Iterations the loss is compared over.
+const WINDOW: usize = 20;
+/// Iterations before the loss check starts: the first fits move fast.
+const WARM_UP: usize = 10;
+/// A loss this many times the recent median has exploded.
+const LOSS_FACTOR: f64 = 1e3;
+/// A mean control cost this many times the largest the optimum can need has exploded.
+const CONTROL_FACTOR: f64 = 10.0;
+
+/// Training diverged: the error names the iteration and what exploded.
+#[derive(Debug, thiserror::Error)]
+#[error("Value Matching diverged at iteration {iteration}: {what}")]
+pub struct Diverged {
+    /// The iteration at which it was noticed.
+    pub iteration: usize,
+    /// What exploded, with the figures.
+    pub what: String,
+}
+
+/// Watches the loss and the control cost of successive iterations.
+#[derive(Debug, Clone)]
+pub struct DivergenceGuard {
+    losses: VecDeque<f64>,
+    reward_low: f64,
+    reward_high: f64,
+}
+
+impl Default for DivergenceGuard {
+    fn default() -> Self {
+        Self {
+            losses: VecDeque::with_capacity(WINDOW),
+            reward_low: f64::INFINITY,
+            reward_high: f64::NEG_INFINITY,
+        }
+    }
+}
+
+impl DivergenceGuard {
+    /// Checks the mean control cost of a batch sampled with the current control. The optimal
+    /// control's expected cost is `KL(p* | p_base) <= lambda (r_max - r_min)` for a reward in
+    /// `[r_min, r_max]` (docs/mathematics.md, section 5); rewards seen so far bound the range.
+    pub fn check_control(
+        &mut self,
+        iteration: usize,
+        control_cost: f64,
+        rewards: (f64, f64),
+        lambda: f64,
+    ) -> Result<(), Diverged> {
+        self.reward_low = self.reward_low.min(rewards.0);
+        self.reward_high = self.reward_high.max(rewards.1);
+        let range = (self.reward_high - self.reward_low).max(0.0);
+        let bound = CONTROL_FACTOR * (lambda * range).max(1.0);
+        if control_cost > bound {
+            return Err(Diverged {
+                iteration,
+                what: format!(
+                    "the mean control cost {control_cost:.3e} is more than {CONTROL_FACTOR} times what the optimum can need (lambda x reward range = {:.3e})",
+                    lambda * range
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks the loss before the optimiser steps on it.
+    pub fn check_loss(&mut self, iteration: usize, loss: f64) -> Result<(), Diverged> {
+        if self.losses.len() >= WARM_UP {
+            let mut recent: Vec<f64> = self.losses.iter().copied().collect();
+            recent.sort_by(f64::total_cmp);
+            let median = recent[recent.len() / 2];
+            if loss > LOSS_FACTOR * median && loss > 1e-6 {
+                return Err(Diverged {
+                    iteration,
+                    what: format!(
+                        "the loss {loss:.3e} is more than {LOSS_FACTOR} times its recent median {median:.3e}"
+                    ),
+                });
+            }
+        }
+        if self.losses.len() == WINDOW {
+            self.losses.pop_front();
+        }
+        self.losses.push_back(loss);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steady_training_passes_and_explosions_are_named() {
+        let mut guard = DivergenceGuard::default();
+        for i in 0..30 {
+            guard.check_loss(i, 1.0 / (1.0 + i as f64)).unwrap();
+            guard.check_control(i, 2.0, (0.0, 1.0), 5.0).unwrap();
+        }
+        let err = guard.check_loss(30, 500.0).unwrap_err();
+        assert_eq!(err.iteration, 30);
+        assert!(err.to_string().starts_with(
+            "Value Matching diverged at iteration 30: the loss 5.000e2 is more than 1000 times its recent median"
+        ));
+        let err = guard.check_control(31, 60.0, (0.0, 1.0), 5.0).unwrap_err();
+        assert!(
+            err.to_string().contains("the mean control cost 6.000e1"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_first_iterations_may_move_fast() {
+        let mut guard = DivergenceGuard::default();
+        for (i, loss) in [1e-6, 1.0, 1e-3, 10.0].into_iter().enumerate() {
+            guard.check_loss(i, loss).unwrap();
+        }
+    }
+}
