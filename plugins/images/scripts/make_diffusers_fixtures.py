@@ -22,8 +22,8 @@ repository's flat layout: `config.json`, `diffusion_pytorch_model.safetensors`,
     eps        f32 [2, 3, 32, 32]   `UNet2DModel(x, timesteps).sample`
 
 `io/cifar_sampling.safetensors` -- the base-model sampling path of the Flow Gym host for a
-discrete-diffusion scheduler (DESIGN.md, "The mathematics"), run with `cifar-tiny` on a fixed,
-stored noise sequence. With `ab = alphas_cumprod` of the scheduler (index 0 the cleanest),
+discrete-diffusion scheduler (derived in docs/mathematics.md, sections 1 and 6), run with
+`cifar-tiny` on a fixed, stored noise sequence. With `ab = alphas_cumprod` of the scheduler (index 0 the cleanest),
 K = len(ab) - 1 = 999, t0 = 0.02, S = 100 steps, dt = (1 - t0) / S and, for j = 0..S-1:
 
     t_j    = t0 + j * (1 - t0) / S
