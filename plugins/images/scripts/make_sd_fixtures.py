@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Golden fixtures of the `images/sd2` and `images/sd1.5` entries (`plugins/images/src/sd.rs`).
+"""Golden fixtures of the `images/sd2` and `images/sd1.5` entries (`plugins/images/src/sd/`).
 
 Builds two TINY random text-to-image pipelines that diffusers' `StableDiffusionPipeline` loads,
 saved in the folder layout of the published repositories (`model_index.json`, `unet/`, `vae/`,
