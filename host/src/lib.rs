@@ -32,6 +32,7 @@ pub mod memory;
 pub mod model;
 pub mod optimum;
 pub mod plugins;
+pub mod quality;
 #[cfg(feature = "figures")]
 pub mod report;
 pub mod reward;

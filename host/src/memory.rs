@@ -34,7 +34,10 @@ mod tests {
         // Read after the resident size: the peak can only have grown since.
         let peak = super::peak_rss_bytes().unwrap();
         assert!(peak >= block.len() as u64, "peak {peak} bytes");
-        assert!(peak >= current_kib * 1024, "peak {peak} < current {current_kib} KiB");
+        assert!(
+            peak >= current_kib * 1024,
+            "peak {peak} < current {current_kib} KiB"
+        );
         assert_eq!(block[block.len() - 1], 1);
     }
 }

@@ -214,6 +214,18 @@ impl State {
         }
     }
 
+    /// The samples at `indices` (an int64 tensor), in that order.
+    pub fn index_select(&self, indices: &Tensor) -> State {
+        State {
+            data_type: self.data_type.clone(),
+            leaves: self
+                .leaves
+                .iter()
+                .map(|(n, t)| (n.clone(), t.index_select(0, indices)))
+                .collect(),
+        }
+    }
+
     /// Samples `start..end`.
     pub fn slice(&self, start: usize, end: usize) -> State {
         State {

@@ -171,14 +171,21 @@ fn the_exact_optimal_control_reproduces_the_tilted_distribution() {
     let (x, mean, cost) = exact_samples(400, 20_000);
     let (optimum, w1) = against_optimum(&x);
     eprintln!("400 steps, exact control: mean reward {mean:.4} (E_p*[r] {optimum:.4}), W1 {w1:.4}, control cost {cost:.4}");
-    assert!((optimum - 0.968).abs() < 0.002, "{optimum}");
+    // Independently: the tilt of a binary reward puts mass e^lambda q / (e^lambda q + 1 - q)
+    // on [0, 1], with q = P_base([0, 1]) from the normal CDF (Phi(1) = 0.8413447461,
+    // Phi(-5) = 2.8665e-7 from tables).
+    let q = 0.5 * (0.841_344_746_068_543 - 0.5) + 0.5 * 2.866_515_7e-7;
+    let closed_form = LAMBDA.exp() * q / (LAMBDA.exp() * q + 1.0 - q);
+    assert!(
+        (optimum - closed_form).abs() < 1e-4,
+        "{optimum} vs {closed_form}"
+    );
     assert!(
         (mean - optimum).abs() < 0.01,
         "mean reward {mean:.4} vs E_p*[r] {optimum:.4}"
     );
     assert!(w1 < 0.03, "W1 {w1:.4}");
-    let base_mass = 0.5 * (0.841_344_746 - 0.5) + 0.5 * 0.0;
-    let kl = LAMBDA * optimum - (base_mass * LAMBDA.exp() + 1.0 - base_mass).ln();
+    let kl = LAMBDA * optimum - (q * LAMBDA.exp() + 1.0 - q).ln();
     assert!(
         (cost - kl).abs() < 0.1,
         "control cost {cost:.4} vs KL {kl:.4}"

@@ -393,6 +393,7 @@ fn reward_plugins_build_without_libtorch() {
     for package in [
         "flowgym-toy-rewards",
         "flowgym-image-rewards",
+        "exact-problems",
         "third-party-reward",
     ] {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());

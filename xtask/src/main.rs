@@ -39,7 +39,11 @@ const EXCLUDED_FROM_RUN_BUILD: &[&str] = &["xtask", "flowgym-tests", "third-part
 
 /// Plugins that link no libtorch. They are built in a cargo invocation of their own: built
 /// together with the others, cargo would unify plugin-api's `tch` feature into them.
-pub const LIBTORCH_FREE_PLUGINS: &[&str] = &["flowgym-toy-rewards", "flowgym-image-rewards"];
+pub const LIBTORCH_FREE_PLUGINS: &[&str] = &[
+    "flowgym-toy-rewards",
+    "flowgym-image-rewards",
+    "exact-problems",
+];
 
 const USAGE: &str = "\
 usage: cargo xtask <command> [args...]

@@ -6,12 +6,16 @@
 //!   against libtorch (the toy's closed-form flow and reward inlined, no plugin boundary, no
 //!   checks) gives the floor, and `1 - floor / host` is the share of wall time the host adds
 //!   outside libtorch's own work.
+//! - [`run_problem`]: the quality of Value Matching with the default configuration on a
+//!   problem whose optimum is known.
 //! - [`sampling`]: seconds per denoising step of a base model (any plugin), and images per
 //!   second at 100 steps.
 
+mod quality;
 mod sampling;
 mod vm;
 
+pub use quality::{run_problem, QualityFigures};
 pub use sampling::{sampling, SamplingFigures};
 pub use vm::{value_matching, VmFigures};
 

@@ -69,6 +69,11 @@ pub fn value_matching(
         sampler: options,
         seed: 0,
         device,
+        iterations,
+        lr_schedule: crate::value_matching::LrSchedule::Constant,
+        fit_steps: 1,
+        martingale_target: false,
+        value_loss: crate::value_matching::ValueLoss::Squared,
     };
     tch::manual_seed(0);
     let example = State::new(

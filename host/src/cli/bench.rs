@@ -10,6 +10,8 @@ use super::{args, warn_refused, Cli};
 use crate::bench;
 use crate::compose::{construct_context, open_model, open_reward};
 use crate::device::parse_device;
+use crate::quality;
+use crate::run::RunConfig;
 
 /// Arguments of `bench`.
 #[derive(Debug, Args)]
@@ -38,6 +40,9 @@ pub enum Which {
         #[arg(long, default_value_t = 0)]
         threads: usize,
     },
+    /// Value Matching with the default configuration on problems whose optimum is known:
+    /// normalised improvement and distance to p* against its noise floor, per problem.
+    Quality(QualityArgs),
     /// Base-model sampling: seconds per denoising step and images per second at 100 steps.
     Sampling {
         /// Base model id.
@@ -67,6 +72,131 @@ pub enum Which {
     },
 }
 
+/// Options of `bench quality`.
+#[derive(Debug, Args)]
+pub struct QualityArgs {
+    /// Only the problems with these names (comma-separated; default: the whole suite).
+    #[arg(long, value_delimiter = ',', conflicts_with = "fast")]
+    pub problems: Vec<String>,
+    /// Only the fast subset the tests run.
+    #[arg(long)]
+    pub fast: bool,
+    /// A run configuration whose other keys apply to every problem (default: the defaults).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Value Matching iterations [default: the configuration's].
+    #[arg(long)]
+    pub iterations: Option<usize>,
+    /// Run seed [default: the configuration's].
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Where the runs go, one directory per problem [default: runs/quality-<date>-<time>].
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+}
+
+fn quality(registry: &crate::plugins::Registry, args: &QualityArgs) -> Result<ExitCode> {
+    let mut config = match &args.config {
+        Some(path) => RunConfig::from_toml_file(path)?,
+        None => RunConfig::default(),
+    };
+    config.iterations = args.iterations.unwrap_or(config.iterations);
+    config.seed = args.seed.unwrap_or(config.seed);
+    config.checkpoint_every = config.iterations.max(1);
+    config.validate()?;
+    let problems = if args.fast {
+        quality::fast_subset()
+    } else {
+        quality::suite()
+    };
+    let unknown: Vec<&String> = args
+        .problems
+        .iter()
+        .filter(|name| !problems.iter().any(|p| &p.name == *name))
+        .collect();
+    if !unknown.is_empty() {
+        let names: Vec<&str> = problems.iter().map(|p| p.name.as_str()).collect();
+        anyhow::bail!(
+            "unknown problem(s) {unknown:?}; the suite has: {}",
+            names.join(", ")
+        );
+    }
+    let out = args.out.clone().unwrap_or_else(|| {
+        PathBuf::from("runs").join(format!(
+            "quality-{}",
+            chrono::Local::now().format("%Y%m%d-%H%M%S")
+        ))
+    });
+    let mut rows = Vec::new();
+    let mut refused = 0;
+    for problem in problems
+        .iter()
+        .filter(|p| args.problems.is_empty() || args.problems.contains(&p.name))
+    {
+        eprintln!("quality: {} ({})", problem.name, problem.description);
+        match bench::run_problem(registry, problem, &config, &out.join(&problem.name)) {
+            Ok(figures) => rows.push(figures),
+            Err(e) => {
+                refused += 1;
+                eprintln!("quality: {} not judged: {e:#}", problem.name);
+            }
+        }
+    }
+    println!(
+        "Value Matching quality, default configuration ({} iterations, batch {}, {} steps, lr {}):",
+        config.iterations, config.batch_size, config.steps, config.lr
+    );
+    println!(
+        "{:<28} {:>3} {:>4} {:>8} {:>8} {:>8} {:>7} {:>8} {:>8} {:>8} {:>6}",
+        "problem",
+        "d",
+        "lam",
+        "base",
+        "adapted",
+        "optimum",
+        "norm.",
+        "dist.0",
+        "dist",
+        "floor",
+        "ratio"
+    );
+    for f in &rows {
+        println!(
+            "{:<28} {:>3} {:>4} {:>8.4} {:>8.4} {:>8.4} {:>7.3} {:>8.4} {:>8.4} {:>8.4} {:>6.2}",
+            f.problem,
+            f.dimension,
+            f.reward_scale,
+            f.base_reward,
+            f.adapted_reward,
+            f.optimum_reward,
+            f.normalised_improvement,
+            f.distance_before,
+            f.distance_after,
+            f.noise_floor,
+            f.distance_ratio
+        );
+    }
+    let csv = out.join("quality.csv");
+    let mut writer = csv::Writer::from_writer(Vec::new());
+    for f in &rows {
+        writer.serialize(f)?;
+    }
+    let bytes = writer.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?;
+    std::fs::create_dir_all(&out)?;
+    crate::atomic_file::write_bytes_atomically(&csv, &bytes)?;
+    println!(
+        "figures per problem in {}, the table in {}",
+        out.display(),
+        csv.display()
+    );
+    println!("json: {}", serde_json::to_string(&rows)?);
+    Ok(if refused == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
 fn set_threads(threads: usize) {
     if threads > 0 {
         tch::set_num_threads(threads as i32);
@@ -78,6 +208,7 @@ pub fn run(cli: &Cli, args: &BenchArgs) -> Result<ExitCode> {
     let registry = cli.registry();
     warn_refused(&registry);
     match &args.which {
+        Which::Quality(quality_args) => return quality(&registry, quality_args),
         Which::Vm {
             batch_size,
             steps,

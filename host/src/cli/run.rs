@@ -198,10 +198,16 @@ pub fn run(cli: &Cli, args: &RunArgs) -> Result<ExitCode> {
     println!("mean reward before: {}", describe(&summary.before));
     println!("mean reward after:  {}", describe(&summary.after));
     if let Some(o) = &summary.optimum {
-        println!(
-            "optimum E_p*[r] = {:.4}; W1 to p*: before {:.4}, after {:.4}",
-            o.reward_mean, o.w1_before, o.w1_after
+        print!(
+            "optimum E_p*[r] = {:.4} (estimated from the base samples, effective size {:.0})",
+            o.reward_mean, o.effective_sample_size
         );
+        match (o.distance, o.distance_before, o.distance_after) {
+            (Some(name), Some(before), Some(after)) => {
+                println!("; {name} to p*: before {before:.4}, after {after:.4}")
+            }
+            _ => println!(),
+        }
     }
     if let Some(s) = summary.seconds_per_iteration {
         println!("{s:.3} s per iteration, {:.1} s in all", summary.seconds);

@@ -16,6 +16,66 @@ fn all_finite<'a>(mut values: impl Iterator<Item = &'a f64>) -> bool {
     values.all(|v| v.is_finite())
 }
 
+/// A weighted sample: points sorted increasingly, weights summing to 1.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Weighted {
+    /// Sorted points.
+    pub points: Vec<f64>,
+    /// Their probabilities.
+    pub weights: Vec<f64>,
+}
+
+impl Weighted {
+    /// Equal weights.
+    pub fn uniform(points: &[f64]) -> Self {
+        let w = 1.0 / points.len().max(1) as f64;
+        Self::new(points.iter().map(|&p| (p, w)).collect())
+    }
+
+    /// From `(point, weight)` pairs (weights normalised here; non-finite points dropped).
+    pub fn new(mut pairs: Vec<(f64, f64)>) -> Self {
+        pairs.retain(|(p, w)| p.is_finite() && w.is_finite() && *w >= 0.0);
+        pairs.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let total: f64 = pairs.iter().map(|(_, w)| w).sum();
+        let (points, weights) = pairs
+            .into_iter()
+            .map(|(p, w)| (p, if total > 0.0 { w / total } else { 0.0 }))
+            .unzip();
+        Self { points, weights }
+    }
+
+    /// Kish's effective sample size `1 / sum w^2`.
+    pub fn effective_size(&self) -> f64 {
+        1.0 / self.weights.iter().map(|w| w * w).sum::<f64>()
+    }
+}
+
+/// `W1(a, b) = integral |F_a(x) - F_b(x)| dx` between two weighted samples.
+pub fn wasserstein1(a: &Weighted, b: &Weighted) -> f64 {
+    let (mut i, mut j) = (0, 0);
+    let (mut fa, mut fb) = (0.0f64, 0.0f64);
+    let mut previous: Option<f64> = None;
+    let mut distance = 0.0;
+    while i < a.points.len() || j < b.points.len() {
+        let next_a = a.points.get(i).copied().unwrap_or(f64::INFINITY);
+        let next_b = b.points.get(j).copied().unwrap_or(f64::INFINITY);
+        let x = next_a.min(next_b);
+        if let Some(p) = previous {
+            distance += (fa - fb).abs() * (x - p);
+        }
+        while i < a.points.len() && a.points[i] == x {
+            fa += a.weights[i];
+            i += 1;
+        }
+        while j < b.points.len() && b.points[j] == x {
+            fb += b.weights[j];
+            j += 1;
+        }
+        previous = Some(x);
+    }
+    distance
+}
+
 /// The 1-Wasserstein distance between the empirical distributions of `a` and `b` (equal or
 /// unequal sizes), `int |F_a - F_b|`. Panics when either is empty.
 pub fn wasserstein1_1d(a: &[f64], b: &[f64]) -> f64 {
@@ -26,27 +86,7 @@ pub fn wasserstein1_1d(a: &[f64], b: &[f64]) -> f64 {
     if !all_finite(a.iter().chain(b)) {
         return f64::NAN;
     }
-    let mut a = a.to_vec();
-    let mut b = b.to_vec();
-    a.sort_by(f64::total_cmp);
-    b.sort_by(f64::total_cmp);
-    let (na, nb) = (a.len() as f64, b.len() as f64);
-    let (mut i, mut j) = (0usize, 0usize);
-    let mut previous = a[0].min(b[0]);
-    let mut total = 0.0;
-    // Between consecutive points of the merged order both CDFs are constant.
-    while i < a.len() || j < b.len() {
-        let from_a = j >= b.len() || (i < a.len() && a[i] <= b[j]);
-        let next = if from_a { a[i] } else { b[j] };
-        total += (i as f64 / na - j as f64 / nb).abs() * (next - previous);
-        previous = next;
-        if from_a {
-            i += 1;
-        } else {
-            j += 1;
-        }
-    }
-    total
+    wasserstein1(&Weighted::uniform(a), &Weighted::uniform(b))
 }
 
 /// The sliced 1-Wasserstein distance: the mean of [`wasserstein1_1d`] between the projections
@@ -54,6 +94,23 @@ pub fn wasserstein1_1d(a: &[f64], b: &[f64]) -> f64 {
 /// `seed`). In one dimension every direction gives the exact 1-Wasserstein distance. Panics
 /// when a set is empty, `projections` is 0 or the points' dimensions differ.
 pub fn sliced_wasserstein1(a: &[Vec<f64>], b: &[Vec<f64>], projections: usize, seed: u64) -> f64 {
+    let uniform = |n: usize| vec![1.0 / n.max(1) as f64; n];
+    sliced_wasserstein1_weighted(
+        (a, &uniform(a.len())),
+        (b, &uniform(b.len())),
+        projections,
+        seed,
+    )
+}
+
+/// [`sliced_wasserstein1`] between weighted sets `(points, weights)`: for the distance of
+/// samples to an optimum represented by weighted base samples.
+pub fn sliced_wasserstein1_weighted(
+    (a, wa): (&[Vec<f64>], &[f64]),
+    (b, wb): (&[Vec<f64>], &[f64]),
+    projections: usize,
+    seed: u64,
+) -> f64 {
     assert!(
         !a.is_empty() && !b.is_empty(),
         "sliced_wasserstein1 needs two non-empty sets"
@@ -64,16 +121,25 @@ pub fn sliced_wasserstein1(a: &[Vec<f64>], b: &[Vec<f64>], projections: usize, s
         a.iter().chain(b).all(|x| x.len() == d),
         "sliced_wasserstein1 needs points of one dimension"
     );
+    if !all_finite(a.iter().chain(b).flatten()) {
+        return f64::NAN;
+    }
     let mut rng = Rng::new(seed);
     let mut total = 0.0;
     for _ in 0..projections {
         let mut u: Vec<f64> = (0..d).map(|_| rng.normal()).collect();
         let norm = u.iter().map(|v| v * v).sum::<f64>().sqrt();
         u.iter_mut().for_each(|v| *v /= norm);
-        let project = |x: &Vec<f64>| x.iter().zip(&u).map(|(p, q)| p * q).sum::<f64>();
-        let pa: Vec<f64> = a.iter().map(project).collect();
-        let pb: Vec<f64> = b.iter().map(project).collect();
-        total += wasserstein1_1d(&pa, &pb);
+        let project = |points: &[Vec<f64>], weights: &[f64]| {
+            Weighted::new(
+                points
+                    .iter()
+                    .zip(weights)
+                    .map(|(x, w)| (x.iter().zip(&u).map(|(p, q)| p * q).sum::<f64>(), *w))
+                    .collect(),
+            )
+        };
+        total += wasserstein1(&project(a, wa), &project(b, wb));
     }
     total / projections as f64
 }

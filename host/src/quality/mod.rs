@@ -24,7 +24,10 @@ mod linalg;
 mod special;
 pub mod suite;
 
-pub use distance::{energy_distance, sliced_wasserstein1, wasserstein1_1d};
+pub use distance::{
+    energy_distance, sliced_wasserstein1, sliced_wasserstein1_weighted, wasserstein1,
+    wasserstein1_1d, Weighted,
+};
 pub use exact::{
     tilted_optimum, tilted_optimum_with, Estimate, Gmm, Optimum, OptimumOptions, RewardSpec,
 };

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::sde::Diffusion;
 use crate::value::ValueArch;
+use crate::value_matching::{LrSchedule, ValueLoss};
 
 /// Everything that determines a run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -29,8 +30,17 @@ pub struct RunConfig {
     pub steps: usize,
     /// Reward scale `lambda`: the target is `p_base(x) exp(lambda r(x))`.
     pub reward_scale: f64,
-    /// Adam learning rate.
+    /// Adam learning rate (the peak of the schedule).
     pub lr: f64,
+    /// How the learning rate moves over the run.
+    pub lr_schedule: LrSchedule,
+    /// Optimiser steps per iteration, each on an equal share of the batch's points.
+    pub fit_steps: usize,
+    /// Regress on the cost-to-go plus the stochastic integral of the control, which has the
+    /// same mean and vanishing spread as the control nears the optimum.
+    pub martingale_target: bool,
+    /// How the value network's predictions are compared with their targets.
+    pub value_loss: ValueLoss,
     /// Gradient-norm clip.
     pub grad_clip: f64,
     /// First time of the grid.
@@ -71,6 +81,10 @@ impl Default for RunConfig {
             steps: 100,
             reward_scale: 5.0,
             lr: 3e-4,
+            lr_schedule: LrSchedule::Constant,
+            fit_steps: 1,
+            martingale_target: false,
+            value_loss: ValueLoss::Squared,
             grad_clip: 1.0,
             t0: 0.02,
             noise: Diffusion::Memoryless,
@@ -141,6 +155,7 @@ impl RunConfig {
             ("batch_size", self.batch_size),
             ("steps", self.steps),
             ("checkpoint_every", self.checkpoint_every),
+            ("fit_steps", self.fit_steps),
         ];
         for (key, value) in positive {
             if value == 0 {
@@ -152,6 +167,11 @@ impl RunConfig {
         }
         if !(self.lr > 0.0 && self.lr.is_finite()) {
             bail!("`lr` must be positive, got {}", self.lr);
+        }
+        if let LrSchedule::Cosine { final_fraction, .. } = self.lr_schedule {
+            if !(0.0..=1.0).contains(&final_fraction) {
+                bail!("`lr_schedule.final_fraction` must lie in [0, 1], got {final_fraction}");
+            }
         }
         if self.grad_clip.is_nan() || self.grad_clip <= 0.0 {
             bail!("`grad_clip` must be positive, got {}", self.grad_clip);

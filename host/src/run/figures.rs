@@ -54,7 +54,7 @@ pub fn write(
             None,
         )?;
     }
-    if let (Some((_, optimum)), Some(before)) = (&optimum, before) {
+    if let (Some((_, Some(optimum))), Some(before)) = (&optimum, before) {
         let mut sets = vec![(
             "base model (before)",
             before.values.as_slice(),

@@ -155,6 +155,7 @@ impl Run {
         let ctx = construct_context(device, &config.weights)?;
         let (mut model, _) = open_model(registry, &config.model, &config.model_args_json()?, &ctx)?;
         let (reward, _) = open_reward(registry, &config.reward, &config.reward_args_json()?, &ctx)?;
+        crate::sde::sampler::check_stability(&sampler_options(&config), &model.interpolant)?;
         let example = {
             let _guard = tch::no_grad_guard();
             tch::manual_seed(derive_seed(config.seed, "shape", 0) as i64);
@@ -176,6 +177,11 @@ impl Run {
             sampler: sampler_options(&config),
             seed: config.seed,
             device,
+            iterations: config.iterations,
+            lr_schedule: config.lr_schedule,
+            fit_steps: config.fit_steps,
+            martingale_target: config.martingale_target,
+            value_loss: config.value_loss,
         };
         let mut trainer = ValueMatching::new(network, settings);
         // The configuration is written once it has been checked against the plugins, so a

@@ -3,23 +3,32 @@
 use serde::Serialize;
 
 use super::samples::EvalSamples;
-use crate::optimum::{tilted_optimum, wasserstein1, Weighted};
+use crate::optimum::tilt;
+use crate::quality::{sliced_wasserstein1_weighted, Weighted};
 use crate::reward::RewardStats;
 
-/// Figures for 1-d runs, against the optimum estimated from base samples.
-#[derive(Debug, Clone, Copy, Serialize)]
+/// The optimum estimated from the base model's samples, and how close the samples before and
+/// after training are to it.
+#[derive(Debug, Clone, Serialize)]
 pub struct OptimumStats {
-    /// `E_p*[r]`.
+    /// `E_p*[r]`, by self-normalised importance weights `exp(lambda r)` on the base samples.
     pub reward_mean: f64,
-    /// `W1` between the base samples and `p*`.
-    pub w1_before: f64,
-    /// `W1` between the adapted samples and `p*`.
-    pub w1_after: f64,
-    /// Effective size of the weighted base sample the optimum is estimated from.
+    /// Effective size of the weighted base sample (Kish): the estimate is trustworthy when
+    /// this is in the hundreds or more.
     pub effective_sample_size: f64,
+    /// The distance to `p*` (for flat vectors only): `W1` in one dimension, the sliced `W1`
+    /// over random directions otherwise.
+    pub distance: Option<&'static str>,
+    /// The base samples' distance to `p*`.
+    pub distance_before: Option<f64>,
+    /// The adapted samples' distance to `p*`.
+    pub distance_after: Option<f64>,
     /// How the optimum was estimated.
     pub method: &'static str,
 }
+
+/// Random directions of the sliced distance.
+const PROJECTIONS: usize = 64;
 
 /// `summary.json`.
 #[derive(Debug, Clone, Serialize)]
@@ -42,7 +51,7 @@ pub struct Summary {
     pub before: Option<RewardStats>,
     /// Adapted samples.
     pub after: Option<RewardStats>,
-    /// 1-d runs: comparison with the optimum.
+    /// The optimum estimated from the base samples, and the distances to it.
     pub optimum: Option<OptimumStats>,
     /// Loss of the last iteration.
     pub final_loss: Option<f64>,
@@ -54,28 +63,53 @@ pub struct Summary {
     pub peak_rss_mib: Option<f64>,
 }
 
-/// The optimum `p* ~ p_base exp(lambda r)` estimated by weighting the base samples, for 1-d
-/// runs: its statistics, and the weighted sample itself for the figures.
+/// The optimum `p* ~ p_base exp(lambda r)` estimated by weighting the base samples, for any
+/// data: its statistics, and for 1-d runs the weighted sample itself for the figures.
 pub fn optimum_estimate(
     before: Option<&EvalSamples>,
     after: Option<&EvalSamples>,
     lambda: f64,
-) -> Option<(OptimumStats, Weighted)> {
-    let before = before.filter(|b| b.is_1d())?;
-    let (optimum, reward_mean) =
-        tilted_optimum(&before.values, &before.reward, &before.valid, lambda);
-    let w1_before = wasserstein1(&Weighted::uniform(&before.values), &optimum);
-    let w1_after = after.map_or(f64::NAN, |a| {
-        wasserstein1(&Weighted::uniform(&a.values), &optimum)
-    });
+) -> Option<(OptimumStats, Option<Weighted>)> {
+    let before = before?;
+    let tilt = tilt(&before.reward, &before.valid, lambda);
+    if tilt.indices.is_empty() {
+        return None;
+    }
+    let flat = before.shape.len() == 2;
+    let distance_to_optimum = |samples: &EvalSamples| -> f64 {
+        let optimum_points = before.points();
+        let optimum_points: Vec<Vec<f64>> = tilt
+            .indices
+            .iter()
+            .map(|&i| optimum_points[i].clone())
+            .collect();
+        let points = samples.points();
+        let uniform = vec![1.0 / points.len() as f64; points.len()];
+        sliced_wasserstein1_weighted(
+            (&points, &uniform),
+            (&optimum_points, &tilt.weights),
+            if before.is_1d() { 1 } else { PROJECTIONS },
+            0,
+        )
+    };
     let stats = OptimumStats {
-        reward_mean,
-        w1_before,
-        w1_after,
-        effective_sample_size: optimum.effective_size(),
+        reward_mean: tilt.reward_mean,
+        effective_sample_size: tilt.effective_size(),
+        distance: flat.then_some(if before.is_1d() { "W1" } else { "sliced W1" }),
+        distance_before: flat.then(|| distance_to_optimum(before)),
+        distance_after: after.filter(|_| flat).map(distance_to_optimum),
         method: "base-model samples weighted by exp(reward_scale * reward)",
     };
-    Some((stats, optimum))
+    let weighted = before.is_1d().then(|| {
+        Weighted::new(
+            tilt.indices
+                .iter()
+                .zip(&tilt.weights)
+                .map(|(&i, &w)| (before.values[i], w))
+                .collect(),
+        )
+    });
+    Some((stats, weighted))
 }
 
 /// The statistics of [`optimum_estimate`].

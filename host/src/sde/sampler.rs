@@ -83,6 +83,10 @@ pub struct Trajectory {
     pub states: Vec<State>,
     /// `|u_k|^2 / 2` per sample: `[K, n]`.
     pub running_cost: Tensor,
+    /// `u_k . xi_k sqrt(dt_k)` per sample, with `xi_k` the step's noise: the increments of the
+    /// stochastic integral `int u dW`, whose conditional mean is zero (recorded trajectories
+    /// only; zeros otherwise): `[K, n]`.
+    pub martingale: Tensor,
     /// `x_K`.
     pub final_state: State,
     /// `postprocess(x_K)`.
@@ -103,6 +107,15 @@ impl Trajectory {
         let cost = &self.running_cost * dt;
         let remaining = cost.flip([0]).cumsum(0, Kind::Float).flip([0]);
         remaining - self.scores.reward.view([1, -1]) * lambda
+    }
+
+    /// The cost-to-go plus the remaining stochastic integral, `C_k + sum_{j >= k} u_j . xi_j
+    /// sqrt(dt_j)`: the same conditional mean as [`Trajectory::cost_to_go`], and exactly the
+    /// optimal value `V*(x_k, t_k)` for every trajectory when the control is optimal, so its
+    /// spread shrinks as the control improves (docs/mathematics.md, section 7): `[K, n]`.
+    pub fn cost_to_go_with_martingale(&self, lambda: f64) -> Tensor {
+        let remaining = self.martingale.flip([0]).cumsum(0, Kind::Float).flip([0]);
+        self.cost_to_go(lambda) + remaining
     }
 
     /// Total control cost `sum_k |u_k|^2 / 2 dt_k` per sample: `[n]`.
@@ -170,7 +183,7 @@ fn sample_chunk(
     let SampleRequest {
         n,
         seed,
-        control,
+        control: steering,
         record,
         device,
         stop_after_step,
@@ -182,6 +195,7 @@ fn sample_chunk(
     let kwargs = model.preprocess(&x, &kwargs.to_device(device))?;
     let mut states = Vec::with_capacity(if record { options.steps } else { 0 });
     let mut costs = Vec::with_capacity(options.steps);
+    let mut martingale = Vec::with_capacity(options.steps);
     let mut model_ok = Vec::with_capacity(options.steps);
     let mut control_ok = Vec::with_capacity(options.steps);
     let mut diffusion = Vec::with_capacity(options.steps);
@@ -199,6 +213,7 @@ fn sample_chunk(
             let endpoint = x.zip_floating(&f, |x, f| x * e.x + f * e.f);
             diffusion.push(0.0);
             costs.push(Tensor::zeros([n as i64], (Kind::Float, device)));
+            martingale.push(Tensor::zeros([n as i64], (Kind::Float, device)));
             if record {
                 states.push(x);
             }
@@ -210,24 +225,33 @@ fn sample_chunk(
         }
         diffusion.push(c.s);
         let mut drift = x.zip_floating(&f, |x, f| x * c.drift.a + f * c.drift.b);
-        match control {
-            Some(control) => {
+        let mut control = None;
+        match steering {
+            Some(steering) => {
                 let t_vec = Tensor::full([n as i64], t, (Kind::Float, device));
-                let grads = tch::with_grad(|| value_gradient(control.value, &x, &t_vec));
+                let grads = tch::with_grad(|| value_gradient(steering.value, &x, &t_vec));
                 let mut grads = grads.into_iter();
                 // u = -s grad V = -s lambda grad value; the drift gains s u.
                 let u = x.map_floating(|_| {
-                    grads.next().expect("one gradient per floating leaf") * (-c.s * control.scale)
+                    grads.next().expect("one gradient per floating leaf") * (-c.s * steering.scale)
                 });
                 control_ok.push(u.all_finite());
                 costs.push(u.per_sample_sum(|u| u.square() * 0.5));
                 drift = drift.zip_floating(&u, |d, u| d + u * c.s);
+                control = Some(u);
             }
             None => costs.push(Tensor::zeros([n as i64], (Kind::Float, device))),
         }
-        let next = x.zip_floating(&drift, |x, d| {
-            x + d * dt + x.randn_like() * (dt.sqrt() * c.s)
-        });
+        let noise = x.map_floating(Tensor::randn_like);
+        if let (true, Some(u)) = (record, control.take()) {
+            let products = u.zip_floating(&noise, |u, e| u * e);
+            martingale.push(products.per_sample_sum(Tensor::shallow_clone) * dt.sqrt());
+        } else {
+            martingale.push(Tensor::zeros([n as i64], (Kind::Float, device)));
+        }
+        let next = x
+            .zip_floating(&drift, |x, d| x + d * dt)
+            .zip_floating(&noise, |y, e| y + e * (dt.sqrt() * c.s));
         if record {
             states.push(x);
         }
@@ -248,6 +272,7 @@ fn sample_chunk(
         diffusion,
         states,
         running_cost: Tensor::stack(&costs, 0),
+        martingale: Tensor::stack(&martingale, 0),
         final_state: x,
         sample,
         kwargs,
@@ -260,7 +285,7 @@ fn sample_chunk(
 /// (for tight data, docs/mathematics.md, section 3), which grows without bound as `beta` goes
 /// to 0 near `t = 1`; an explicit step with `rate * dt > 2` overshoots and the samples end
 /// far too wide or diverge. The memoryless coefficient never does: its rate stays at the edge.
-fn check_stability(options: &SamplerOptions, interpolant: &super::Interpolant) -> Result<()> {
+pub fn check_stability(options: &SamplerOptions, interpolant: &super::Interpolant) -> Result<()> {
     let Diffusion::Constant(level) = options.diffusion else {
         return Ok(());
     };
@@ -340,6 +365,7 @@ fn concatenate(mut parts: Vec<Trajectory>) -> Result<Trajectory> {
         })
         .collect::<Result<Vec<_>>>()?;
     let costs: Vec<&Tensor> = parts.iter().map(|p| &p.running_cost).collect();
+    let martingale: Vec<&Tensor> = parts.iter().map(|p| &p.martingale).collect();
     let rewards: Vec<&Tensor> = parts.iter().map(|p| &p.scores.reward).collect();
     let valids: Vec<&Tensor> = parts.iter().map(|p| &p.scores.valid).collect();
     let finals: Vec<State> = parts
@@ -357,6 +383,7 @@ fn concatenate(mut parts: Vec<Trajectory>) -> Result<Trajectory> {
         diffusion,
         states,
         running_cost: Tensor::cat(&costs, 1),
+        martingale: Tensor::cat(&martingale, 1),
         final_state: State::cat(&finals)?,
         sample: State::cat(&samples)?,
         kwargs: HostKwargs::cat(&kwargs)?,

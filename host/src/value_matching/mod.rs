@@ -6,7 +6,9 @@ mod guard;
 mod trainer;
 
 pub use guard::{Diverged, DivergenceGuard};
-pub use trainer::{loss_weights, ValueMatching, VmSettings, AUTO_IMAGE_CHUNK};
+pub use trainer::{
+    loss_weights, LrSchedule, ValueLoss, ValueMatching, VmSettings, AUTO_IMAGE_CHUNK,
+};
 
 /// Statistics of one training iteration.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]

@@ -45,6 +45,89 @@ pub struct VmSettings {
     pub seed: u64,
     /// Where to compute.
     pub device: Device,
+    /// Iterations of the run (the learning-rate schedule spans them).
+    pub iterations: usize,
+    /// How the learning rate moves over the run.
+    pub lr_schedule: LrSchedule,
+    /// Optimiser steps per iteration, each on an equal share of the batch's points.
+    pub fit_steps: usize,
+    /// Regress on the cost-to-go plus the stochastic integral of the control
+    /// ([`Trajectory::cost_to_go_with_martingale`]) instead of the plain cost-to-go.
+    pub martingale_target: bool,
+    /// How a prediction is compared with its target.
+    pub value_loss: ValueLoss,
+}
+
+/// How the value network's prediction `v` is compared with the target `c` (both in units of
+/// `lambda`), per point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ValueLoss {
+    /// `(v - c)^2`: the minimiser is the conditional mean of the target, the value of the
+    /// current control; Value Matching iterates towards the optimum.
+    Squared,
+    /// `2 (e^z - z - 1) / lambda^2` with `z = lambda (v - c)`: the same as `(v - c)^2` for small
+    /// `z`, and its minimiser is `-log E[e^{-lambda c}] / lambda`, which with the martingale
+    /// target is the optimal value itself, whatever control drew the samples
+    /// (docs/mathematics.md, section 7).
+    Exponential,
+}
+
+/// Beyond this `z` the exponential loss continues linearly, so one rare, very good sample
+/// cannot overflow it.
+const EXPONENTIAL_LINEAR_FROM: f64 = 20.0;
+
+impl ValueLoss {
+    /// The per-point loss of predictions `v` against targets `c`.
+    fn per_point(self, v: &Tensor, c: &Tensor, lambda: f64) -> Tensor {
+        match self {
+            ValueLoss::Squared => (v - c).square(),
+            ValueLoss::Exponential => {
+                let z = (v - c) * lambda;
+                let capped = z.clamp_max(EXPONENTIAL_LINEAR_FROM);
+                let beyond = (&z - EXPONENTIAL_LINEAR_FROM).clamp_min(0.0);
+                let exp = capped.exp();
+                ((&exp * (beyond + 1.0)) - z - 1.0) * (2.0 / (lambda * lambda))
+            }
+        }
+    }
+}
+
+/// The learning rate over a run.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum LrSchedule {
+    /// `lr` throughout.
+    Constant,
+    /// A linear warm-up from 0 over `warmup` iterations, then a cosine decay to
+    /// `lr * final_fraction` at the last iteration.
+    Cosine {
+        /// Warm-up iterations.
+        warmup: usize,
+        /// The last learning rate, as a fraction of `lr`.
+        final_fraction: f64,
+    },
+}
+
+impl LrSchedule {
+    /// The learning rate of iteration `i` of `iterations`, peaking at `lr`.
+    pub fn at(self, lr: f64, i: usize, iterations: usize) -> f64 {
+        match self {
+            LrSchedule::Constant => lr,
+            LrSchedule::Cosine {
+                warmup,
+                final_fraction,
+            } => {
+                if i < warmup {
+                    return lr * (i + 1) as f64 / warmup as f64;
+                }
+                let span = iterations.saturating_sub(warmup).max(1) as f64;
+                let progress = ((i - warmup) as f64 / span).min(1.0);
+                let cosine = 0.5 * (1.0 + (std::f64::consts::PI * progress).cos());
+                lr * (final_fraction + (1.0 - final_fraction) * cosine)
+            }
+        }
+    }
 }
 
 /// Value Matching with a built-in value network.
@@ -79,15 +162,19 @@ impl ValueMatching {
         }
     }
 
-    /// Fits the value network to one batch of trajectories; returns (loss, gradient norm).
+    /// Fits the value network to one batch of trajectories in `fit_steps` optimiser steps on
+    /// shuffled shares of its points; returns the mean loss and the last gradient norm.
     fn fit(&mut self, trajectory: &Trajectory, iteration: usize) -> Result<(f64, f64)> {
         let lambda = self.settings.reward_scale;
         let device = self.settings.device;
         let steps = trajectory.states.len();
         let n = trajectory.final_state.len() as i64;
-        let targets = (trajectory.cost_to_go(lambda) / lambda)
-            .reshape([-1])
-            .detach();
+        let cost = if self.settings.martingale_target {
+            trajectory.cost_to_go_with_martingale(lambda)
+        } else {
+            trajectory.cost_to_go(lambda)
+        };
+        let targets = (cost / lambda).reshape([-1]).detach();
         let repeat = |values: &[f64]| {
             Tensor::from_slice(values)
                 .to_kind(Kind::Float)
@@ -96,9 +183,11 @@ impl ValueMatching {
         };
         let times = repeat(&trajectory.times);
         let weights = repeat(&loss_weights(trajectory));
-        let valid = trajectory.scores.valid.to_kind(Kind::Float);
-        let mask = valid.repeat([steps as i64]);
-        let denominator = steps as f64 * valid.sum(Kind::Float).double_value(&[]).max(1.0);
+        let mask = trajectory
+            .scores
+            .valid
+            .to_kind(Kind::Float)
+            .repeat([steps as i64]);
         let states = State::cat(
             &trajectory
                 .states
@@ -112,34 +201,55 @@ impl ValueMatching {
             0 => total,
             c => c,
         };
-        self.adam.zero_grad();
-        let mut loss = Tensor::zeros([], (Kind::Float, device));
-        let mut start = 0;
-        while start < total {
-            let end = (start + chunk).min(total);
-            let len = (end - start) as i64;
-            let x = states.slice(start, end);
-            let prediction = self.value.forward(&x, &times.narrow(0, start as i64, len));
-            let residual = prediction - targets.narrow(0, start as i64, len);
-            let part = (residual.square()
-                * weights.narrow(0, start as i64, len)
-                * mask.narrow(0, start as i64, len))
-            .sum(Kind::Float)
-                / denominator;
-            part.backward();
-            loss += part.detach();
-            start = end;
+        let parts = self.settings.fit_steps.clamp(1, total.max(1));
+        let order = if parts > 1 {
+            Tensor::randperm(total as i64, (Kind::Int64, device))
+        } else {
+            Tensor::arange(total as i64, (Kind::Int64, device))
+        };
+        self.adam.lr =
+            self.settings
+                .lr_schedule
+                .at(self.settings.lr, iteration, self.settings.iterations);
+        let share = total.div_ceil(parts);
+        let (mut loss_sum, mut grad_norm) = (0.0, 0.0);
+        for first in (0..total).step_by(share) {
+            let indices = order.narrow(0, first as i64, (share.min(total - first)) as i64);
+            let pick = |t: &Tensor| t.index_select(0, &indices);
+            let part_mask = pick(&mask);
+            let denominator = part_mask.sum(Kind::Float).double_value(&[]).max(1.0);
+            self.adam.zero_grad();
+            let mut loss = Tensor::zeros([], (Kind::Float, device));
+            let len = indices.size()[0];
+            for start in (0..len).step_by(chunk) {
+                let size = chunk.min((len - start) as usize) as i64;
+                let rows = indices.narrow(0, start, size);
+                let x = states.index_select(&rows);
+                let prediction = self.value.forward(&x, &times.index_select(0, &rows));
+                let per_point = self.settings.value_loss.per_point(
+                    &prediction,
+                    &targets.index_select(0, &rows),
+                    lambda,
+                );
+                let part =
+                    (per_point * weights.index_select(0, &rows) * mask.index_select(0, &rows))
+                        .sum(Kind::Float)
+                        / denominator;
+                part.backward();
+                loss += part.detach();
+            }
+            let loss = loss.double_value(&[]);
+            if !loss.is_finite() {
+                bail!("the Value Matching loss became {loss} at iteration {iteration}");
+            }
+            self.guard.check_loss(iteration, loss)?;
+            grad_norm = self.adam.step(self.settings.grad_clip);
+            if !grad_norm.is_finite() {
+                bail!("the value network's gradient became {grad_norm} at iteration {iteration}");
+            }
+            loss_sum += loss * len as f64;
         }
-        let loss = loss.double_value(&[]);
-        if !loss.is_finite() {
-            bail!("the Value Matching loss became {loss} at iteration {iteration}");
-        }
-        self.guard.check_loss(iteration, loss)?;
-        let grad_norm = self.adam.step(self.settings.grad_clip);
-        if !grad_norm.is_finite() {
-            bail!("the value network's gradient became {grad_norm} at iteration {iteration}");
-        }
-        Ok((loss, grad_norm))
+        Ok((loss_sum / total as f64, grad_norm))
     }
 }
 
