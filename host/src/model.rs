@@ -26,7 +26,7 @@ impl Model {
     /// Wraps a constructed plugin model, reading its output type and schedule.
     pub fn new(id: &str, data_type: &str, inner: BaseModelBox) -> Result<Self> {
         let output_type = inner.output_type();
-        let interpolant = Interpolant::from_plugin(&inner.scheduler())
+        let interpolant = Interpolant::from_plugin(&inner.schedule())
             .map_err(|e| anyhow!("model `{id}` declares an unusable scheduler: {e}"))?;
         Ok(Self {
             id: id.to_string(),

@@ -85,7 +85,7 @@ pub use error::{guard, PluginError, PluginResult};
 pub use kwargs::{KwargValue, Kwargs};
 pub use model::{
     BaseModel, BaseModelAdapter, BaseModelBox, ConstructContext, FfiBaseModel, OutputType,
-    Scheduler,
+    ScheduleSpec,
 };
 pub use reward::{Capabilities, FfiReward, Reward, RewardAdapter, RewardBox, RewardOutput};
 pub use root::{plugin_module, PluginModule, PluginModuleRef, API_VERSION};

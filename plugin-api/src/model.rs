@@ -40,10 +40,11 @@ impl OutputType {
     }
 }
 
-/// The noise schedule `x_t = alpha(t) x_1 + beta(t) x_0`, with `t = 0` noise and `t = 1` data.
+/// The description of a model's noise schedule, `x_t = alpha(t) x_1 + beta(t) x_0` with `t = 0`
+/// noise and `t = 1` data: the host builds its interpolant (and the SDE) from it.
 #[repr(u8)]
 #[derive(StableAbi, Debug, Clone, PartialEq)]
-pub enum Scheduler {
+pub enum ScheduleSpec {
     /// `alpha = t`, `beta = 1 - t`.
     OptimalTransport,
     /// `alpha = 1 - cos^2(pi/2 t^nu)`, `beta = 1 - alpha`.
@@ -102,8 +103,8 @@ pub trait BaseModel: Send {
     /// What `forward` predicts.
     fn output_type(&self) -> OutputType;
 
-    /// The noise schedule.
-    fn scheduler(&self) -> Scheduler;
+    /// The description of the noise schedule this model was trained on.
+    fn schedule(&self) -> ScheduleSpec;
 
     /// `n` samples of the source distribution, with the keyword arguments (prompts, say) that
     /// go with each of them. `kwargs` holds what the user supplied for the run.
@@ -133,8 +134,8 @@ pub trait BaseModel: Send {
 pub trait FfiBaseModel: Send {
     /// See [`BaseModel::output_type`].
     fn output_type(&self) -> OutputType;
-    /// See [`BaseModel::scheduler`].
-    fn scheduler(&self) -> Scheduler;
+    /// See [`BaseModel::schedule`].
+    fn schedule(&self) -> ScheduleSpec;
     /// See [`BaseModel::sample_p0`].
     fn sample_p0(
         &mut self,
@@ -189,8 +190,8 @@ impl FfiBaseModel for BaseModelAdapter {
         self.inner.output_type()
     }
 
-    fn scheduler(&self) -> Scheduler {
-        self.inner.scheduler()
+    fn schedule(&self) -> ScheduleSpec {
+        self.inner.schedule()
     }
 
     fn sample_p0(

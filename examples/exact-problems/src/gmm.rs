@@ -22,7 +22,7 @@
 
 use flowgym_plugin_api::{
     arguments, register_base_model, BaseModel, Batch, ConstructContext, DLDevice, DType, Dim,
-    Kwargs, LeafSpec, ManagedTensor, OutputType, PluginError, PluginResult, Scheduler,
+    Kwargs, LeafSpec, ManagedTensor, OutputType, PluginError, PluginResult, ScheduleSpec,
 };
 
 use crate::linalg::{dot, mat_vec, Cholesky, Rng};
@@ -246,10 +246,10 @@ impl Schedule {
     }
 
     /// The descriptor the host reads.
-    pub fn scheduler(&self) -> Scheduler {
+    pub fn schedule(&self) -> ScheduleSpec {
         match self {
-            Schedule::OptimalTransport => Scheduler::OptimalTransport,
-            Schedule::Ddpm { alpha_bar } => Scheduler::DiscreteDiffusion {
+            Schedule::OptimalTransport => ScheduleSpec::OptimalTransport,
+            Schedule::Ddpm { alpha_bar } => ScheduleSpec::DiscreteDiffusion {
                 alpha_bar: alpha_bar.clone().into(),
             },
         }
@@ -493,8 +493,8 @@ impl BaseModel for ExactFlow {
         self.output
     }
 
-    fn scheduler(&self) -> Scheduler {
-        self.schedule.scheduler()
+    fn schedule(&self) -> ScheduleSpec {
+        self.schedule.schedule()
     }
 
     fn sample_p0(&mut self, n: usize, seed: u64, kwargs: Kwargs) -> PluginResult<(Batch, Kwargs)> {

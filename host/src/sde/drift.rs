@@ -208,7 +208,7 @@ mod tests {
         let mut interpolants = schedules();
         interpolants.push(Interpolant::Cosine { nu: 0.7 });
         interpolants.push(
-            Interpolant::from_plugin(&flowgym_plugin_api::Scheduler::Tabulated {
+            Interpolant::from_plugin(&flowgym_plugin_api::ScheduleSpec::Tabulated {
                 t: vec![0.0, 0.5, 1.0].into(),
                 alpha: vec![0.0, 0.4, 1.0].into(),
                 beta: vec![1.0, 0.8, 0.0].into(),

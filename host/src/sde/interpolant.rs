@@ -1,6 +1,6 @@
 //! Noise schedules `alpha(t)`, `beta(t)` and their time derivatives.
 
-use flowgym_plugin_api::Scheduler;
+use flowgym_plugin_api::ScheduleSpec;
 
 /// How far a discrete schedule's `alpha_bar` is kept from 0 and 1 (see
 /// [`Interpolant::from_plugin`]).
@@ -47,17 +47,17 @@ impl Interpolant {
     /// The host's form of a plugin's scheduler descriptor, checked for sense. A discrete
     /// schedule's `alpha_bar` is clipped to `[2^-24, 1 - 2^-24]`, so that zero terminal SNR
     /// or an exactly clean first step divide by nothing.
-    pub fn from_plugin(scheduler: &Scheduler) -> Result<Self, String> {
+    pub fn from_plugin(scheduler: &ScheduleSpec) -> Result<Self, String> {
         match scheduler {
-            Scheduler::OptimalTransport => Ok(Interpolant::OptimalTransport),
-            Scheduler::Cosine { nu } => {
+            ScheduleSpec::OptimalTransport => Ok(Interpolant::OptimalTransport),
+            ScheduleSpec::Cosine { nu } => {
                 if *nu > 0.0 && nu.is_finite() {
                     Ok(Interpolant::Cosine { nu: *nu })
                 } else {
                     Err(format!("cosine scheduler needs nu > 0, got {nu}"))
                 }
             }
-            Scheduler::DiscreteDiffusion { alpha_bar } => {
+            ScheduleSpec::DiscreteDiffusion { alpha_bar } => {
                 if alpha_bar.len() < 2 {
                     return Err("discrete scheduler needs at least two alpha_bar values".into());
                 }
@@ -82,7 +82,7 @@ impl Interpolant {
                 }
                 Ok(Interpolant::Discrete { alpha_bar })
             }
-            Scheduler::Tabulated {
+            ScheduleSpec::Tabulated {
                 t,
                 alpha,
                 beta,
@@ -262,7 +262,7 @@ mod tests {
 
     #[test]
     fn tabulated_interpolates_linearly() {
-        let s = Interpolant::from_plugin(&Scheduler::Tabulated {
+        let s = Interpolant::from_plugin(&ScheduleSpec::Tabulated {
             t: vec![0.0, 1.0].into(),
             alpha: vec![0.0, 1.0].into(),
             beta: vec![1.0, 0.0].into(),
@@ -275,7 +275,7 @@ mod tests {
 
     #[test]
     fn malformed_descriptors_are_refused() {
-        let increasing = Scheduler::DiscreteDiffusion {
+        let increasing = ScheduleSpec::DiscreteDiffusion {
             alpha_bar: vec![0.5, 0.9].into(),
         };
         assert_eq!(
@@ -283,17 +283,17 @@ mod tests {
             "discrete scheduler's alpha_bar must not increase with the index (index 0 is the cleanest)"
         );
         assert_eq!(
-            Interpolant::from_plugin(&Scheduler::Cosine { nu: 0.0 }).unwrap_err(),
+            Interpolant::from_plugin(&ScheduleSpec::Cosine { nu: 0.0 }).unwrap_err(),
             "cosine scheduler needs nu > 0, got 0"
         );
-        let outside = Scheduler::DiscreteDiffusion {
+        let outside = ScheduleSpec::DiscreteDiffusion {
             alpha_bar: vec![1.5, 0.5].into(),
         };
         assert_eq!(
             Interpolant::from_plugin(&outside).unwrap_err(),
             "discrete scheduler's alpha_bar must lie in [0, 1]; alpha_bar[0] = 1.5"
         );
-        let shrinking = Scheduler::Tabulated {
+        let shrinking = ScheduleSpec::Tabulated {
             t: vec![0.0, 1.0].into(),
             alpha: vec![0.5, 0.5].into(),
             beta: vec![0.5, 0.5].into(),
@@ -312,7 +312,7 @@ mod tests {
         let mut alpha_bar = linear_alpha_bar(1000);
         alpha_bar[0] = 1.0;
         alpha_bar[999] = 0.0;
-        let s = Interpolant::from_plugin(&Scheduler::DiscreteDiffusion {
+        let s = Interpolant::from_plugin(&ScheduleSpec::DiscreteDiffusion {
             alpha_bar: alpha_bar.into(),
         })
         .unwrap();

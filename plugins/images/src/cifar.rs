@@ -17,7 +17,7 @@ use abi_stable::std_types::RVec;
 use flowgym_plugin_api::tch_interop::device_of;
 use flowgym_plugin_api::{
     arguments, register_base_model, BaseModel, Batch, ConstructContext, DType, Dim, Kwargs,
-    LeafSpec, ManagedTensor, OutputType, PluginError, PluginResult, Scheduler,
+    LeafSpec, ManagedTensor, OutputType, PluginError, PluginResult, ScheduleSpec,
 };
 use tch::{Device, Kind, Tensor};
 
@@ -183,8 +183,8 @@ impl BaseModel for CifarModel {
         OutputType::Epsilon
     }
 
-    fn scheduler(&self) -> Scheduler {
-        Scheduler::DiscreteDiffusion {
+    fn schedule(&self) -> ScheduleSpec {
+        ScheduleSpec::DiscreteDiffusion {
             alpha_bar: RVec::from(self.alpha_bar.clone()),
         }
     }

@@ -282,7 +282,7 @@ pub enum LoadError {
     },
     /// The scheduler configuration cannot be used.
     #[error(transparent)]
-    Scheduler(#[from] crate::models::scheduler::SchedulerError),
+    ScheduleSpec(#[from] crate::models::scheduler::SchedulerError),
     /// The weights do not fit the architecture (every difference listed).
     #[error(transparent)]
     Weights(#[from] crate::weights::WeightsError),

@@ -19,7 +19,7 @@ use flowgym_images::models::scheduler::SchedulerConfig;
 use flowgym_images::models::unet_2d::{UNet2DConfig, UNet2DModel};
 use flowgym_plugin_api::{
     Arguments, Batch, ConstructContext, Constructor, EntryRegistration, Kwargs, ManagedTensor,
-    OutputType, Scheduler,
+    OutputType, ScheduleSpec,
 };
 use tch::{Device, Kind, Tensor};
 
@@ -407,7 +407,7 @@ fn entry_runs_through_the_plugin_contract() {
     let mut model = construct(&json, &ConstructContext::cpu()).unwrap_or_else(|e| panic!("{e}"));
     let tolerance = forward_tolerance(&tiny());
     assert_eq!(model.output_type(), OutputType::Epsilon);
-    let Scheduler::DiscreteDiffusion { alpha_bar } = model.scheduler() else {
+    let ScheduleSpec::DiscreteDiffusion { alpha_bar } = model.schedule() else {
         panic!("not a discrete diffusion");
     };
     assert_eq!(alpha_bar.len(), 1000);

@@ -20,7 +20,7 @@ use flowgym_images::models::vae::AutoencoderKLConfig;
 use flowgym_images::sd::{SdArgs, SdFiles, SdModel, SdVersion, DEFAULT_PROMPTS};
 use flowgym_plugin_api::{
     BaseModel, Batch, Constructor, DType, DataTypeRegistration, Dim, EntryKind, EntryRegistration,
-    KwargValue, Kwargs, ManagedTensor, OutputType, Scheduler,
+    KwargValue, Kwargs, ManagedTensor, OutputType, ScheduleSpec,
 };
 use tch::{Device, Kind, Tensor};
 
@@ -334,7 +334,7 @@ fn guided_and_unguided_predictions_match_diffusers_through_the_entry() {
             });
             let mut model = construct(version.id(), json).unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(model.output_type(), OutputType::Epsilon);
-            let Scheduler::DiscreteDiffusion { alpha_bar } = model.scheduler() else {
+            let ScheduleSpec::DiscreteDiffusion { alpha_bar } = model.schedule() else {
                 panic!("not a discrete diffusion");
             };
             assert_eq!(alpha_bar.len(), 1000);

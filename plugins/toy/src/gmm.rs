@@ -8,7 +8,7 @@
 use flowgym_plugin_api::tch_interop::device_of;
 use flowgym_plugin_api::{
     arguments, register_base_model, BaseModel, Batch, ConstructContext, DType, Dim, Kwargs,
-    LeafSpec, ManagedTensor, OutputType, PluginError, PluginResult, Scheduler,
+    LeafSpec, ManagedTensor, OutputType, PluginError, PluginResult, ScheduleSpec,
 };
 use tch::{Device, Kind, Tensor};
 
@@ -116,8 +116,8 @@ impl BaseModel for GmmFlow {
         OutputType::Velocity
     }
 
-    fn scheduler(&self) -> Scheduler {
-        Scheduler::OptimalTransport
+    fn schedule(&self) -> ScheduleSpec {
+        ScheduleSpec::OptimalTransport
     }
 
     fn sample_p0(&mut self, n: usize, _seed: u64, kwargs: Kwargs) -> PluginResult<(Batch, Kwargs)> {

@@ -2,7 +2,7 @@
 //! (`DDPMScheduler`, `DDIMScheduler`, `PNDMScheduler`, ... all share these keys).
 //!
 //! Only the training schedule is read: the cumulative products `alphas_cumprod` that Flow Gym's
-//! `Scheduler::DiscreteDiffusion` carries. They are computed as diffusers computes them, in
+//! `ScheduleSpec::DiscreteDiffusion` carries. They are computed as diffusers computes them, in
 //! float32 with libtorch's own kernels, so they equal diffusers' values bit for bit.
 
 use std::path::Path;
@@ -148,7 +148,7 @@ impl SchedulerConfig {
     }
 
     /// diffusers' `alphas_cumprod` as float64: `alpha_bar[k]` for `k = 0..num_train_timesteps`,
-    /// index 0 the cleanest. This is the table of `Scheduler::DiscreteDiffusion`.
+    /// index 0 the cleanest. This is the table of `ScheduleSpec::DiscreteDiffusion`.
     pub fn alphas_cumprod(&self) -> Result<Vec<f64>, SchedulerError> {
         let alphas = self.betas()?.neg() + 1.0;
         let cumprod = alphas.cumprod(0, Kind::Float);

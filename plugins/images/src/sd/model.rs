@@ -8,7 +8,7 @@ use abi_stable::std_types::{RString, RVec};
 use flowgym_plugin_api::tch_interop::device_of;
 use flowgym_plugin_api::{
     BaseModel, Batch, ConstructContext, KwargValue, Kwargs, ManagedTensor, OutputType, PluginError,
-    PluginResult, Scheduler,
+    PluginResult, ScheduleSpec,
 };
 use tch::{Device, Kind, Tensor};
 
@@ -164,8 +164,8 @@ impl BaseModel for SdModel {
         OutputType::Epsilon
     }
 
-    fn scheduler(&self) -> Scheduler {
-        Scheduler::DiscreteDiffusion {
+    fn schedule(&self) -> ScheduleSpec {
+        ScheduleSpec::DiscreteDiffusion {
             alpha_bar: RVec::from(self.pipeline.alpha_bar().to_vec()),
         }
     }

@@ -32,7 +32,7 @@ impl SdPipeline {
     /// the weights fit exactly and that the components fit each other.
     pub fn load(id: &'static str, files: &SdFiles, device: Device) -> Result<Self, SdError> {
         let scheduler =
-            SchedulerConfig::from_file(&files.scheduler).map_err(LoadError::Scheduler)?;
+            SchedulerConfig::from_file(&files.scheduler).map_err(LoadError::ScheduleSpec)?;
         if scheduler.prediction_type != "epsilon" {
             let hint = if scheduler.prediction_type == "v_prediction" {
                 "This config predicts the velocity v (as stabilityai/stable-diffusion-2 and \
@@ -48,7 +48,9 @@ impl SdPipeline {
                 hint,
             });
         }
-        let alpha_bar = scheduler.alphas_cumprod().map_err(LoadError::Scheduler)?;
+        let alpha_bar = scheduler
+            .alphas_cumprod()
+            .map_err(LoadError::ScheduleSpec)?;
 
         let unet_config: UNet2DConditionConfig = read_config(&files.unet.config)?;
         let vae_config: AutoencoderKLConfig = read_config(&files.vae.config)?;

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use flowgym_plugin_api::{
     arguments, register_base_model, register_reward, BaseModel, Batch, ConstructContext, DType,
     Dim, Kwargs, LeafSpec, ManagedTensor, NoArguments, OutputType, PluginError, PluginResult,
-    Reward, RewardOutput, Scheduler,
+    Reward, RewardOutput, ScheduleSpec,
 };
 
 fn points() -> Vec<LeafSpec> {
@@ -195,8 +195,8 @@ impl BaseModel for NanModel {
         OutputType::Velocity
     }
 
-    fn scheduler(&self) -> Scheduler {
-        Scheduler::OptimalTransport
+    fn schedule(&self) -> ScheduleSpec {
+        ScheduleSpec::OptimalTransport
     }
 
     fn sample_p0(&mut self, n: usize, seed: u64, kwargs: Kwargs) -> PluginResult<(Batch, Kwargs)> {
