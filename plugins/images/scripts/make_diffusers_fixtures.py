@@ -10,6 +10,12 @@ Run with the reference environment (torch 2.13.0, diffusers 0.42.1, safetensors)
 
     ~/.cache/flowgym/pyref/bin/python plugins/images/scripts/make_diffusers_fixtures.py
 
+(made once with `python3 -m venv ~/.cache/flowgym/pyref` and `~/.cache/flowgym/pyref/bin/pip
+install torch==2.13.0 diffusers==0.42.1 safetensors numpy`: the PyPI torch wheel is the one
+`cargo xtask` takes libtorch from, and `import torch` loads its CUDA dependencies even on CPU).
+The weights come out bit for bit the same on any machine; network outputs may move in the last
+bits with the CPU and thread count.
+
 Outputs (paths relative to `tests/fixtures/diffusers/`):
 
 `cifar-tiny/` -- a `UNet2DModel` with the block types of `google/ddpm-cifar10-32`, saved in that
@@ -21,35 +27,49 @@ repository's flat layout: `config.json`, `diffusion_pytorch_model.safetensors`,
     timesteps  f32 [2]              the step indices k given to the UNet
     eps        f32 [2, 3, 32, 32]   `UNet2DModel(x, timesteps).sample`
 
-`io/cifar_sampling.safetensors` -- the base-model sampling path of the Flow Gym host for a
-discrete-diffusion scheduler (derived in docs/mathematics.md, sections 1 and 6), run with
-`cifar-tiny` on a fixed, stored noise sequence. With `ab = alphas_cumprod` of the scheduler (index 0 the cleanest),
-K = len(ab) - 1 = 999, t0 = 0.02, S = 100 steps, dt = (1 - t0) / S and, for j = 0..S-1:
+`io/cifar_sampling.safetensors` -- the base-model sampling path of the Flow Gym host
+(`flowgym_host::sde::sample`: memoryless SDE, K = 100 steps, t0 = 0.02, one chunk, no control)
+for `cifar-tiny`, as committed, written out from the mathematics of docs/mathematics.md
+(sections 1, 3 and 6, and the endpoint estimate of section 2) rather than from the host's code,
+with the UNet evaluated by diffusers and the random numbers drawn as the host draws them.
 
-    t_j    = t0 + j * (1 - t0) / S
-    k      = floor((1 - t_j) * K + 0.5)            (round half up; no ties occur on this grid)
-    ab'    = K * (ab[k-1] - ab[k]),  ab[-1] = 1
-    alpha  = sqrt(ab[k]),  beta = sqrt(1 - ab[k])
-    alpha' = ab' / (2 alpha),  beta' = -ab' / (2 beta)
-    kappa  = alpha' / alpha,  eta = beta * (kappa * beta - beta'),  s = sqrt(2 eta),  g = s^2/2 + eta
-    b      = -g / beta
-    eps_j  = UNet(x_j, [k, k])                     (the model receives k as a float, not t)
-    x_{j+1} = x_j + (x_j * kappa + eps_j * b) * dt + noise_j * (sqrt(dt) * s)
+    Schedule (section 1). ab = the scheduler's alphas_cumprod (float32, as float64), clipped to
+    [2^-24, 1 - 2^-24]; M = len(ab) - 1 = 999. At time t: m(t) = round((1 - t) M) (half away
+    from zero; no ties occur on this grid), alpha = sqrt(ab[m]), beta = sqrt(1 - ab[m]),
+    ab' = M (ab[m-1] - ab[m]) with ab[-1] = 1, alpha' = ab' / (2 alpha), beta' = -ab' / (2 beta).
 
-    The scalar coefficients are float64; tensors are float32 and the update is evaluated in exactly
-    the order written above. Tensors:
-    x0         f32 [2, 3, 32, 32]       x_0 (a draw of N(0, I))
-    noise      f16 [100, 2, 3, 32, 32]  noise_j; stored in float16 to keep the file small, and
-                                         used as `noise.float()` (the path used those values)
-    t          f64 [101]                t_0 .. t_S (t_S = 1)
-    k          i64 [100]                k(t_j)
-    kappa      f64 [100]                drift coefficient of x
-    b          f64 [100]                drift coefficient of eps (-g / beta)
-    s          f64 [100]                diffusion coefficient (= sigma_m)
-    alpha_bar  f64 [1000]               the scheduler's alphas_cumprod (as float64)
-    eps_steps  i64 [11]                 the steps j whose eps is recorded: 0, 10, ..., 90, 99
-    eps        f32 [11, 2, 3, 32, 32]   eps_j at those steps
-    x_final    f32 [2, 3, 32, 32]       x_S
+    Drift and noise (section 3, memoryless s = sigma_m, epsilon model):
+    kappa = alpha' / alpha, eta = beta (kappa beta - beta'), s = sqrt(2 eta), g = s^2/2 + eta;
+    the drift is kappa x - (g / beta) eps.
+
+    Path (section 6). t_k = t0 + (1 - t0) k / K, dt_k = t_{k+1} - t_k. The host seeds libtorch's
+    generator with the chunk seed c = seed * 0x9E3779B97F4A7C15 mod 2^64 (chunk 0), and the
+    plugin draws y_0 = randn(n, 3, 32, 32) (`sample_p0`). For k = 0 .. K-2:
+        eps_k   = UNet(y_k, [m(t_k)] * n)              (the model receives m as a float)
+        xi_k    = randn_like(y_k)                      (drawn after the forward pass)
+        y_{k+1} = y_k + (y_k kappa - eps_k g / beta) dt_k + xi_k sqrt(dt_k) s
+    and the last step returns the endpoint estimate of the epsilon model (section 2), no noise:
+        x_final = (y_{K-1} - beta eps_{K-1}) / alpha   (at t_{K-1}).
+    torch.manual_seed(c) followed by the same randn calls reproduces the host's draws: the same
+    libtorch (2.13.0, CPU), the same generator, the same sequence of float32 draws (bit for bit
+    where both use the same CPU kernel; libtorch's AVX2 and default normal kernels differ in the
+    last bits). Scalars are float64, tensors float32. The script then runs the same path in
+    float64 (UNet and arithmetic) on the same draws, and records how far float32 rounding
+    moved each state from it: the scale of the rounding error through the depth of the path.
+    Tensors:
+    seed         i64 [1]                  the seed given to the host's `sample`
+    t            f64 [100]                t_0 .. t_{K-1}
+    k            i64 [100]                m(t_k), the model time of each step
+    s            f64 [100]                s(t_k) of each Euler-Maruyama step; 0 for the last
+    alpha_bar    f64 [1000]               the scheduler's alphas_cumprod (as float64)
+    state_steps  i64 [13]                 the steps k whose state y_k is recorded: 0, 1, 10, 20,
+                                          ..., 90, 98, 99 (those of eps_steps and two more)
+    states       f32 [13, 2, 3, 32, 32]   y_k at those steps (y_0 is the plugin's noise draw)
+    eps_steps    i64 [11]                 the steps k whose eps is recorded: 0, 10, ..., 90, 99
+    eps          f32 [11, 2, 3, 32, 32]   eps_k = UNet(y_k, m(t_k)) at those steps
+    x_final      f32 [2, 3, 32, 32]       the endpoint estimate the host returns as final state
+    states_rounding   f64 [13]   max |y_k - y_k(float64)| / max |y_k(float64)| at state_steps
+    x_final_rounding  f64 [1]    the same for x_final
 
 `io/schedules.safetensors` -- `DDPMScheduler(...).alphas_cumprod` (f32 [1000]) for the beta
 schedules `linear` (1e-4, 0.02), `scaled_linear` (0.00085, 0.012) and `squaredcos_cap_v2`, named
@@ -255,7 +275,7 @@ def save_io(name: str, tensors: dict[str, torch.Tensor], metadata: dict[str, str
     save_file({k: v.contiguous() for k, v in tensors.items()}, IO / name, metadata=metadata)
 
 
-def cifar() -> UNet2DModel:
+def cifar() -> None:
     torch.manual_seed(0)
     model = UNet2DModel(**CIFAR_TINY).eval()
     perturb_norms(model)
@@ -269,77 +289,114 @@ def cifar() -> UNet2DModel:
         eps = model(x, timesteps).sample
     save_io("cifar_forward.safetensors", {"x": x, "timesteps": timesteps, "eps": eps})
     print(f"cifar forward: |eps| max {eps.abs().max():.3f}")
-    return model
 
 
-def k_of(t: float, K: int) -> int:
-    v = (1.0 - t) * K
+# The host's derivation of a chunk's seed (host/src/sde/sampler.rs, `chunk_seed`).
+SEED_MULTIPLIER = 0x9E3779B97F4A7C15
+# How far the host keeps a discrete schedule's alpha_bar from 0 and 1.
+ALPHA_BAR_CLIP = 2.0**-24
+
+
+def step_index(t: float, M: int) -> int:
+    """m(t) = round((1 - t) M), half away from zero, clamped to [0, M]."""
+    v = (1.0 - t) * M
     assert abs(v - math.floor(v) - 0.5) > 1e-6, "a rounding tie on the grid"
-    return math.floor(v + 0.5)
+    return min(max(math.floor(v + 0.5), 0), M)
 
 
-def coefficients(ab: list[float], t: float) -> tuple[int, float, float, float]:
-    K = len(ab) - 1
-    k = k_of(t, K)
-    a_bar = ab[k]
-    prev = 1.0 if k == 0 else ab[k - 1]
-    d = K * (prev - a_bar)
-    alpha, beta = math.sqrt(a_bar), math.sqrt(1.0 - a_bar)
-    alpha_d, beta_d = d / (2.0 * alpha), -d / (2.0 * beta)
-    kappa = alpha_d / alpha
-    eta = beta * (kappa * beta - beta_d)
-    s = math.sqrt(2.0 * eta)
-    g = s * s / 2.0 + eta
-    return k, kappa, -g / beta, s
+def discrete_schedule(ab: list[float], t: float) -> tuple[int, float, float, float, float]:
+    """m(t), alpha, beta, alpha', beta' of a discrete schedule (docs/mathematics.md, section 1)."""
+    M = len(ab) - 1
+    m = step_index(t, M)
+    prev = 1.0 if m == 0 else ab[m - 1]
+    ab_dot = M * (prev - ab[m])
+    alpha, beta = math.sqrt(ab[m]), math.sqrt(1.0 - ab[m])
+    return m, alpha, beta, ab_dot / (2.0 * alpha), -ab_dot / (2.0 * beta)
 
 
-def cifar_sampling(model: UNet2DModel) -> None:
-    scheduler = DDPMScheduler(**{k: v for k, v in CIFAR_SCHEDULER_CONFIG.items() if not k.startswith("_")})
-    ab = scheduler.alphas_cumprod.double().tolist()
-    t0, steps, n = 0.02, 100, 2
-    dt = (1.0 - t0) / steps
-    torch.manual_seed(1)
-    x0 = torch.randn(n, 3, 32, 32)
-    noise = torch.randn(steps, n, 3, 32, 32).half()
-    recorded = list(range(0, steps, 10)) + [steps - 1]
-    ts, ks, kappas, bs, ss, eps_rec = [], [], [], [], [], []
-    x = x0.clone()
+def sampling_path(model, ab: list[float], t: list[float], y, draw):
+    """The host's base-model path from `y` = y_0: docs/mathematics.md, sections 3 and 6, with the
+    endpoint estimate as the last step. `draw(y)` gives the step's noise after the forward pass.
+    Returns the states y_0 .. y_{K-1}, the model outputs eps_0 .. eps_{K-1}, and for each step
+    (m, s) with s = 0 for the last step, and the final state."""
+    K, n = len(t) - 1, y.shape[0]
+    states, eps_all, coefficients = [], [], []
     with torch.no_grad():
-        for j in range(steps):
-            t = t0 + j * (1.0 - t0) / steps
-            k, kappa, b, s = coefficients(ab, t)
-            eps = model(x, torch.full((n,), float(k))).sample
-            x = x + (x * kappa + eps * b) * dt + noise[j].float() * (math.sqrt(dt) * s)
-            ts.append(t)
-            ks.append(k)
-            kappas.append(kappa)
-            bs.append(b)
-            ss.append(s)
-            if j in recorded:
-                eps_rec.append(eps)
-    ts.append(t0 + steps * (1.0 - t0) / steps)
+        for k in range(K):
+            dt = t[k + 1] - t[k]
+            m, alpha, beta, alpha_dot, beta_dot = discrete_schedule(ab, t[k])
+            kappa = alpha_dot / alpha
+            eta = beta * (kappa * beta - beta_dot)
+            s = math.sqrt(2.0 * eta)
+            g = s * s / 2.0 + eta
+            eps = model(y, torch.full((n,), float(m), dtype=y.dtype)).sample
+            states.append(y)
+            eps_all.append(eps)
+            if k == K - 1:
+                coefficients.append((m, 0.0))
+                y = (y - beta * eps) / alpha
+            else:
+                coefficients.append((m, s))
+                xi = draw(y)
+                y = y + (y * kappa - eps * (g / beta)) * dt + xi * (math.sqrt(dt) * s)
+    return states, eps_all, coefficients, y
+
+
+def relative_error(a: torch.Tensor, exact: torch.Tensor) -> float:
+    return ((a.double() - exact).abs().max() / exact.abs().max()).item()
+
+
+def cifar_sampling() -> None:
+    folder = OUT / "cifar-tiny"
+    model = UNet2DModel.from_pretrained(folder, low_cpu_mem_usage=False).eval()
+    config = json.loads((folder / "scheduler_config.json").read_text())
+    scheduler = DDPMScheduler(**{k: v for k, v in config.items() if not k.startswith("_")})
+    ab = [min(max(a, ALPHA_BAR_CLIP), 1.0 - ALPHA_BAR_CLIP) for a in scheduler.alphas_cumprod.double().tolist()]
+    t0, K, n, seed = 0.02, 100, 2, 7
+    t = [t0 + (1.0 - t0) * k / K for k in range(K + 1)]
+    eps_steps = list(range(0, K, 10)) + [K - 1]
+    state_steps = sorted(set(eps_steps) | {1, K - 2})
+
+    # float32, with the host's random numbers.
+    torch.manual_seed((seed * SEED_MULTIPLIER) % 2**64)
+    y0 = torch.randn(n, 3, 32, 32)
+    noise = []
+
+    def draw(y):
+        noise.append(torch.randn_like(y))
+        return noise[-1]
+
+    states, eps, coefficients, x_final = sampling_path(model, ab, t, y0, draw)
+
+    # The same path in float64 from the same draws: what float32 rounding did to each state.
+    replay = iter(noise)
+    states64, _, _, x_final64 = sampling_path(model.double(), ab, t, y0.double(), lambda y: next(replay).double())
+    rounding = [relative_error(states[k], states64[k]) for k in state_steps]
+    final_rounding = relative_error(x_final, x_final64)
+
     save_io(
         "cifar_sampling.safetensors",
         {
-            "x0": x0,
-            "noise": noise,
-            "t": torch.tensor(ts, dtype=torch.float64),
-            "k": torch.tensor(ks, dtype=torch.int64),
-            "kappa": torch.tensor(kappas, dtype=torch.float64),
-            "b": torch.tensor(bs, dtype=torch.float64),
-            "s": torch.tensor(ss, dtype=torch.float64),
+            "seed": torch.tensor([seed], dtype=torch.int64),
+            "t": torch.tensor(t[:K], dtype=torch.float64),
+            "k": torch.tensor([m for m, _ in coefficients], dtype=torch.int64),
+            "s": torch.tensor([s for _, s in coefficients], dtype=torch.float64),
             "alpha_bar": torch.tensor(ab, dtype=torch.float64),
-            "eps_steps": torch.tensor(recorded, dtype=torch.int64),
-            "eps": torch.stack(eps_rec),
-            "x_final": x,
+            "state_steps": torch.tensor(state_steps, dtype=torch.int64),
+            "states": torch.stack([states[k] for k in state_steps]),
+            "states_rounding": torch.tensor(rounding, dtype=torch.float64),
+            "eps_steps": torch.tensor(eps_steps, dtype=torch.int64),
+            "eps": torch.stack([eps[k] for k in eps_steps]),
+            "x_final": x_final,
+            "x_final_rounding": torch.tensor([final_rounding], dtype=torch.float64),
         },
-        metadata={
-            "t0": str(t0),
-            "steps": str(steps),
-            "update": "x += (x * kappa + eps * b) * dt + noise.float() * (sqrt(dt) * s)",
-        },
+        # One key: safetensors writes several in no fixed order.
+        metadata={"sampler": f"memoryless, steps {K}, t0 {t0}"},
     )
-    print(f"cifar sampling: k {ks[0]}..{ks[-1]}, |x_final| max {x.abs().max():.3f}")
+    print(
+        f"cifar sampling: m {coefficients[0][0]}..{coefficients[-1][0]}, |x_final| max {x_final.abs().max():.3f}, "
+        f"float32 rounding of the states up to {max(rounding):.2e}, of x_final {final_rounding:.2e}"
+    )
 
 
 def schedules() -> None:
@@ -412,8 +469,8 @@ def published() -> None:
 
 def main() -> None:
     torch.set_num_threads(1)
-    model = cifar()
-    cifar_sampling(model)
+    cifar()
+    cifar_sampling()
     schedules()
     sd_unet("sd2-unet-tiny", SD2_TINY, seed=2)
     sd_unet("sd15-unet-tiny", SD15_TINY, seed=3)

@@ -1,25 +1,32 @@
 //! `images/cifar` against diffusers: the tiny `UNet2DModel` of
 //! `tests/fixtures/diffusers/cifar-tiny` (same block types as `google/ddpm-cifar10-32`, random
 //! weights) and the fixtures `scripts/make_diffusers_fixtures.py` wrote with diffusers 0.42.1 /
-//! torch 2.13.0.
+//! torch 2.13.0; and the host's sampler driving the plugin, against the sampling path the script
+//! computes from docs/mathematics.md.
 
 mod common;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::{Mutex, PoisonError};
 
 use common::{
     copy_dir, fixture, get, max_abs, max_abs_diff, phantom_weights, published, read_tensors,
     rounding_tolerance, unet_2d_depth, unet_terms, with_legacy_attention_names, write_tensors,
-    TempDir,
+    TempDir, F32_UNIT_ROUNDOFF,
 };
+use flowgym_host::model::Model;
+use flowgym_host::sde::{
+    never_stop, sample, Diffusion, Interpolant, SampleRequest, SamplerOptions,
+};
+use flowgym_host::state::State;
 use flowgym_images::cifar::{CifarArgs, CifarFiles, CifarModel};
 use flowgym_images::hub::{HubCache, LoadError};
 use flowgym_images::models::scheduler::SchedulerConfig;
 use flowgym_images::models::unet_2d::{UNet2DConfig, UNet2DModel};
 use flowgym_plugin_api::{
-    Arguments, Batch, ConstructContext, Constructor, EntryRegistration, Kwargs, ManagedTensor,
-    OutputType, ScheduleSpec,
+    Arguments, BaseModel, BaseModelAdapter, Batch, ConstructContext, Constructor,
+    EntryRegistration, Kwargs, ManagedTensor, OutputType, ScheduleSpec,
 };
 use tch::{Device, Kind, Tensor};
 
@@ -306,90 +313,160 @@ fn other_unet_shapes_are_refused() {
     assert!(err.contains("256"), "{err}");
 }
 
-/// The coefficients of the host's Euler-Maruyama step on the memoryless SDE at time `t` for an
-/// epsilon model on `alpha_bar[0..=K]` (DESIGN.md): `(k, kappa, b, s)` with drift
-/// `kappa x + b eps` and diffusion `s`.
-fn coefficients(ab: &[f64], t: f64) -> (usize, f64, f64, f64) {
-    let big_k = (ab.len() - 1) as f64;
-    let k = ((1.0 - t) * big_k + 0.5).floor() as usize;
-    let a_bar = ab[k];
-    let prev = if k == 0 { 1.0 } else { ab[k - 1] };
-    let d = big_k * (prev - a_bar);
-    let (alpha, beta) = (a_bar.sqrt(), (1.0 - a_bar).sqrt());
-    let (alpha_d, beta_d) = (d / (2.0 * alpha), -d / (2.0 * beta));
-    let kappa = alpha_d / alpha;
-    let eta = beta * (kappa * beta - beta_d);
-    let s = (2.0 * eta).sqrt();
-    let g = s * s / 2.0 + eta;
-    (k, kappa, -g / beta, s)
+/// libtorch's random number generator is one per process: the tests that draw from it take
+/// turns, so that the sampling test sees exactly the draws its seed gives.
+static GENERATOR: Mutex<()> = Mutex::new(());
+
+/// The `images/cifar` registration.
+fn registration() -> &'static EntryRegistration {
+    flowgym_plugin_api::inventory::iter::<EntryRegistration>
+        .into_iter()
+        .find(|r| (r.meta)().id.as_str() == "images/cifar")
+        .expect("images/cifar is registered")
 }
 
+/// `images/cifar` on the tiny weights, constructed through its registration as the host does.
+fn construct_tiny() -> Box<dyn BaseModel> {
+    let Constructor::BaseModel(construct) = registration().constructor else {
+        panic!("images/cifar is not a base model");
+    };
+    let json = serde_json::json!({ "weights": tiny_dir() }).to_string();
+    construct(&json, &ConstructContext::cpu()).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The single floating leaf `x` of a host state.
+fn leaf(state: &State) -> &Tensor {
+    state.floating().next().expect("a floating leaf")
+}
+
+/// How far libtorch's normal draws may differ from the reference's: the same generator gives
+/// the same uniforms, which libtorch's AVX2 kernel and its default one turn into normals through
+/// float32 logarithms, square roots, sines and products a few units in the last place apart
+/// (bit for bit the same on one kernel; 3.7e-7 of the largest draw apart across the two):
+/// 16 u of the largest draw.
+const DRAW_TOLERANCE: f64 = 16.0 * F32_UNIT_ROUNDOFF;
+
+/// The host's own sampler (`flowgym_host::sde::sample`: memoryless SDE, 100 steps from
+/// t0 = 0.02, the endpoint estimate as the last step) on the plugin, against the path
+/// `make_diffusers_fixtures.py` computes from docs/mathematics.md with diffusers' UNet and
+/// the same libtorch random numbers (the seed is the fixture's).
+///
+/// Tolerances, relative to the largest reference value compared with:
+/// - the noise `y_0`: [`DRAW_TOLERANCE`];
+/// - `eps` at the reference's states: the forward tolerance of [`forward_matches_diffusers`];
+/// - the states `y_k` and `x_final`: `4 R + DRAW_TOLERANCE`, with `R` the float32 rounding
+///   error of the reference at that point of the path, measured by the script against the same
+///   path in float64. The host's path is another float32 evaluation of the same operations, so
+///   it lies about `R` from the exact path too, and the two at most `2 R` apart; twice that
+///   allows the host's UNet (other kernels, blocking, threads) a rounding error twice the
+///   reference's. `R` grows from 7e-8 after one step to 7e-7 at the end; the draws' rounding
+///   may shift every state as it shifts `y_0`. Mistakes move `x_final` by far more (measured
+///   on the script's path): an Euler-Maruyama step in place of the endpoint estimate by 4e-4
+///   to 5e-4, the model's step index off by one by 1.6e-3, a 1% error in `s` by 7.6e-3.
 #[test]
 fn base_sampling_path_matches_diffusers() {
-    let model = tiny();
+    let _generator = GENERATOR.lock().unwrap_or_else(PoisonError::into_inner);
     let f = read_tensors(&fixture("io/cifar_sampling.safetensors"));
-    let ab = model.alpha_bar();
-    assert_eq!(
-        ab,
-        Vec::<f64>::try_from(get(&f, "alpha_bar"))
-            .unwrap()
-            .as_slice()
-    );
-    let (t0, steps) = (0.02, 100usize);
-    let dt = (1.0 - t0) / steps as f64;
+    let adapter = BaseModelAdapter::new("images/cifar", construct_tiny());
+    let mut model = Model::new("images/cifar", "images", adapter.into_box()).unwrap();
+    let Interpolant::Discrete { alpha_bar } = &model.interpolant else {
+        panic!("not a discrete schedule: {:?}", model.interpolant);
+    };
+    let ab_ref = Vec::<f64>::try_from(get(&f, "alpha_bar")).unwrap();
+    assert_eq!(alpha_bar, &ab_ref);
+
+    let x_ref = get(&f, "x_final");
+    let options = SamplerOptions {
+        steps: 100,
+        t0: 0.02,
+        diffusion: Diffusion::Memoryless,
+        chunk_size: 0,
+    };
+    let request = SampleRequest {
+        n: x_ref.size()[0] as usize,
+        seed: get(&f, "seed").int64_value(&[0]) as u64,
+        control: None,
+        record: true,
+        device: Device::Cpu,
+        stop_after_step: &never_stop,
+    };
+    let trajectory = sample(&mut model, None, &options, &request).unwrap();
+
+    // The grid, the model's times and the diffusion coefficient, in float64.
     let t_ref = Vec::<f64>::try_from(get(&f, "t")).unwrap();
     let k_ref = Vec::<i64>::try_from(get(&f, "k")).unwrap();
-    let kappa_ref = Vec::<f64>::try_from(get(&f, "kappa")).unwrap();
-    let b_ref = Vec::<f64>::try_from(get(&f, "b")).unwrap();
     let s_ref = Vec::<f64>::try_from(get(&f, "s")).unwrap();
-    let recorded = Vec::<i64>::try_from(get(&f, "eps_steps")).unwrap();
-    let eps_ref = get(&f, "eps");
-    let noise = get(&f, "noise");
-
-    let mut x = get(&f, "x0").copy();
-    let mut worst_eps: f64 = 0.0;
-    for j in 0..steps {
-        let t = t0 + j as f64 * (1.0 - t0) / steps as f64;
-        assert_eq!(t, t_ref[j], "t_{j}");
-        let (k, kappa, b, s) = coefficients(ab, t);
-        assert_eq!(k as i64, k_ref[j], "k at step {j}");
-        for (name, ours, theirs) in [
-            ("kappa", kappa, kappa_ref[j]),
-            ("b", b, b_ref[j]),
-            ("s", s, s_ref[j]),
-        ] {
-            assert!(
-                (ours - theirs).abs() <= 1e-12 * theirs.abs(),
-                "{name} at step {j}: {ours} vs {theirs}"
-            );
-        }
-        let ks = Tensor::from_slice(&[k as f32, k as f32]);
-        let eps = model.predict(&x, &ks).unwrap();
-        if let Some(index) = recorded.iter().position(|&r| r == j as i64) {
-            let reference = eps_ref.get(index as i64);
-            let error = max_abs_diff(&eps, &reference) / max_abs(&reference).max(1.0);
-            worst_eps = worst_eps.max(error);
-            assert!(error < 1e-3, "eps at step {j}: relative error {error:.3e}");
-        }
-        x = &x
-            + (&x * kappa + &eps * b) * dt
-            + noise.get(j as i64).to_kind(Kind::Float) * (dt.sqrt() * s);
+    assert_eq!(trajectory.times, t_ref);
+    for (j, (&t, &k)) in t_ref.iter().zip(&k_ref).enumerate() {
+        assert_eq!(
+            model.interpolant.model_time(t),
+            k as f64,
+            "model time at step {j}"
+        );
     }
-    let x_ref = get(&f, "x_final");
-    let error = max_abs_diff(&x, x_ref) / max_abs(x_ref);
-    eprintln!("cifar sampling: eps max rel error {worst_eps:.3e}, x_final max rel error {error:.3e} (|x_final| up to {:.0})", max_abs(x_ref));
-    // Measured: eps 5.4e-7, x_final 4.3e-7, relative to max |reference| (|x_final| up to 774:
-    // the random UNet is no denoiser, so the drift's `kappa x` term expands x ~150-fold).
-    assert!(error < 1e-3, "x_final: relative error {error:.3e}");
+    assert_eq!(trajectory.diffusion.len(), s_ref.len());
+    for (j, (ours, theirs)) in trajectory.diffusion.iter().zip(&s_ref).enumerate() {
+        assert!(
+            (ours - theirs).abs() <= 1e-12 * theirs.abs(),
+            "s at step {j}: {ours} vs {theirs}"
+        );
+    }
+
+    // The network along the reference's path, called by the host at the model's times.
+    let state_steps = Vec::<i64>::try_from(get(&f, "state_steps")).unwrap();
+    let states_ref = get(&f, "states");
+    let eps_steps = Vec::<i64>::try_from(get(&f, "eps_steps")).unwrap();
+    let eps_ref = get(&f, "eps");
+    let forward_io = read_tensors(&fixture("io/cifar_forward.safetensors"));
+    let forward_relative = forward_tolerance(&tiny()) / max_abs(get(&forward_io, "eps"));
+    let mut worst_eps: f64 = 0.0;
+    for (i, &j) in eps_steps.iter().enumerate() {
+        let index = state_steps.iter().position(|&s| s == j).unwrap() as i64;
+        let y = State::new("images", vec![("x".into(), states_ref.get(index))]);
+        let eps = model
+            .forward(&y, t_ref[j as usize], &trajectory.kwargs)
+            .unwrap();
+        let reference = eps_ref.get(i as i64);
+        let error = max_abs_diff(leaf(&eps), &reference) / max_abs(&reference);
+        worst_eps = worst_eps.max(error);
+        assert!(
+            error < forward_relative,
+            "eps at step {j}: relative error {error:.3e} (tolerance {forward_relative:.3e})"
+        );
+    }
+
+    // The noise, the states and the final samples.
+    assert_eq!(trajectory.states.len(), options.steps);
+    let rounding = Vec::<f64>::try_from(get(&f, "states_rounding")).unwrap();
+    let mut report = Vec::new();
+    for (i, &j) in state_steps.iter().enumerate() {
+        let reference = states_ref.get(i as i64);
+        let error =
+            max_abs_diff(leaf(&trajectory.states[j as usize]), &reference) / max_abs(&reference);
+        let tolerance = 4.0 * rounding[i] + DRAW_TOLERANCE;
+        report.push(format!("y_{j} {error:.1e} ({tolerance:.1e})"));
+        assert!(
+            error <= tolerance,
+            "y_{j}: relative error {error:.3e} (tolerance {tolerance:.3e})"
+        );
+    }
+    let error = max_abs_diff(leaf(&trajectory.final_state), x_ref) / max_abs(x_ref);
+    let tolerance = 4.0 * get(&f, "x_final_rounding").double_value(&[0]) + DRAW_TOLERANCE;
+    eprintln!(
+        "cifar sampling through the host: eps max rel error {worst_eps:.3e} (tolerance {forward_relative:.3e}); states (tolerance) {}; x_final max rel error {error:.3e} (tolerance {tolerance:.3e}, |x_final| up to {:.0})",
+        report.join(", "),
+        max_abs(x_ref)
+    );
+    assert!(
+        error <= tolerance,
+        "x_final: relative error {error:.3e} (tolerance {tolerance:.3e})"
+    );
 }
 
 #[test]
 fn entry_runs_through_the_plugin_contract() {
-    let registration = flowgym_plugin_api::inventory::iter::<EntryRegistration>
-        .into_iter()
-        .find(|r| (r.meta)().id.as_str() == "images/cifar")
-        .expect("images/cifar is registered");
-    let meta = (registration.meta)();
+    let _generator = GENERATOR.lock().unwrap_or_else(PoisonError::into_inner);
+    let meta = (registration().meta)();
     assert_eq!(meta.data_type.name.as_str(), "images");
     assert_eq!(meta.leaves.len(), 1);
     assert_eq!(meta.leaves[0].name.as_str(), "x");
@@ -400,11 +477,7 @@ fn entry_runs_through_the_plugin_contract() {
         "google/ddpm-cifar10-32"
     );
 
-    let Constructor::BaseModel(construct) = registration.constructor else {
-        panic!("images/cifar is not a base model");
-    };
-    let json = serde_json::json!({ "weights": tiny_dir() }).to_string();
-    let mut model = construct(&json, &ConstructContext::cpu()).unwrap_or_else(|e| panic!("{e}"));
+    let mut model = construct_tiny();
     let tolerance = forward_tolerance(&tiny());
     assert_eq!(model.output_type(), OutputType::Epsilon);
     let ScheduleSpec::DiscreteDiffusion { alpha_bar } = model.schedule() else {
