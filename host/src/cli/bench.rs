@@ -142,40 +142,7 @@ fn quality(registry: &crate::plugins::Registry, args: &QualityArgs) -> Result<Ex
             }
         }
     }
-    println!(
-        "Value Matching quality, default configuration ({} iterations, batch {}, {} steps, lr {}):",
-        config.iterations, config.batch_size, config.steps, config.lr
-    );
-    println!(
-        "{:<28} {:>3} {:>4} {:>8} {:>8} {:>8} {:>7} {:>8} {:>8} {:>8} {:>6}",
-        "problem",
-        "d",
-        "lam",
-        "base",
-        "adapted",
-        "optimum",
-        "norm.",
-        "dist.0",
-        "dist",
-        "floor",
-        "ratio"
-    );
-    for f in &rows {
-        println!(
-            "{:<28} {:>3} {:>4} {:>8.4} {:>8.4} {:>8.4} {:>7.3} {:>8.4} {:>8.4} {:>8.4} {:>6.2}",
-            f.problem,
-            f.dimension,
-            f.reward_scale,
-            f.base_reward,
-            f.adapted_reward,
-            f.optimum_reward,
-            f.normalised_improvement,
-            f.distance_before,
-            f.distance_after,
-            f.noise_floor,
-            f.distance_ratio
-        );
-    }
+    print_quality_table(&config, &rows);
     let csv = out.join("quality.csv");
     let mut writer = csv::Writer::from_writer(Vec::new());
     for f in &rows {
@@ -195,6 +162,43 @@ fn quality(registry: &crate::plugins::Registry, args: &QualityArgs) -> Result<Ex
     } else {
         ExitCode::FAILURE
     })
+}
+
+fn print_quality_table(config: &RunConfig, rows: &[bench::QualityFigures]) {
+    println!(
+        "Value Matching quality, default configuration ({} iterations, batch {}, {} steps, lr {}):",
+        config.iterations, config.batch_size, config.steps, config.lr
+    );
+    println!(
+        "{:<28} {:>3} {:>4} {:>8} {:>8} {:>8} {:>7} {:>8} {:>8} {:>8} {:>6}",
+        "problem",
+        "d",
+        "lam",
+        "base",
+        "adapted",
+        "optimum",
+        "norm.",
+        "dist.0",
+        "dist",
+        "floor",
+        "ratio"
+    );
+    for f in rows {
+        println!(
+            "{:<28} {:>3} {:>4} {:>8.4} {:>8.4} {:>8.4} {:>7.3} {:>8.4} {:>8.4} {:>8.4} {:>6.2}",
+            f.problem,
+            f.dimension,
+            f.reward_scale,
+            f.base_reward,
+            f.adapted_reward,
+            f.optimum_reward,
+            f.normalised_improvement,
+            f.distance_before,
+            f.distance_after,
+            f.noise_floor,
+            f.distance_ratio
+        );
+    }
 }
 
 fn set_threads(threads: usize) {

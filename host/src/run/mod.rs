@@ -111,6 +111,50 @@ pub fn sampler_options(config: &RunConfig) -> SamplerOptions {
     }
 }
 
+/// The configuration and directory a run starts from, validated once, and whether it resumes.
+fn resolve(start: Start) -> Result<(RunConfig, RunDir, bool)> {
+    match start {
+        Start::New { config, dir } => {
+            if dir.join(dir::CONFIG).exists() {
+                bail!(
+                    "{} already holds a run; continue it with --resume {0}, or choose another --out",
+                    dir.display()
+                );
+            }
+            config.validate()?;
+            Ok((*config, RunDir::at(&dir), false))
+        }
+        Start::Resume { dir, iterations } => {
+            let dir = RunDir::open(&dir)?;
+            let mut config = dir.read_config()?;
+            if let Some(iterations) = iterations {
+                config.iterations = iterations;
+            }
+            config.validate()?;
+            Ok((config, dir, true))
+        }
+    }
+}
+
+/// The trainer's settings from a run configuration.
+fn trainer_settings(config: &RunConfig, device: Device) -> VmSettings {
+    VmSettings {
+        reward_scale: config.reward_scale,
+        lr: config.lr,
+        grad_clip: config.grad_clip,
+        batch_size: config.batch_size,
+        train_chunk: config.train_chunk,
+        sampler: sampler_options(config),
+        seed: config.seed,
+        device,
+        iterations: config.iterations,
+        lr_schedule: config.lr_schedule,
+        fit_steps: config.fit_steps,
+        martingale_target: config.martingale_target,
+        value_loss: config.value_loss,
+    }
+}
+
 /// Samples for the figures when the configuration leaves it to the data: 16 images, or
 /// 10,000 points of flat data.
 fn default_eval_samples(example: &crate::state::State) -> usize {
@@ -126,27 +170,7 @@ impl Run {
     /// reward, builds the value network and restores the latest checkpoint.
     pub fn open(registry: &crate::plugins::Registry, start: Start) -> Result<Self> {
         let started = Instant::now();
-        let (config, dir, resume) = match start {
-            Start::New { config, dir } => {
-                if dir.join(dir::CONFIG).exists() {
-                    bail!(
-                        "{} already holds a run; continue it with --resume {0}, or choose another --out",
-                        dir.display()
-                    );
-                }
-                config.validate()?;
-                (*config, RunDir::at(&dir), false)
-            }
-            Start::Resume { dir, iterations } => {
-                let dir = RunDir::open(&dir)?;
-                let mut config = dir.read_config()?;
-                if let Some(iterations) = iterations {
-                    config.iterations = iterations;
-                }
-                config.validate()?;
-                (config, dir, true)
-            }
-        };
+        let (config, dir, resume) = resolve(start)?;
         check_pair(registry, &config.model, &config.reward)?;
         let device = parse_device(&config.device)?;
         if config.threads > 0 {
@@ -168,22 +192,7 @@ impl Run {
             0 => default_eval_samples(&example),
             n => n,
         };
-        let settings = VmSettings {
-            reward_scale: config.reward_scale,
-            lr: config.lr,
-            grad_clip: config.grad_clip,
-            batch_size: config.batch_size,
-            train_chunk: config.train_chunk,
-            sampler: sampler_options(&config),
-            seed: config.seed,
-            device,
-            iterations: config.iterations,
-            lr_schedule: config.lr_schedule,
-            fit_steps: config.fit_steps,
-            martingale_target: config.martingale_target,
-            value_loss: config.value_loss,
-        };
-        let mut trainer = ValueMatching::new(network, settings);
+        let mut trainer = ValueMatching::new(network, trainer_settings(&config, device));
         // The configuration is written once it has been checked against the plugins, so a
         // run that cannot start leaves no directory that looks like a run.
         dir.create()?;

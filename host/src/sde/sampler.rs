@@ -173,6 +173,40 @@ pub fn sample(
     concatenate(parts)
 }
 
+/// What a chunk's steps record, one entry per step.
+struct StepLog {
+    states: Vec<State>,
+    costs: Vec<Tensor>,
+    martingale: Vec<Tensor>,
+    diffusion: Vec<f64>,
+    model_ok: Vec<Tensor>,
+    control_ok: Vec<Tensor>,
+    zeros: Tensor,
+}
+
+impl StepLog {
+    fn new(steps: usize, n: usize, device: Device) -> Self {
+        Self {
+            states: Vec::with_capacity(steps),
+            costs: Vec::with_capacity(steps),
+            martingale: Vec::with_capacity(steps),
+            diffusion: Vec::with_capacity(steps),
+            model_ok: Vec::with_capacity(steps),
+            control_ok: Vec::with_capacity(steps),
+            zeros: Tensor::zeros([n as i64], (Kind::Float, device)),
+        }
+    }
+}
+
+/// The control `u = -s grad V = -s lambda grad value` at `x` and time `t` (`[n]` times).
+fn control_at(steering: Control<'_>, x: &State, t: &Tensor, s: f64) -> State {
+    let grads = tch::with_grad(|| value_gradient(steering.value, x, t));
+    let mut grads = grads.into_iter();
+    x.map_floating(|_| {
+        grads.next().expect("one gradient per floating leaf") * (-s * steering.scale)
+    })
+}
+
 fn sample_chunk(
     model: &mut Model,
     reward: Option<&mut Reward>,
@@ -180,87 +214,31 @@ fn sample_chunk(
     request: &SampleRequest<'_>,
 ) -> Result<Trajectory> {
     let _no_grad = tch::no_grad_guard();
-    let SampleRequest {
-        n,
-        seed,
-        control: steering,
-        record,
-        device,
-        stop_after_step,
-    } = *request;
-    tch::manual_seed(seed as i64);
+    let (n, device) = (request.n, request.device);
+    tch::manual_seed(request.seed as i64);
     let grid = time_grid(options.steps, options.t0);
-    let (x0, kwargs) = model.sample_p0(n, seed)?;
+    let (x0, kwargs) = model.sample_p0(n, request.seed)?;
     let mut x = x0.to_device(device);
     let kwargs = model.preprocess(&x, &kwargs.to_device(device))?;
-    let mut states = Vec::with_capacity(if record { options.steps } else { 0 });
-    let mut costs = Vec::with_capacity(options.steps);
-    let mut martingale = Vec::with_capacity(options.steps);
-    let mut model_ok = Vec::with_capacity(options.steps);
-    let mut control_ok = Vec::with_capacity(options.steps);
-    let mut diffusion = Vec::with_capacity(options.steps);
-    let last = options.steps - 1;
+    let mut log = StepLog::new(options.steps, n, device);
     for k in 0..options.steps {
         let (t, dt) = (grid[k], grid[k + 1] - grid[k]);
-        let c = sde_coefficients(&model.interpolant, options.diffusion, model.output_type, t);
         let f = model.forward(&x, t, &kwargs)?;
-        model_ok.push(f.all_finite());
-        if k == last {
-            // The last step returns the model's estimate of the endpoint instead of an
-            // Euler-Maruyama step: its noise would stay in the samples (docs/mathematics.md,
-            // section 6). No control acts on it, so it costs nothing.
-            let e = endpoint_coefficients(model.output_type, &c.interpolant);
-            let endpoint = x.zip_floating(&f, |x, f| x * e.x + f * e.f);
-            diffusion.push(0.0);
-            costs.push(Tensor::zeros([n as i64], (Kind::Float, device)));
-            martingale.push(Tensor::zeros([n as i64], (Kind::Float, device)));
-            if record {
-                states.push(x);
-            }
-            x = endpoint;
-            if stop_after_step(k) {
-                return Err(Interrupted.into());
-            }
-            break;
-        }
-        diffusion.push(c.s);
-        let mut drift = x.zip_floating(&f, |x, f| x * c.drift.a + f * c.drift.b);
-        let mut control = None;
-        match steering {
-            Some(steering) => {
-                let t_vec = Tensor::full([n as i64], t, (Kind::Float, device));
-                let grads = tch::with_grad(|| value_gradient(steering.value, &x, &t_vec));
-                let mut grads = grads.into_iter();
-                // u = -s grad V = -s lambda grad value; the drift gains s u.
-                let u = x.map_floating(|_| {
-                    grads.next().expect("one gradient per floating leaf") * (-c.s * steering.scale)
-                });
-                control_ok.push(u.all_finite());
-                costs.push(u.per_sample_sum(|u| u.square() * 0.5));
-                drift = drift.zip_floating(&u, |d, u| d + u * c.s);
-                control = Some(u);
-            }
-            None => costs.push(Tensor::zeros([n as i64], (Kind::Float, device))),
-        }
-        let noise = x.map_floating(Tensor::randn_like);
-        if let (true, Some(u)) = (record, control.take()) {
-            let products = u.zip_floating(&noise, |u, e| u * e);
-            martingale.push(products.per_sample_sum(Tensor::shallow_clone) * dt.sqrt());
+        log.model_ok.push(f.all_finite());
+        let next = if k + 1 == options.steps {
+            endpoint_step(model, options, t, &x, &f, &mut log)
         } else {
-            martingale.push(Tensor::zeros([n as i64], (Kind::Float, device)));
-        }
-        let next = x
-            .zip_floating(&drift, |x, d| x + d * dt)
-            .zip_floating(&noise, |y, e| y + e * (dt.sqrt() * c.s));
-        if record {
-            states.push(x);
+            euler_maruyama_step(model, options, request, (t, dt), &x, &f, &mut log)
+        };
+        if request.record {
+            log.states.push(x);
         }
         x = next;
-        if stop_after_step(k) {
+        if (request.stop_after_step)(k) {
             return Err(Interrupted.into());
         }
     }
-    check_finite(model, &grid, &model_ok, &control_ok)?;
+    check_finite(model, &grid, &log.model_ok, &log.control_ok)?;
     let sample = model.postprocess(&x, &kwargs)?;
     let scores = match reward {
         Some(reward) => reward.score(&sample, &x, &kwargs, device)?,
@@ -269,15 +247,73 @@ fn sample_chunk(
     Ok(Trajectory {
         times: grid[..options.steps].to_vec(),
         dts: grid.windows(2).map(|w| w[1] - w[0]).collect(),
-        diffusion,
-        states,
-        running_cost: Tensor::stack(&costs, 0),
-        martingale: Tensor::stack(&martingale, 0),
+        diffusion: log.diffusion,
+        states: log.states,
+        running_cost: Tensor::stack(&log.costs, 0),
+        martingale: Tensor::stack(&log.martingale, 0),
         final_state: x,
         sample,
         kwargs,
         scores,
     })
+}
+
+/// The last step returns the model's estimate of the endpoint instead of an Euler-Maruyama
+/// step, whose noise would stay in the samples (docs/mathematics.md, section 6). No control
+/// acts on it, so it costs nothing.
+fn endpoint_step(
+    model: &Model,
+    options: &SamplerOptions,
+    t: f64,
+    x: &State,
+    f: &State,
+    log: &mut StepLog,
+) -> State {
+    let c = sde_coefficients(&model.interpolant, options.diffusion, model.output_type, t);
+    let e = endpoint_coefficients(model.output_type, &c.interpolant);
+    log.diffusion.push(0.0);
+    log.costs.push(log.zeros.shallow_clone());
+    log.martingale.push(log.zeros.shallow_clone());
+    x.zip_floating(f, |x, f| x * e.x + f * e.f)
+}
+
+/// `x + dt (a x + b f + s u) + sqrt(dt) s noise`, recording the control's cost and, for
+/// recorded trajectories, its stochastic integral.
+fn euler_maruyama_step(
+    model: &Model,
+    options: &SamplerOptions,
+    request: &SampleRequest<'_>,
+    (t, dt): (f64, f64),
+    x: &State,
+    f: &State,
+    log: &mut StepLog,
+) -> State {
+    let c = sde_coefficients(&model.interpolant, options.diffusion, model.output_type, t);
+    log.diffusion.push(c.s);
+    let mut drift = x.zip_floating(f, |x, f| x * c.drift.a + f * c.drift.b);
+    let control = request.control.map(|steering| {
+        let times = Tensor::full([request.n as i64], t, (Kind::Float, request.device));
+        control_at(steering, x, &times, c.s)
+    });
+    match &control {
+        Some(u) => {
+            log.control_ok.push(u.all_finite());
+            log.costs.push(u.per_sample_sum(|u| u.square() * 0.5));
+            drift = drift.zip_floating(u, |d, u| d + u * c.s);
+        }
+        None => log.costs.push(log.zeros.shallow_clone()),
+    }
+    let noise = x.map_floating(Tensor::randn_like);
+    match (&control, request.record) {
+        (Some(u), true) => {
+            let products = u.zip_floating(&noise, |u, e| u * e);
+            log.martingale
+                .push(products.per_sample_sum(Tensor::shallow_clone) * dt.sqrt());
+        }
+        _ => log.martingale.push(log.zeros.shallow_clone()),
+    }
+    x.zip_floating(&drift, |x, d| x + d * dt)
+        .zip_floating(&noise, |y, e| y + e * (dt.sqrt() * c.s))
 }
 
 /// Refuses a constant diffusion level that the Euler-Maruyama steps cannot follow. With a

@@ -212,33 +212,18 @@ impl ValueMatching {
                 .lr_schedule
                 .at(self.settings.lr, iteration, self.settings.iterations);
         let share = total.div_ceil(parts);
+        let batch = FitBatch {
+            states: &states,
+            times: &times,
+            targets: &targets,
+            weights: &weights,
+            mask: &mask,
+            chunk,
+        };
         let (mut loss_sum, mut grad_norm) = (0.0, 0.0);
         for first in (0..total).step_by(share) {
-            let indices = order.narrow(0, first as i64, (share.min(total - first)) as i64);
-            let pick = |t: &Tensor| t.index_select(0, &indices);
-            let part_mask = pick(&mask);
-            let denominator = part_mask.sum(Kind::Float).double_value(&[]).max(1.0);
-            self.adam.zero_grad();
-            let mut loss = Tensor::zeros([], (Kind::Float, device));
-            let len = indices.size()[0];
-            for start in (0..len).step_by(chunk) {
-                let size = chunk.min((len - start) as usize) as i64;
-                let rows = indices.narrow(0, start, size);
-                let x = states.index_select(&rows);
-                let prediction = self.value.forward(&x, &times.index_select(0, &rows));
-                let per_point = self.settings.value_loss.per_point(
-                    &prediction,
-                    &targets.index_select(0, &rows),
-                    lambda,
-                );
-                let part =
-                    (per_point * weights.index_select(0, &rows) * mask.index_select(0, &rows))
-                        .sum(Kind::Float)
-                        / denominator;
-                part.backward();
-                loss += part.detach();
-            }
-            let loss = loss.double_value(&[]);
+            let indices = order.narrow(0, first as i64, share.min(total - first) as i64);
+            let loss = self.loss_and_gradient(&batch, &indices)?;
             if !loss.is_finite() {
                 bail!("the Value Matching loss became {loss} at iteration {iteration}");
             }
@@ -247,9 +232,52 @@ impl ValueMatching {
             if !grad_norm.is_finite() {
                 bail!("the value network's gradient became {grad_norm} at iteration {iteration}");
             }
-            loss_sum += loss * len as f64;
+            loss_sum += loss * indices.size()[0] as f64;
         }
         Ok((loss_sum / total as f64, grad_norm))
+    }
+}
+
+/// The points of one batch of trajectories, flattened over steps and samples.
+struct FitBatch<'a> {
+    states: &'a State,
+    times: &'a Tensor,
+    targets: &'a Tensor,
+    weights: &'a Tensor,
+    mask: &'a Tensor,
+    /// Points per gradient-accumulation chunk.
+    chunk: usize,
+}
+
+impl ValueMatching {
+    /// The loss of the points at `indices`, with its gradient accumulated in the network.
+    fn loss_and_gradient(&mut self, batch: &FitBatch<'_>, indices: &Tensor) -> Result<f64> {
+        let lambda = self.settings.reward_scale;
+        let denominator = batch
+            .mask
+            .index_select(0, indices)
+            .sum(Kind::Float)
+            .double_value(&[])
+            .max(1.0);
+        self.adam.zero_grad();
+        let mut loss = Tensor::zeros([], (Kind::Float, self.settings.device));
+        let len = indices.size()[0];
+        for start in (0..len).step_by(batch.chunk) {
+            let rows = indices.narrow(0, start, (batch.chunk as i64).min(len - start));
+            let pick = |t: &Tensor| t.index_select(0, &rows);
+            let prediction = self
+                .value
+                .forward(&batch.states.index_select(&rows), &pick(batch.times));
+            let per_point =
+                self.settings
+                    .value_loss
+                    .per_point(&prediction, &pick(batch.targets), lambda);
+            let part =
+                (per_point * pick(batch.weights) * pick(batch.mask)).sum(Kind::Float) / denominator;
+            part.backward();
+            loss += part.detach();
+        }
+        Ok(loss.double_value(&[]))
     }
 }
 
