@@ -12,15 +12,16 @@
 //! - [`sde`]: the interpolant, the diffusion coefficient, the drift and the sampler.
 //! - [`value`]: the built-in value networks; [`value_matching`]: the trainer.
 //! - [`run`]: a training run and its directory; [`optimum`]: the tilted optimum estimated
-//!   from base samples.
-//! - [`bench`]: speed figures; `cli` (feature `cli`): the `flowgym-host` command line.
+//!   from base samples; [`quality`]: exact problems and the reference they are judged by.
+//! - `cli` (feature `cli`): the `flowgym-host` command line, with its benchmarks.
 //!
 //! Without its default features (`cli`, `figures`) the crate compiles no command-line,
 //! progress-bar or plotting dependency: a program that only loads plugins and samples uses
 //! [`plugins::Registry`], [`compose`] and [`sde::sample`].
 
-pub mod atomic_file;
-pub mod bench;
+pub(crate) mod atomic_file;
+#[cfg(feature = "cli")]
+pub(crate) mod bench;
 #[cfg(feature = "cli")]
 pub mod cli;
 pub mod compat;
@@ -28,17 +29,17 @@ pub mod compose;
 pub mod device;
 pub mod interrupt;
 pub mod kwargs;
-pub mod memory;
+pub(crate) mod memory;
 pub mod model;
 pub mod optimum;
 pub mod plugins;
 pub mod quality;
 #[cfg(feature = "figures")]
-pub mod report;
+pub(crate) mod report;
 pub mod reward;
 pub mod run;
 pub mod sde;
-pub mod seed;
+pub(crate) mod seed;
 pub mod state;
 pub mod value;
 pub mod value_matching;

@@ -139,7 +139,7 @@ fn the_base_sampler_reproduces_the_target_mixture() {
     assert!(sandbox.path("s/samples.png").exists());
 }
 
-/// Trains with the defaults (only the run length is shortened for CI) and compares the
+/// Trains with the default configuration and compares the
 /// adapted samples with the exact optimum.
 fn learns(
     reward_id: &str,
@@ -185,16 +185,17 @@ fn learns(
     (mean_reward, w1, optimum, summary(&dir))
 }
 
-/// Binary reward on [0, 1] at scale 5: E_p*[r] = 0.968, the base has 0.171 and W1 1.45.
-/// `host/tests/exact_control.rs` shows the sampler with the exact optimal control reaches
-/// 0.960 and W1 0.005 on the same 100-step grid, so what remains here is the learned value's
-/// error. After 500 iterations it is at about 0.92 to 0.93 with W1 about 0.1 (measured with
-/// several seeds); the tolerances, mean reward within 0.07 of E_p*[r] and W1 below 0.2, leave
-/// room for other machines' floating-point paths while failing any run that did not learn
-/// (the base is 0.8 below the optimum and 1.45 away).
+/// Binary reward on [0, 1] at scale 5 with the default configuration (300 iterations):
+/// E_p*[r] = 0.968 (computed below in closed form), the base has 0.171 and W1 1.45.
+/// `host/tests/exact_control.rs` shows the exact optimal control on the same 100-step grid
+/// reaches within 0.015 of E_p*[r] with W1 below 0.02, the discretisation floor. The goal the
+/// quality suite sets is 95% of the possible improvement and W1 at most 0.05. The default
+/// configuration reaches W1 about 0.03 and 94% of the improvement on this problem
+/// (docs/value-matching-quality.md); the test asserts the W1 goal and 90% of the improvement,
+/// so that losing a tenth of what Value Matching gains here fails it.
 #[test]
 fn value_matching_reaches_the_optimum_of_the_binary_reward() {
-    let (mean, w1, optimum, summary) = learns("1d/binary", binary, "500");
+    let (mean, w1, optimum, summary) = learns("1d/binary", binary, "300");
     // Independently of the grid: E_p*[r] = e^lambda q / (e^lambda q + 1 - q) with
     // q = P_base([0, 1]) from the normal CDF.
     let q = 0.5 * (normal_cdf(1.0) - normal_cdf(0.0))
@@ -205,12 +206,14 @@ fn value_matching_reaches_the_optimum_of_the_binary_reward() {
         "{} vs {closed_form}",
         optimum.reward_mean
     );
+    let base = summary["before"]["reward_mean"].as_f64().unwrap();
+    let improvement = (mean - base) / (optimum.reward_mean - base);
     assert!(
-        (mean - optimum.reward_mean).abs() < 0.07,
-        "adapted mean reward {mean:.4} vs optimum {:.4}",
+        improvement >= 0.9,
+        "adapted mean reward {mean:.4} vs optimum {:.4} from {base:.4}: {improvement:.3} of the improvement",
         optimum.reward_mean
     );
-    assert!(w1 < 0.2, "W1 to p* = {w1:.4}");
+    assert!(w1 <= 0.05, "W1 to p* = {w1:.4}");
     // summary.json reports the same figures from its own estimate of p*.
     let reported = summary["optimum"]["reward_mean"].as_f64().unwrap();
     assert!(
@@ -218,25 +221,25 @@ fn value_matching_reaches_the_optimum_of_the_binary_reward() {
         "summary's E_p*[r] {reported}"
     );
     assert_eq!(summary["optimum"]["distance"], "W1");
-    assert!(summary["optimum"]["distance_after"].as_f64().unwrap() < 0.25);
+    assert!(summary["optimum"]["distance_after"].as_f64().unwrap() < 0.1);
     assert!(summary["optimum"]["distance_before"].as_f64().unwrap() > 1.0);
-    assert_eq!(summary["iterations_done"], 500);
+    assert_eq!(summary["iterations_done"], 300);
 }
 
 /// Gaussian-density reward N(-2.5, 0.8^2) at scale 5: the tilt moves mass from the base's
-/// modes at 0 and 3 towards -2.5 (E_p*[r] = 0.085 against 0.023 for the base). Same budget;
-/// after 500 iterations the adapted mean reward is about 0.080 and W1 about 0.15 (the base is
-/// at about 0.76). Tolerances: the mean reward within 0.02 of the optimum's (the base misses
-/// it by 0.062) and W1 below 0.25.
+/// modes at 0 and 3 towards -2.5 (E_p*[r] = 0.085 against 0.023 for the base). The same goal
+/// as above: 90% of the improvement guarded, and W1 within 0.1 (the base is about 0.76 away).
 #[test]
 fn value_matching_reaches_the_optimum_of_the_gaussian_reward() {
-    let (mean, w1, optimum, summary) = learns("1d/gaussian", gaussian, "500");
+    let (mean, w1, optimum, summary) = learns("1d/gaussian", gaussian, "300");
+    let base = summary["before"]["reward_mean"].as_f64().unwrap();
+    let improvement = (mean - base) / (optimum.reward_mean - base);
     assert!(
-        (mean - optimum.reward_mean).abs() < 0.02,
-        "adapted mean reward {mean:.4} vs optimum {:.4}",
+        improvement >= 0.9,
+        "adapted mean reward {mean:.4} vs optimum {:.4} from {base:.4}: {improvement:.3} of the improvement",
         optimum.reward_mean
     );
-    assert!(w1 < 0.25, "W1 to p* = {w1:.4}");
+    assert!(w1 <= 0.1, "W1 to p* = {w1:.4}");
     assert!(summary["optimum"]["distance_before"].as_f64().unwrap() > 2.0 * w1);
 }
 

@@ -16,8 +16,8 @@ mod sampling;
 mod vm;
 
 pub use quality::{run_problem, QualityFigures};
-pub use sampling::{sampling, SamplingFigures};
-pub use vm::{value_matching, VmFigures};
+pub use sampling::sampling;
+pub use vm::value_matching;
 
 pub(crate) fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);

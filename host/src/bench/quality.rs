@@ -57,10 +57,13 @@ pub fn run_problem(
     config: &RunConfig,
     dir: &Path,
 ) -> Result<QualityFigures> {
-    let n = config.eval_samples.max(1);
-    let optimum = problem
-        .optimum(2 * n, config.seed, &OptimumOptions::default())
-        .map_err(|e| anyhow!("{e}; refusing to judge it against a guess"))?;
+    let exact = |n: usize| {
+        problem
+            .optimum(n, config.seed, &OptimumOptions::default())
+            .map_err(|e| anyhow!("{e}; refusing to judge it against a guess"))
+    };
+    // Refused before anything runs when the optimum cannot be computed.
+    exact(16)?;
     let config = RunConfig {
         model: crate::quality::MODEL_ID.to_string(),
         reward: problem.reward_id.clone(),
@@ -86,6 +89,7 @@ pub fn run_problem(
         Ok(samples.points())
     };
     let (before, after) = (points("before")?, points("after")?);
+    let optimum = exact(2 * after.len())?;
     let (exact_a, exact_b) = optimum.samples.split_at(optimum.samples.len() / 2);
     let distance = |a: &[Vec<f64>], b: &[Vec<f64>]| sliced_wasserstein1(a, b, PROJECTIONS, 7);
     let adapted_reward = summary.after.map_or(f64::NAN, |stats| stats.reward_mean);

@@ -74,6 +74,7 @@ pub fn value_matching(
         fit_steps: 1,
         martingale_target: false,
         value_loss: crate::value_matching::ValueLoss::Squared,
+        replay: 1,
     };
     tch::manual_seed(0);
     let example = State::new(

@@ -12,6 +12,7 @@ use crate::reward::RewardStats;
 use crate::run::{Run, RunConfig, RunEnd, Start};
 use crate::sde::Diffusion;
 use crate::value::ValueArch;
+use crate::value_matching::ValueLoss;
 
 /// Arguments of `run`.
 #[derive(Debug, Args)]
@@ -72,6 +73,19 @@ pub struct ConfigFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lr: Option<f64>,
+    /// Optimiser steps per iteration, each on an equal share of the batch's points.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fit_steps: Option<usize>,
+    /// How the value network is fitted: `exponential` (to the optimal value) or `squared` (to the
+    /// current control's value).
+    #[arg(long, value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value_loss: Option<ValueLoss>,
+    /// Batches fitted each iteration (the newest and the ones before it).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replay: Option<usize>,
     /// Gradient-norm clip [default: 1].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]

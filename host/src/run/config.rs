@@ -41,6 +41,9 @@ pub struct RunConfig {
     pub martingale_target: bool,
     /// How the value network's predictions are compared with their targets.
     pub value_loss: ValueLoss,
+    /// Batches fitted each iteration: the newest and up to `replay - 1` before it (0: 4 for
+    /// the MLP value network, 1 for the CNN, whose image batches are large).
+    pub replay: usize,
     /// Gradient-norm clip.
     pub grad_clip: f64,
     /// First time of the grid.
@@ -80,11 +83,15 @@ impl Default for RunConfig {
             batch_size: 128,
             steps: 100,
             reward_scale: 5.0,
-            lr: 3e-4,
-            lr_schedule: LrSchedule::Constant,
-            fit_steps: 1,
-            martingale_target: false,
-            value_loss: ValueLoss::Squared,
+            lr: 1e-3,
+            lr_schedule: LrSchedule::Cosine {
+                warmup: 20,
+                final_fraction: 0.1,
+            },
+            fit_steps: 16,
+            martingale_target: true,
+            value_loss: ValueLoss::Exponential,
+            replay: 0,
             grad_clip: 1.0,
             t0: 0.02,
             noise: Diffusion::Memoryless,

@@ -152,6 +152,7 @@ fn trainer_settings(config: &RunConfig, device: Device) -> VmSettings {
         fit_steps: config.fit_steps,
         martingale_target: config.martingale_target,
         value_loss: config.value_loss,
+        replay: config.replay,
     }
 }
 
@@ -192,7 +193,12 @@ impl Run {
             0 => default_eval_samples(&example),
             n => n,
         };
-        let mut trainer = ValueMatching::new(network, trainer_settings(&config, device));
+        let mut settings = trainer_settings(&config, device);
+        if settings.replay == 0 {
+            let cnn = value::resolve(config.value_net, &example)? == value::ValueArch::Cnn;
+            settings.replay = if cnn { 1 } else { 4 };
+        }
+        let mut trainer = ValueMatching::new(network, settings);
         // The configuration is written once it has been checked against the plugins, so a
         // run that cannot start leaves no directory that looks like a run.
         dir.create()?;

@@ -56,12 +56,17 @@ pub struct VmSettings {
     pub martingale_target: bool,
     /// How a prediction is compared with its target.
     pub value_loss: ValueLoss,
+    /// Batches fitted each iteration: the newest and up to `replay - 1` before it (1: only
+    /// the newest). Older batches' targets stay unbiased for the exponential loss with
+    /// the martingale target, whose minimiser does not depend on the control that drew them.
+    pub replay: usize,
 }
 
 /// How the value network's prediction `v` is compared with the target `c` (both in units of
 /// `lambda`), per point.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum ValueLoss {
     /// `(v - c)^2`: the minimiser is the conditional mean of the target, the value of the
     /// current control; Value Matching iterates towards the optimum.
@@ -136,7 +141,17 @@ pub struct ValueMatching {
     adam: Adam,
     settings: VmSettings,
     guard: DivergenceGuard,
+    /// The points of the latest batches, the newest last.
+    replayed: std::collections::VecDeque<Points>,
+    /// A constant subtracted from every target (in units of `lambda`), set from the first
+    /// batch: the mean of its first step's targets, so that the network starts at its targets'
+    /// level (where the exponential loss is steep on one side and flat on the other, a start
+    /// far below them overshoots). Constants do not change the control, which is a gradient.
+    target_offset: Option<f64>,
 }
+
+/// The checkpoint name of the target offset.
+const OFFSET_KEY: &str = "trainer.target_offset";
 
 /// `w_k = 1 / (1 + 0.5 sum_{j >= k} s_j^2 dt_j)`: `[K]`.
 pub fn loss_weights(trajectory: &Trajectory) -> Vec<f64> {
@@ -159,12 +174,27 @@ impl ValueMatching {
             adam,
             settings,
             guard: DivergenceGuard::default(),
+            replayed: std::collections::VecDeque::new(),
+            target_offset: None,
         }
     }
 
     /// Fits the value network to one batch of trajectories in `fit_steps` optimiser steps on
     /// shuffled shares of its points; returns the mean loss and the last gradient norm.
     fn fit(&mut self, trajectory: &Trajectory, iteration: usize) -> Result<(f64, f64)> {
+        let fresh = self.points_of(trajectory)?;
+        while self.replayed.len() >= self.settings.replay.max(1) {
+            self.replayed.pop_front();
+        }
+        self.replayed.push_back(fresh);
+        let all: Vec<&Points> = self.replayed.iter().collect();
+        let joined = Points::cat(&all)?;
+        self.fit_points(&joined, iteration)
+    }
+
+    /// The training points of a batch of trajectories: every recorded state with its time,
+    /// target, loss weight and validity.
+    fn points_of(&mut self, trajectory: &Trajectory) -> Result<Points> {
         let lambda = self.settings.reward_scale;
         let device = self.settings.device;
         let steps = trajectory.states.len();
@@ -174,27 +204,45 @@ impl ValueMatching {
         } else {
             trajectory.cost_to_go(lambda)
         };
-        let targets = (cost / lambda).reshape([-1]).detach();
         let repeat = |values: &[f64]| {
             Tensor::from_slice(values)
                 .to_kind(Kind::Float)
                 .to_device(device)
                 .repeat_interleave_self_int(n, 0, None)
         };
-        let times = repeat(&trajectory.times);
-        let weights = repeat(&loss_weights(trajectory));
-        let mask = trajectory
-            .scores
-            .valid
-            .to_kind(Kind::Float)
-            .repeat([steps as i64]);
-        let states = State::cat(
-            &trajectory
-                .states
-                .iter()
-                .map(State::shallow_clone)
-                .collect::<Vec<_>>(),
-        )?;
+        let targets = (cost / lambda).detach();
+        let offset = *self
+            .target_offset
+            .get_or_insert_with(|| mean_target(&targets.get(0), &trajectory.scores.valid));
+        Ok(Points {
+            states: State::cat(
+                &trajectory
+                    .states
+                    .iter()
+                    .map(State::shallow_clone)
+                    .collect::<Vec<_>>(),
+            )?,
+            times: repeat(&trajectory.times),
+            targets: (targets - offset).reshape([-1]),
+            weights: repeat(&loss_weights(trajectory)),
+            mask: trajectory
+                .scores
+                .valid
+                .to_kind(Kind::Float)
+                .repeat([steps as i64]),
+        })
+    }
+
+    /// `fit_steps` optimiser steps on shuffled shares of `points`.
+    fn fit_points(&mut self, points: &Points, iteration: usize) -> Result<(f64, f64)> {
+        let device = self.settings.device;
+        let Points {
+            states,
+            times,
+            targets,
+            weights,
+            mask,
+        } = points;
         let total = states.len();
         let chunk = match self.settings.train_chunk {
             0 if states.floating().any(|t| t.dim() == 4) => AUTO_IMAGE_CHUNK,
@@ -213,11 +261,11 @@ impl ValueMatching {
                 .at(self.settings.lr, iteration, self.settings.iterations);
         let share = total.div_ceil(parts);
         let batch = FitBatch {
-            states: &states,
-            times: &times,
-            targets: &targets,
-            weights: &weights,
-            mask: &mask,
+            states,
+            times,
+            targets,
+            weights,
+            mask,
             chunk,
         };
         let (mut loss_sum, mut grad_norm) = (0.0, 0.0);
@@ -235,6 +283,115 @@ impl ValueMatching {
             loss_sum += loss * indices.size()[0] as f64;
         }
         Ok((loss_sum / total as f64, grad_norm))
+    }
+}
+
+/// Training points, flattened over steps and samples.
+struct Points {
+    states: State,
+    times: Tensor,
+    targets: Tensor,
+    weights: Tensor,
+    mask: Tensor,
+}
+
+/// Checkpoint names of replayed batches: `replay.<i>.<field>` and
+/// `replay.<i>.state.<order>.<leaf>`.
+const REPLAY_PREFIX: &str = "replay.";
+
+impl Points {
+    /// This batch's tensors under checkpoint names for slot `i`.
+    fn named(&self, i: usize) -> Vec<(String, Tensor)> {
+        let mut named = vec![
+            (
+                format!("{REPLAY_PREFIX}{i}.times"),
+                self.times.shallow_clone(),
+            ),
+            (
+                format!("{REPLAY_PREFIX}{i}.targets"),
+                self.targets.shallow_clone(),
+            ),
+            (
+                format!("{REPLAY_PREFIX}{i}.weights"),
+                self.weights.shallow_clone(),
+            ),
+            (
+                format!("{REPLAY_PREFIX}{i}.mask"),
+                self.mask.shallow_clone(),
+            ),
+            (
+                format!("{REPLAY_PREFIX}{i}.data_type"),
+                Tensor::from_slice(self.states.data_type.as_bytes()),
+            ),
+        ];
+        for (j, (leaf, t)) in self.states.leaves.iter().enumerate() {
+            named.push((
+                format!("{REPLAY_PREFIX}{i}.state.{j:03}.{leaf}"),
+                t.shallow_clone(),
+            ));
+        }
+        named
+    }
+
+    /// The replayed batches of a checkpoint, oldest first (none in checkpoints without them).
+    fn from_named(tensors: &[(String, Tensor)], device: Device) -> Vec<Points> {
+        let mut slots = Vec::new();
+        for i in 0.. {
+            let slot = format!("{REPLAY_PREFIX}{i}.");
+            let find = |field: &str| {
+                tensors
+                    .iter()
+                    .find(|(n, _)| *n == format!("{slot}{field}"))
+                    .map(|(_, t)| t.to_device(device))
+            };
+            let (Some(times), Some(targets), Some(weights), Some(mask), Some(data_type)) = (
+                find("times"),
+                find("targets"),
+                find("weights"),
+                find("mask"),
+                find("data_type"),
+            ) else {
+                break;
+            };
+            let leaf_prefix = format!("{slot}state.");
+            // Leaves keep the data type's order, which the value network's input follows.
+            let mut leaves: Vec<(String, (String, Tensor))> = tensors
+                .iter()
+                .filter_map(|(n, t)| {
+                    let (order, leaf) = n.strip_prefix(&leaf_prefix)?.split_once('.')?;
+                    Some((order.to_string(), (leaf.to_string(), t.to_device(device))))
+                })
+                .collect();
+            leaves.sort_by(|a, b| a.0.cmp(&b.0));
+            let leaves = leaves.into_iter().map(|(_, leaf)| leaf).collect();
+            let data_type = Vec::<u8>::try_from(&data_type).unwrap_or_default();
+            slots.push(Points {
+                states: State::new(String::from_utf8_lossy(&data_type), leaves),
+                times,
+                targets,
+                weights,
+                mask,
+            });
+        }
+        slots
+    }
+
+    fn cat(parts: &[&Points]) -> Result<Points> {
+        let join = |f: fn(&Points) -> &Tensor| {
+            Tensor::cat(&parts.iter().map(|p| f(p)).collect::<Vec<_>>(), 0)
+        };
+        Ok(Points {
+            states: State::cat(
+                &parts
+                    .iter()
+                    .map(|p| p.states.shallow_clone())
+                    .collect::<Vec<_>>(),
+            )?,
+            times: join(|p| &p.times),
+            targets: join(|p| &p.targets),
+            weights: join(|p| &p.weights),
+            mask: join(|p| &p.mask),
+        })
     }
 }
 
@@ -346,13 +503,27 @@ impl ValueMatching {
             .collect();
         named.sort_by(|a, b| a.0.cmp(&b.0));
         named.extend(self.adam.state());
+        for (i, points) in self.replayed.iter().enumerate() {
+            named.extend(points.named(i));
+        }
+        if let Some(offset) = self.target_offset {
+            named.push((OFFSET_KEY.to_string(), Tensor::from_slice(&[offset])));
+        }
         named
     }
 
     /// Restores what [`ValueMatching::state`] saved.
     pub fn load_state(&mut self, tensors: Vec<(String, Tensor)>) -> Result<()> {
         value::load(self.value.as_mut(), &tensors)?;
-        self.adam.load_state(&tensors)
+        self.adam.load_state(&tensors)?;
+        self.replayed = Points::from_named(&tensors, self.settings.device)
+            .into_iter()
+            .collect();
+        self.target_offset = tensors
+            .iter()
+            .find(|(n, _)| n == OFFSET_KEY)
+            .map(|(_, t)| t.double_value(&[0]));
+        Ok(())
     }
 }
 
@@ -367,4 +538,14 @@ fn reward_range(trajectory: &Trajectory) -> (f64, f64) {
         reward.min().double_value(&[]),
         reward.max().double_value(&[]),
     )
+}
+
+/// The mean of the first step's targets `c` (`[n]`, units of `lambda`) over the valid samples;
+/// 0 when none is valid.
+fn mean_target(c: &Tensor, valid: &Tensor) -> f64 {
+    let c = c.masked_select(valid).to_kind(Kind::Double);
+    if c.size()[0] == 0 {
+        return 0.0;
+    }
+    c.mean(Kind::Double).double_value(&[])
 }

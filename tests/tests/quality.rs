@@ -1,0 +1,41 @@
+//! The fast subset of the quality suite end to end: `flowgym-host bench quality --fast` with the
+//! default configuration, on exact problems whose optimum `host/src/quality` computes
+//! independently (closed forms here), through the third-party-style `exact-problems` plugin.
+
+use flowgym_tests::{assert_exit, plugin, stdout, Sandbox};
+
+#[test]
+fn the_default_configuration_reaches_the_optimum_of_the_fast_problems() {
+    let sandbox = Sandbox::new("quality").with_toys();
+    sandbox.install(&plugin("exact-problems"));
+    let out = sandbox.run(&["bench", "quality", "--fast", "--out", "q"]);
+    assert_exit(&out, 0);
+    let text = stdout(&out);
+    let json = text
+        .lines()
+        .find_map(|l| l.strip_prefix("json: "))
+        .expect("a json line");
+    let rows: serde_json::Value = serde_json::from_str(json).unwrap();
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 3, "{text}");
+    for row in rows {
+        let name = row["problem"].as_str().unwrap();
+        let improvement = row["normalised_improvement"].as_f64().unwrap();
+        let before = row["distance_before"].as_f64().unwrap();
+        let after = row["distance_after"].as_f64().unwrap();
+        // The quality suite's goal for the mean reward: 95% of the possible improvement (an
+        // overshoot past the optimum would show as more than 1 and a larger distance).
+        assert!(
+            (0.95..=1.02).contains(&improvement),
+            "{name}: normalised improvement {improvement:.3}\n{text}"
+        );
+        // The samples have covered at least 95% of their distance to p*. (The suite's goal
+        // of twice the noise floor of two exact samples is not reached yet on these problems:
+        // docs/value-matching-quality.md.)
+        assert!(
+            after <= 0.05 * before,
+            "{name}: distance to p* {after:.4}, from {before:.4} before training\n{text}"
+        );
+    }
+    assert!(sandbox.path("q/quality.csv").exists());
+}
