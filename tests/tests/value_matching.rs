@@ -414,8 +414,10 @@ fn an_overflowing_loss_stops_the_run_naming_it() {
     ]);
     assert_exit(&out, 1);
     let err = stderr(&out);
+    // Rewards of 3e38 overflow float32 in the loss: inf, or NaN once an inf meets another.
     assert!(
-        err.contains("the Value Matching loss became inf at iteration 0"),
+        err.contains("the Value Matching loss became inf at iteration 0")
+            || err.contains("the Value Matching loss became NaN at iteration 0"),
         "{err}"
     );
     assert!(err.contains("the run stopped at iteration 0"), "{err}");

@@ -287,6 +287,11 @@ impl Run {
         if self.iterations_done >= total {
             return Ok(Phase::Done);
         }
+        if !self.dir.latest_checkpoint().exists() {
+            // The untrained state is the first good one: a run that fails or diverges before
+            // its first checkpoint can still be resumed from it.
+            self.checkpoint()?;
+        }
         let bar = Progress::iterations(total, self.iterations_done);
         let mut phase = Phase::Done;
         while self.iterations_done < total {
