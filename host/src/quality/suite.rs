@@ -221,7 +221,8 @@ fn two_modes_8d() -> Gmm {
     )
 }
 
-/// The full suite.
+/// The full suite. (One list of nine entries, longer than a function should be: a table
+/// reads best in one place, and each entry is a few lines of data.)
 pub fn suite() -> Vec<Problem> {
     use ModelOutput::{Epsilon, Velocity};
     use ModelSchedule::{Ddpm, OptimalTransport as Ot};
