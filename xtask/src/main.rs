@@ -185,7 +185,8 @@ fn exe(name: &str) -> String {
 }
 
 /// The environment that makes tch find libtorch: the user's own if they set one, else the
-/// cache. It also adds an rpath to libtorch's directory to `RUSTFLAGS`, so that every binary
+/// cache. It also adds an rpath to libtorch's directory to `RUSTFLAGS` (and `RUSTDOCFLAGS`, for
+/// doctests), so that every binary
 /// the workspace links runs without `LD_LIBRARY_PATH`, test binaries of libtorch-free crates
 /// included (cargo unifies plugin-api's `tch` feature across a workspace build).
 fn libtorch_env() -> Result<Vec<(String, String)>, String> {
@@ -205,12 +206,15 @@ fn libtorch_env() -> Result<Vec<(String, String)>, String> {
         dir.join("lib")
     };
     let rpath = format!("-C link-arg=-Wl,-rpath,{}", lib_dir.display());
-    let rustflags = match env::var("RUSTFLAGS") {
-        Ok(existing) if existing.contains(&rpath) => existing,
-        Ok(existing) if !existing.trim().is_empty() => format!("{existing} {rpath}"),
-        _ => rpath,
-    };
-    vars.push(("RUSTFLAGS".to_string(), rustflags));
+    // rustdoc links doctests with its own flags, so they get the rpath too.
+    for flags in ["RUSTFLAGS", "RUSTDOCFLAGS"] {
+        let value = match env::var(flags) {
+            Ok(existing) if existing.contains(&rpath) => existing,
+            Ok(existing) if !existing.trim().is_empty() => format!("{existing} {rpath}"),
+            _ => rpath.clone(),
+        };
+        vars.push((flags.to_string(), value));
+    }
     Ok(vars)
 }
 
