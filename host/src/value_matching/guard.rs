@@ -7,7 +7,8 @@ use std::collections::VecDeque;
 const WINDOW: usize = 20;
 /// Iterations before the loss check starts: the first fits move fast.
 const WARM_UP: usize = 10;
-/// A loss this many times the largest of the recent window has exploded.
+/// A loss this many times the largest of the recent window (or of the targets' variance, the
+/// loss of a constant prediction) has exploded.
 const LOSS_FACTOR: f64 = 1e3;
 /// A mean control cost this many times the largest the optimum can need has exploded.
 const CONTROL_FACTOR: f64 = 10.0;
@@ -67,15 +68,24 @@ impl DivergenceGuard {
         Ok(())
     }
 
-    /// Checks the loss before the optimiser steps on it.
-    pub fn check_loss(&mut self, iteration: usize, loss: f64) -> Result<(), Diverged> {
+    /// Checks the loss before the optimiser steps on it. `target_variance` is the variance of
+    /// the targets it was fitted to: a network that predicts their mean does that well, so a
+    /// loss that exceeds it a thousandfold has exploded, while one that rises from zero when
+    /// a rare reward is first seen (all earlier targets equal) has not.
+    pub fn check_loss(
+        &mut self,
+        iteration: usize,
+        loss: f64,
+        target_variance: f64,
+    ) -> Result<(), Diverged> {
         if self.losses.len() >= WARM_UP {
             let largest = self.losses.iter().copied().fold(0.0, f64::max);
-            if loss > LOSS_FACTOR * largest && loss > 1e-6 {
+            let reference = largest.max(target_variance);
+            if loss > LOSS_FACTOR * reference && loss > 1e-6 {
                 return Err(Diverged {
                     iteration,
                     what: format!(
-                        "the loss {loss:.3e} is more than {LOSS_FACTOR} times the largest of the last {} iterations, {largest:.3e}",
+                        "the loss {loss:.3e} is more than {LOSS_FACTOR} times the largest of the last {} iterations, {largest:.3e}, and the targets' variance, {target_variance:.3e}",
                         self.losses.len()
                     ),
                 });
@@ -97,10 +107,10 @@ mod tests {
     fn steady_training_passes_and_explosions_are_named() {
         let mut guard = DivergenceGuard::default();
         for i in 0..30 {
-            guard.check_loss(i, 0.4 / (1.0 + i as f64)).unwrap();
+            guard.check_loss(i, 0.4 / (1.0 + i as f64), 0.1).unwrap();
             guard.check_control(i, 2.0, (0.0, 1.0), 5.0).unwrap();
         }
-        let err = guard.check_loss(30, 500.0).unwrap_err();
+        let err = guard.check_loss(30, 500.0, 0.1).unwrap_err();
         assert_eq!(err.iteration, 30);
         assert!(err.to_string().starts_with(
             "Value Matching diverged at iteration 30: the loss 5.000e2 is more than 1000 times the largest of the last 20 iterations"
@@ -116,7 +126,22 @@ mod tests {
     fn the_first_iterations_may_move_fast() {
         let mut guard = DivergenceGuard::default();
         for (i, loss) in [1e-6, 1.0, 1e-3, 10.0].into_iter().enumerate() {
-            guard.check_loss(i, loss).unwrap();
+            guard.check_loss(i, loss, 0.0).unwrap();
         }
+    }
+
+    #[test]
+    fn a_loss_rising_from_zero_with_the_targets_spread_is_not_an_explosion() {
+        let mut guard = DivergenceGuard::default();
+        // A rare reward: every target equal, so every fit is exact, until one sample scores.
+        for i in 0..16 {
+            guard.check_loss(i, 0.0, 0.0).unwrap();
+        }
+        guard.check_loss(16, 0.07, 0.008).unwrap();
+        let err = guard.check_loss(17, 100.0, 0.008).unwrap_err();
+        assert!(
+            err.to_string().contains("the targets' variance, 8.000e-3"),
+            "{err}"
+        );
     }
 }

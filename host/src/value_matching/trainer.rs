@@ -268,6 +268,7 @@ impl ValueMatching {
             mask,
             chunk,
         };
+        let target_variance = targets.var(false).double_value(&[]);
         let (mut loss_sum, mut grad_norm) = (0.0, 0.0);
         for first in (0..total).step_by(share) {
             let indices = order.narrow(0, first as i64, share.min(total - first) as i64);
@@ -275,7 +276,7 @@ impl ValueMatching {
             if !loss.is_finite() {
                 bail!("the Value Matching loss became {loss} at iteration {iteration}");
             }
-            self.guard.check_loss(iteration, loss)?;
+            self.guard.check_loss(iteration, loss, target_variance)?;
             grad_norm = self.adam.step(self.settings.grad_clip);
             if !grad_norm.is_finite() {
                 bail!("the value network's gradient became {grad_norm} at iteration {iteration}");
