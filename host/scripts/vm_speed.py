@@ -137,7 +137,15 @@ def main():
     parser.add_argument("--host", default="target/release/flowgym-host")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--iterations", type=int, default=10)
+    parser.add_argument(
+        "--python-threads",
+        type=int,
+        default=0,
+        help="torch.set_num_threads for the reference (0: PyTorch's default, as its users run it)",
+    )
     args = parser.parse_args()
+    if args.python_threads > 0:
+        torch.set_num_threads(args.python_threads)
     python, host = [], []
     for r in range(args.rounds):
         python.append(python_block(args.iterations, 100 * r))

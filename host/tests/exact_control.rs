@@ -9,7 +9,9 @@
 
 use flowgym_host::model::Model;
 use flowgym_host::reward::Reward;
-use flowgym_host::sde::{never_stop, sample, Control, Diffusion, SampleRequest, SamplerOptions};
+use flowgym_host::sde::{
+    never_stop, sample, Control, Diffusion, SampleRequest, SamplerOptions, TimeGrid,
+};
 use flowgym_host::state::State;
 use flowgym_host::value::ValueNetwork;
 use flowgym_plugin_api::{
@@ -127,6 +129,7 @@ fn exact_samples(steps: usize, n: usize) -> (Vec<f64>, f64, f64) {
     let options = SamplerOptions {
         steps,
         t0: 0.02,
+        grid: TimeGrid::default(),
         diffusion: Diffusion::Memoryless,
         chunk_size: 0,
     };

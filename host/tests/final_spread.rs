@@ -1,10 +1,11 @@
 //! The sampler ends where the data are: for tight Gaussian data `N(m, sd^2)` and a model whose
 //! output is exact, the base samples' spread matches `sd` on the continuous schedules, and is
-//! never wider on a discrete one, for every output type. (An Euler-Maruyama last step left its
+//! never wider on a discrete one (and more than half of it on the grids that crowd the data
+//! end), for every output type and time grid. (An Euler-Maruyama last step left its
 //! own noise in the samples: on a DDPM schedule 4x the exact spread at 100 steps, 8x at 50.)
 
 use flowgym_host::model::Model;
-use flowgym_host::sde::{never_stop, sample, Diffusion, SampleRequest, SamplerOptions};
+use flowgym_host::sde::{never_stop, sample, Diffusion, SampleRequest, SamplerOptions, TimeGrid};
 use flowgym_plugin_api::{
     BaseModel, BaseModelAdapter, Batch, Kwargs, ManagedTensor, OutputType, PluginResult,
     ScheduleSpec,
@@ -110,56 +111,62 @@ fn base_samples_end_with_the_datas_spread_for_every_schedule_and_output() {
         .iter()
         .zip(["optimal transport", "cosine", "DDPM"])
     {
-        for steps in [50, 100] {
-            for output in outputs {
-                let model = TightGaussian {
-                    output,
-                    schedule: schedule.clone(),
-                };
-                let mut model = Model::new(
-                    "test/tight",
-                    "1d",
-                    BaseModelAdapter::new("test/tight", Box::new(model)).into_box(),
-                )
-                .unwrap();
-                let options = SamplerOptions {
-                    steps,
-                    t0: 0.02,
-                    diffusion: Diffusion::Memoryless,
-                    chunk_size: 0,
-                };
-                let request = SampleRequest {
-                    n,
-                    seed: 11,
-                    control: None,
-                    record: false,
-                    device: Device::Cpu,
-                    stop_after_step: &never_stop,
-                };
-                let trajectory = sample(&mut model, None, &options, &request).unwrap();
-                let x = trajectory
-                    .final_state
-                    .floating()
-                    .next()
-                    .unwrap()
-                    .shallow_clone();
-                let x = x.to_kind(Kind::Double);
-                let mean = x.mean(Kind::Double).double_value(&[]);
-                let sd = x.std(true).double_value(&[]);
-                // A sample standard deviation of 4000 draws is within 5% of the true one with
-                // probability 0.998 (its relative error is 1/sqrt(2 n) = 1.1%); the rest of
-                // the 20% allowed is the time grid's (50 steps on OT end 18% narrow).
-                let what = format!("{name} {output:?} {steps} steps");
-                eprintln!("{what}: spread {sd:.5}, mean {mean:.5}");
-                let spread_ok = match name {
-                    // The endpoint estimate at t_{K-1} is a posterior mean: it cannot be wider
-                    // than the data, and where beta there (0.04-0.06 on DDPM's 50-100 step
-                    // grids) exceeds the data's spread it is narrower, as DDPM's own last step.
-                    "DDPM" => sd <= SD,
-                    _ => (sd / SD - 1.0).abs() < 0.2,
-                };
-                if !spread_ok || (mean - MEAN).abs() >= 5.0 * SD {
-                    failures.push(format!("{what}: spread {sd:.5} vs {SD}, mean {mean:.5}"));
+        for grid in [TimeGrid::Uniform, TimeGrid::NoiseLevel, TimeGrid::Karras] {
+            for steps in [50, 100] {
+                for output in outputs {
+                    let model = TightGaussian {
+                        output,
+                        schedule: schedule.clone(),
+                    };
+                    let mut model = Model::new(
+                        "test/tight",
+                        "1d",
+                        BaseModelAdapter::new("test/tight", Box::new(model)).into_box(),
+                    )
+                    .unwrap();
+                    let options = SamplerOptions {
+                        steps,
+                        t0: 0.02,
+                        grid,
+                        diffusion: Diffusion::Memoryless,
+                        chunk_size: 0,
+                    };
+                    let request = SampleRequest {
+                        n,
+                        seed: 11,
+                        control: None,
+                        record: false,
+                        device: Device::Cpu,
+                        stop_after_step: &never_stop,
+                    };
+                    let trajectory = sample(&mut model, None, &options, &request).unwrap();
+                    let x = trajectory
+                        .final_state
+                        .floating()
+                        .next()
+                        .unwrap()
+                        .shallow_clone();
+                    let x = x.to_kind(Kind::Double);
+                    let mean = x.mean(Kind::Double).double_value(&[]);
+                    let sd = x.std(true).double_value(&[]);
+                    // A sample standard deviation of 4000 draws is within 5% of the true one with
+                    // probability 0.998 (its relative error is 1/sqrt(2 n) = 1.1%); the rest of
+                    // the 20% allowed is the time grid's (50 steps on OT end 18% narrow).
+                    let what = format!("{name} {output:?} {steps} steps on the {grid:?} grid");
+                    eprintln!("{what}: spread {sd:.5}, mean {mean:.5}");
+                    let spread_ok = match (name, grid) {
+                        // The endpoint estimate at t_{K-1} is a posterior mean: it cannot be wider
+                        // than the data, and where beta there exceeds the data's spread it is
+                        // narrower, as DDPM's own last step: 0.2-0.3 of the spread on the
+                        // uniform 50-100 step grids, 0.56-0.74 on the grids that crowd the data
+                        // end.
+                        ("DDPM", TimeGrid::Uniform) => sd <= SD,
+                        ("DDPM", _) => (0.5 * SD..=SD).contains(&sd),
+                        _ => (sd / SD - 1.0).abs() < 0.2,
+                    };
+                    if !spread_ok || (mean - MEAN).abs() >= 5.0 * SD {
+                        failures.push(format!("{what}: spread {sd:.5} vs {SD}, mean {mean:.5}"));
+                    }
                 }
             }
         }

@@ -9,7 +9,7 @@ use tch::Device;
 
 use super::median;
 use crate::model::Model;
-use crate::sde::{sample, Diffusion, Interrupted, SampleRequest, SamplerOptions};
+use crate::sde::{sample, Diffusion, Interrupted, SampleRequest, SamplerOptions, TimeGrid};
 
 /// Figures of the sampling benchmark.
 #[derive(Debug, Clone, Serialize)]
@@ -40,6 +40,7 @@ pub fn sampling(
     let options = SamplerOptions {
         steps: 100,
         t0: 0.02,
+        grid: TimeGrid::default(),
         diffusion: Diffusion::Memoryless,
         chunk_size: 0,
     };

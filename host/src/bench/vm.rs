@@ -13,10 +13,10 @@ use crate::model::Model;
 use crate::reward::Reward;
 use crate::sde::{
     never_stop, sample, sde_coefficients, time_grid, Diffusion, Interpolant, SampleRequest,
-    SamplerOptions,
+    SamplerOptions, TimeGrid,
 };
 use crate::state::State;
-use crate::value::{mlp::MlpValue, value_gradient, ValueNetwork};
+use crate::value::{mlp::MlpValue, ValueNetwork};
 use crate::value_matching::adam::Adam;
 use crate::value_matching::{ValueMatching, VmSettings};
 
@@ -57,6 +57,7 @@ pub fn value_matching(
     let options = SamplerOptions {
         steps,
         t0: 0.02,
+        grid: TimeGrid::default(),
         diffusion: Diffusion::Memoryless,
         chunk_size: 0,
     };
@@ -150,7 +151,12 @@ impl DirectLoop {
             value,
             adam,
             batch_size: batch_size as i64,
-            grid: time_grid(steps, 0.02),
+            grid: time_grid(
+                steps,
+                0.02,
+                TimeGrid::default(),
+                &Interpolant::OptimalTransport,
+            ),
             interpolant: Interpolant::OptimalTransport,
             means: row(&[0.0, 3.0]),
             variances: row(&[1.0, 0.16]),
@@ -189,8 +195,7 @@ impl DirectLoop {
             );
             let f = self.velocity(&x, t);
             let state = State::new("1d", vec![("x".into(), x.shallow_clone())]);
-            let t_vec = Tensor::full([n], t, (Kind::Float, Device::Cpu));
-            let grad = tch::with_grad(|| value_gradient(&self.value, &state, &t_vec)).remove(0);
+            let grad = self.value.gradient(&state, t).remove(0);
             let u = grad * (-c.s * lambda);
             costs.push(u.square().sum_dim_intlist(1, false, Kind::Float) * 0.5);
             let drift = &x * c.drift.a + f * c.drift.b + &u * c.s;

@@ -9,7 +9,8 @@ use clap::{Args, Subcommand};
 use super::{args, warn_refused, Cli};
 use crate::bench;
 use crate::compose::{construct_context, open_model, open_reward};
-use crate::device::parse_device;
+use crate::device::{intra_op_threads, parse_device};
+use crate::model::Model;
 use crate::quality;
 use crate::run::RunConfig;
 
@@ -36,7 +37,8 @@ pub enum Which {
         /// Timed iterations (after two warm-up ones).
         #[arg(long, default_value_t = 10)]
         iterations: usize,
-        /// libtorch threads (0: libtorch's default).
+        /// libtorch threads (0: as a run chooses them: one for small batches of flat data on the
+        /// CPU, libtorch's default otherwise).
         #[arg(long, default_value_t = 0)]
         threads: usize,
     },
@@ -60,7 +62,8 @@ pub enum Which {
         /// Timed steps.
         #[arg(long, default_value_t = 3)]
         steps: usize,
-        /// libtorch threads (0: libtorch's default).
+        /// libtorch threads (0: as a run chooses them: one for small batches of flat data on the
+        /// CPU, libtorch's default otherwise).
         #[arg(long, default_value_t = 0)]
         threads: usize,
         /// `cpu`, `cuda` or `cuda:N`.
@@ -201,10 +204,21 @@ fn print_quality_table(config: &RunConfig, rows: &[bench::QualityFigures]) {
     }
 }
 
-fn set_threads(threads: usize) {
-    if threads > 0 {
+/// Sets libtorch's threads as a run with these settings would.
+fn set_threads(
+    threads: usize,
+    device: tch::Device,
+    batch_size: usize,
+    model: &mut Model,
+) -> Result<()> {
+    let example = {
+        let _guard = tch::no_grad_guard();
+        model.sample_p0(2, 0)?.0
+    };
+    if let Some(threads) = intra_op_threads(threads, device, batch_size, &example) {
         tch::set_num_threads(threads as i32);
     }
+    Ok(())
 }
 
 /// Runs the benchmark and prints its figures, then one JSON line.
@@ -219,9 +233,9 @@ pub fn run(cli: &Cli, args: &BenchArgs) -> Result<ExitCode> {
             iterations,
             threads,
         } => {
-            set_threads(*threads);
             let ctx = construct_context(tch::Device::Cpu, &[])?;
             let (mut model, _) = open_model(&registry, "1d/gmm", "{}", &ctx)?;
+            set_threads(*threads, tch::Device::Cpu, *batch_size, &mut model)?;
             let (mut reward, _) = open_reward(&registry, "1d/binary", "{}", &ctx)?;
             let f = bench::value_matching(
                 &mut model,
@@ -256,11 +270,11 @@ pub fn run(cli: &Cli, args: &BenchArgs) -> Result<ExitCode> {
             device,
             weights,
         } => {
-            set_threads(*threads);
             let device = parse_device(device)?;
             let ctx = construct_context(device, weights)?;
             let model_args = args::json_text(&model_args.clone().unwrap_or_default());
             let (mut model, _) = open_model(&registry, model, &model_args, &ctx)?;
+            set_threads(*threads, device, *batch_size, &mut model)?;
             let f = bench::sampling(
                 &mut model,
                 *batch_size,

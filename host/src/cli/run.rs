@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::{args, warn_refused, Cli};
 use crate::reward::RewardStats;
 use crate::run::{Run, RunConfig, RunEnd, Start};
-use crate::sde::Diffusion;
+use crate::sde::{Diffusion, TimeGrid};
 use crate::value::ValueArch;
 use crate::value_matching::ValueLoss;
 
@@ -94,6 +94,12 @@ pub struct ConfigFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub t0: Option<f64>,
+    /// How the steps are spread over `[t0, 1]` [default: noise-level: equal steps in the noise
+    /// level, which is `uniform` on the OT schedule and crowds the steps near the data end of a
+    /// diffusion schedule].
+    #[arg(long, value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub time_grid: Option<TimeGrid>,
     /// Diffusion coefficient: `memoryless` or a constant level such as `0.5` [default: memoryless].
     #[arg(long, value_parser = args::diffusion)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -127,7 +133,7 @@ pub struct ConfigFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub device: Option<String>,
-    /// libtorch threads (0: libtorch's default).
+    /// libtorch threads (0: one for small batches of flat data on the CPU, libtorch's default otherwise).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub threads: Option<usize>,

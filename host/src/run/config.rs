@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::sde::Diffusion;
+use crate::sde::{Diffusion, TimeGrid};
 use crate::value::ValueArch;
 use crate::value_matching::{LrSchedule, ValueLoss};
 
@@ -48,6 +48,9 @@ pub struct RunConfig {
     pub grad_clip: f64,
     /// First time of the grid.
     pub t0: f64,
+    /// How the steps are spread over `[t0, 1]`: `noise_level` (equal steps in the noise level
+    /// `beta`), `uniform` (equal steps in `t`) or `karras`.
+    pub time_grid: TimeGrid,
     /// Diffusion coefficient: `memoryless` or a constant level.
     pub noise: Diffusion,
     /// Value network: `auto`, `mlp` or `cnn`.
@@ -66,7 +69,8 @@ pub struct RunConfig {
     pub seed: u64,
     /// `cpu`, `cuda` or `cuda:N`.
     pub device: String,
-    /// libtorch intra-op threads (0: libtorch's default).
+    /// libtorch intra-op threads (0: one for small batches of flat data on the CPU, where more
+    /// only wait on each other, and libtorch's default otherwise).
     pub threads: usize,
     /// Directories plugins may look for weights in.
     pub weights: Vec<PathBuf>,
@@ -94,6 +98,7 @@ impl Default for RunConfig {
             replay: 0,
             grad_clip: 1.0,
             t0: 0.02,
+            time_grid: TimeGrid::NoiseLevel,
             noise: Diffusion::Memoryless,
             value_net: ValueArch::Auto,
             sample_chunk: 0,

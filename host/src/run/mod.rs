@@ -31,7 +31,7 @@ use samples::EvalSamples;
 pub use summary::Summary;
 
 use crate::compose::{check_pair, construct_context, open_model, open_reward};
-use crate::device::parse_device;
+use crate::device::{intra_op_threads, parse_device};
 use crate::interrupt;
 use crate::model::Model;
 use crate::reward::Reward;
@@ -106,6 +106,7 @@ pub fn sampler_options(config: &RunConfig) -> SamplerOptions {
     SamplerOptions {
         steps: config.steps,
         t0: config.t0,
+        grid: config.time_grid,
         diffusion: config.noise,
         chunk_size: config.sample_chunk,
     }
@@ -174,9 +175,6 @@ impl Run {
         let (config, dir, resume) = resolve(start)?;
         check_pair(registry, &config.model, &config.reward)?;
         let device = parse_device(&config.device)?;
-        if config.threads > 0 {
-            tch::set_num_threads(config.threads as i32);
-        }
         let ctx = construct_context(device, &config.weights)?;
         let (mut model, _) = open_model(registry, &config.model, &config.model_args_json()?, &ctx)?;
         let (reward, _) = open_reward(registry, &config.reward, &config.reward_args_json()?, &ctx)?;
@@ -186,6 +184,10 @@ impl Run {
             tch::manual_seed(derive_seed(config.seed, "shape", 0) as i64);
             model.sample_p0(2, 0)?.0
         };
+        let threads = intra_op_threads(config.threads, device, config.batch_size, &example);
+        if let Some(threads) = threads {
+            tch::set_num_threads(threads as i32);
+        }
         tch::manual_seed(derive_seed(config.seed, "init", 0) as i64);
         let network = value::build(config.value_net, &example, device)?;
         let value_description = network.describe();
@@ -211,10 +213,11 @@ impl Run {
         let before = samples::load(&dir.samples_dir(), "before")?;
         let after = samples::load(&dir.samples_dir(), "after")?;
         eprintln!(
-            "model {} -> reward {} (scale {}), value network: {value_description}, run directory: {}",
+            "model {} -> reward {} (scale {}), value network: {value_description}, {} libtorch thread(s), run directory: {}",
             config.model,
             config.reward,
             config.reward_scale,
+            tch::get_num_threads(),
             dir.root.display()
         );
         Ok(Self {

@@ -7,6 +7,7 @@ pub mod diffusion;
 pub mod drift;
 pub mod interpolant;
 pub mod sampler;
+pub mod time_grid;
 
 pub use diffusion::Diffusion;
 pub use drift::{
@@ -15,5 +16,6 @@ pub use drift::{
 };
 pub use interpolant::{Interpolant, InterpolantAt};
 pub use sampler::{
-    never_stop, sample, time_grid, Control, Interrupted, SampleRequest, SamplerOptions, Trajectory,
+    never_stop, sample, Control, Interrupted, SampleRequest, SamplerOptions, Trajectory,
 };
+pub use time_grid::{time_grid, TimeGrid};

@@ -1,7 +1,7 @@
 //! Euler-Maruyama sampling of the (controlled) memoryless SDE, recording what Value Matching
 //! trains on.
 //!
-//! `K` steps on `t_k = t_0 + k (1 - t_0) / K`: `x += dt (a x + b f(x, t) + s u) + sqrt(dt) s
+//! `K` steps on a grid `t_0 < .. < t_K = 1` ([`TimeGrid`]): `x += dt (a x + b f(x, t) + s u) + sqrt(dt) s
 //! noise`, with the control `u = -s grad_x V(x, t)` when a value network steers (the default
 //! memoryless `s` is `sigma_m`); the last step instead returns the model's endpoint estimate
 //! `E[x_1 | x_{t_{K-1}}]`, so that no noise of its own stays in the samples. Then
@@ -13,11 +13,12 @@ use tch::{Device, Kind, Tensor};
 
 use super::diffusion::Diffusion;
 use super::drift::{endpoint_coefficients, sde_coefficients};
+use super::time_grid::{time_grid, TimeGrid};
 use crate::kwargs::HostKwargs;
 use crate::model::Model;
 use crate::reward::{Reward, Scores};
 use crate::state::State;
-use crate::value::{value_gradient, ValueNetwork};
+use crate::value::ValueNetwork;
 
 /// How to discretise.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -26,6 +27,8 @@ pub struct SamplerOptions {
     pub steps: usize,
     /// First time (avoids the singularity of the interpolant at 0).
     pub t0: f64,
+    /// How the steps are spread over `[t_0, 1]`.
+    pub grid: TimeGrid,
     /// The diffusion coefficient `s(t)`.
     pub diffusion: Diffusion,
     /// Largest number of samples simulated at once; larger requests run in chunks of this size
@@ -124,13 +127,6 @@ impl Trajectory {
     }
 }
 
-/// The time grid `t_0 .. t_K = 1`.
-pub fn time_grid(steps: usize, t0: f64) -> Vec<f64> {
-    (0..=steps)
-        .map(|k| t0 + (1.0 - t0) * k as f64 / steps as f64)
-        .collect()
-}
-
 /// Seeds libtorch's generator for chunk `chunk` of a call seeded `seed`.
 fn chunk_seed(seed: u64, chunk: usize) -> u64 {
     seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
@@ -198,9 +194,9 @@ impl StepLog {
     }
 }
 
-/// The control `u = -s grad V = -s lambda grad value` at `x` and time `t` (`[n]` times).
-fn control_at(steering: Control<'_>, x: &State, t: &Tensor, s: f64) -> State {
-    let grads = tch::with_grad(|| value_gradient(steering.value, x, t));
+/// The control `u = -s grad V = -s lambda grad value` at `x` and time `t`.
+fn control_at(steering: Control<'_>, x: &State, t: f64, s: f64) -> State {
+    let grads = steering.value.gradient(x, t);
     let mut grads = grads.into_iter();
     x.map_floating(|_| {
         grads.next().expect("one gradient per floating leaf") * (-s * steering.scale)
@@ -216,7 +212,7 @@ fn sample_chunk(
     let _no_grad = tch::no_grad_guard();
     let (n, device) = (request.n, request.device);
     tch::manual_seed(request.seed as i64);
-    let grid = time_grid(options.steps, options.t0);
+    let grid = time_grid(options.steps, options.t0, options.grid, &model.interpolant);
     let (x0, kwargs) = model.sample_p0(n, request.seed)?;
     let mut x = x0.to_device(device);
     let kwargs = model.preprocess(&x, &kwargs.to_device(device))?;
@@ -291,10 +287,9 @@ fn euler_maruyama_step(
     let c = sde_coefficients(&model.interpolant, options.diffusion, model.output_type, t);
     log.diffusion.push(c.s);
     let mut drift = x.zip_floating(f, |x, f| x * c.drift.a + f * c.drift.b);
-    let control = request.control.map(|steering| {
-        let times = Tensor::full([request.n as i64], t, (Kind::Float, request.device));
-        control_at(steering, x, &times, c.s)
-    });
+    let control = request
+        .control
+        .map(|steering| control_at(steering, x, t, c.s));
     match &control {
         Some(u) => {
             log.control_ok.push(u.all_finite());
@@ -325,7 +320,7 @@ pub fn check_stability(options: &SamplerOptions, interpolant: &super::Interpolan
     let Diffusion::Constant(level) = options.diffusion else {
         return Ok(());
     };
-    let grid = time_grid(options.steps, options.t0);
+    let grid = time_grid(options.steps, options.t0, options.grid, interpolant);
     // The last step is the endpoint estimate, not an Euler-Maruyama step.
     for k in 0..options.steps.saturating_sub(1) {
         let dt = grid[k + 1] - grid[k];

@@ -9,7 +9,7 @@ pub mod mlp;
 
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
-use tch::{nn, Device, Tensor};
+use tch::{nn, Device, Kind, Tensor};
 
 use crate::state::State;
 
@@ -36,6 +36,13 @@ pub trait ValueNetwork {
     fn var_store_mut(&mut self) -> &mut nn::VarStore;
     /// One line: architecture and size.
     fn describe(&self) -> String;
+    /// `grad_x V(x, t)` for every floating leaf (in order), all samples at the one time `t`:
+    /// what the sampler's control needs at every step. The default differentiates `forward`
+    /// with autograd; a network can compute it directly, with fewer operations.
+    fn gradient(&self, x: &State, t: f64) -> Vec<Tensor> {
+        let times = Tensor::full([x.len() as i64], t, (Kind::Float, x.device()));
+        autograd_gradient(self, x, &times)
+    }
 }
 
 /// A linear layer that starts at zero: the output layer of every built-in value network, so
@@ -91,13 +98,19 @@ pub fn build(arch: ValueArch, example: &State, device: Device) -> Result<Box<dyn
     })
 }
 
-/// `grad_x V(x, t)` for every floating leaf (zeros for the others' places are not needed:
-/// the result has the floating leaves only, in order).
-pub fn value_gradient(value: &dyn ValueNetwork, x: &State, t: &Tensor) -> Vec<Tensor> {
-    let inputs = x.map_floating(|leaf| leaf.detach().set_requires_grad(true));
-    let v = value.forward(&inputs, t);
-    let leaves: Vec<&Tensor> = inputs.floating().collect();
-    Tensor::run_backward(&[v.sum(v.kind())], &leaves, false, false)
+/// `grad_x V(x, t)` for every floating leaf by autograd through `forward`, with gradients
+/// enabled whatever the caller's mode (the result has the floating leaves only, in order).
+pub fn autograd_gradient<V: ValueNetwork + ?Sized>(
+    value: &V,
+    x: &State,
+    t: &Tensor,
+) -> Vec<Tensor> {
+    tch::with_grad(|| {
+        let inputs = x.map_floating(|leaf| leaf.detach().set_requires_grad(true));
+        let v = value.forward(&inputs, t);
+        let leaves: Vec<&Tensor> = inputs.floating().collect();
+        Tensor::run_backward(&[v.sum(v.kind())], &leaves, false, false)
+    })
 }
 
 /// The prefix of the value network's weights in checkpoints: `value.<variable name>`.
