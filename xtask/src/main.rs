@@ -37,6 +37,15 @@ const HOST_LIBRARY_ALONE: &[&str] = &[
 /// Packages that are not part of what `run` needs next to the host executable.
 const EXCLUDED_FROM_RUN_BUILD: &[&str] = &["xtask", "flowgym-tests", "third-party-reward"];
 
+/// Broken-on-purpose plugin fixtures of the tests. The tests build them into a target
+/// directory of their own; built with the workspace they would land next to the host, where
+/// discovery finds them and every command warns about them.
+const TEST_PLUGINS: &[&str] = &[
+    "flowgym-test-faulty",
+    "flowgym-test-foreign-libtorch",
+    "flowgym-test-not-a-plugin",
+];
+
 /// Plugins that link no libtorch. They are built in a cargo invocation of their own: built
 /// together with the others, cargo would unify plugin-api's `tch` feature into them.
 pub const LIBTORCH_FREE_PLUGINS: &[&str] = &[
@@ -51,7 +60,8 @@ usage: cargo xtask <command> [args...]
   run [ARGS...]     build the host and plugins (release), then `flowgym-host run ARGS`
                     (no ARGS: the built-in toy, 1d/gmm adapted to 1d/binary)
   host [ARGS...]    build, then `flowgym-host ARGS` (list, check, sample, bench, ...)
-  test [ARGS...]    the whole test suite: `cargo test --release --workspace ARGS`, then a
+  test [ARGS...]    the whole test suite: `cargo test --release --workspace ARGS` (the tests
+                    build their broken plugin fixtures apart from the host), then a
                     check that the host library builds without its CLI features
   cargo [ARGS...]   any cargo command with libtorch set up (clippy, doc, bench, ...)
   env               print the environment variables the commands above set
@@ -79,6 +89,7 @@ fn main() -> ExitCode {
                 .iter()
                 .map(OsString::from)
                 .collect();
+            cargo_args.extend(excluding(TEST_PLUGINS));
             cargo_args.extend(args);
             cargo(&cargo_args).and_then(|()| cargo(&os_args(HOST_LIBRARY_ALONE)))
         }
@@ -127,11 +138,11 @@ fn build_and_run_host(host_args: Vec<OsString>) -> Result<(), String> {
         .iter()
         .map(OsString::from)
         .collect();
-    for package in EXCLUDED_FROM_RUN_BUILD.iter().chain(LIBTORCH_FREE_PLUGINS) {
-        build.push("--exclude".into());
-        build.push(OsString::from(package));
-    }
+    build.extend(excluding(EXCLUDED_FROM_RUN_BUILD));
+    build.extend(excluding(TEST_PLUGINS));
+    build.extend(excluding(LIBTORCH_FREE_PLUGINS));
     cargo(&build)?;
+    remove_stale_test_plugins();
     let mut free: Vec<OsString> = vec!["build".into(), "--release".into()];
     for package in LIBTORCH_FREE_PLUGINS {
         free.push("-p".into());
@@ -145,6 +156,27 @@ fn build_and_run_host(host_args: Vec<OsString>) -> Result<(), String> {
         .status()
         .map_err(|e| format!("could not start {}: {e}", host.display()))?;
     exit_status(status, "flowgym-host")
+}
+
+/// `--exclude P` for each package.
+fn excluding(packages: &[&str]) -> Vec<OsString> {
+    packages
+        .iter()
+        .flat_map(|package| [OsString::from("--exclude"), OsString::from(package)])
+        .collect()
+}
+
+/// Removes test fixtures that an older build left next to the host.
+fn remove_stale_test_plugins() {
+    for package in TEST_PLUGINS {
+        let file = format!(
+            "{}{}{}",
+            env::consts::DLL_PREFIX,
+            package.replace('-', "_"),
+            env::consts::DLL_SUFFIX
+        );
+        let _ = std::fs::remove_file(target_dir().join("release").join(file));
+    }
 }
 
 fn cargo(args: &[OsString]) -> Result<(), String> {
