@@ -395,6 +395,15 @@ fn a_nan_reward_stops_the_run_naming_it_and_keeps_the_last_good_checkpoint() {
             .count(),
         5
     );
+    // The directory says it failed, and why, until a session ends well.
+    let note = std::fs::read_to_string(sandbox.path("run/failed.txt")).unwrap();
+    assert!(note.contains("returned NaN or infinite rewards"), "{note}");
+    assert!(note.contains("flowgym-host run --resume run"), "{note}");
+    // A new process counts the reward's calls from zero again: two iterations and the
+    // samples after training are scored before its fifth call.
+    let out = sandbox.run(&["run", "--resume", "run", "--iterations", "6"]);
+    assert_exit(&out, 0);
+    assert!(!sandbox.path("run/failed.txt").exists());
 }
 
 #[test]

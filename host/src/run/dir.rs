@@ -8,6 +8,8 @@
 //! RUN/before.png, after.png       samples (image grids, or histograms for 1-d data)
 //! RUN/reward.png, loss.png        curves over iterations
 //! RUN/summary.json
+//! RUN/failed.txt                  only while the last session ended in an error: which, and
+//!                                 how to continue
 //! ```
 
 use std::fs;
@@ -119,5 +121,30 @@ impl RunDir {
     /// `RUN/summary.json`.
     pub fn summary(&self) -> PathBuf {
         self.root.join("summary.json")
+    }
+
+    /// `RUN/failed.txt`.
+    pub fn failure(&self) -> PathBuf {
+        self.root.join("failed.txt")
+    }
+
+    /// Says in the directory that the session ended in `error`, so that a run directory
+    /// left by a failure is never mistaken for a finished one.
+    pub fn record_failure(&self, error: &anyhow::Error) -> Result<()> {
+        let text = format!(
+            "This run stopped with an error:\n\n{error:#}\n\nEverything up to its last checkpoint is kept; after fixing the cause, continue with\n  flowgym-host run --resume {}\n",
+            self.root.display()
+        );
+        write_bytes_atomically(&self.failure(), text.as_bytes())
+    }
+
+    /// Removes the failure note of an earlier session, once one has run to its end.
+    pub fn clear_failure(&self) -> Result<()> {
+        match fs::remove_file(self.failure()) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(e).with_context(|| format!("removing {}", self.failure().display()))
+            }
+            _ => Ok(()),
+        }
     }
 }

@@ -239,8 +239,27 @@ impl Run {
         })
     }
 
-    /// Every phase in turn: samples before, training, samples after, figures and summary.
+    /// Every phase in turn: samples before, training, samples after, figures and summary. An
+    /// error is also recorded in the run directory (`failed.txt`), which a later session that
+    /// ends well removes.
     pub fn execute(&mut self) -> Result<(RunEnd, Summary)> {
+        match self.phases() {
+            Ok(done) => {
+                self.dir.clear_failure()?;
+                Ok(done)
+            }
+            Err(error) => {
+                if let Err(note) = self.dir.record_failure(&error) {
+                    eprintln!(
+                        "warning: could not record the failure in the run directory: {note:#}"
+                    );
+                }
+                Err(error)
+            }
+        }
+    }
+
+    fn phases(&mut self) -> Result<(RunEnd, Summary)> {
         interrupt::install();
         let mut end = RunEnd::Finished;
         for phase in [Self::sample_before, Self::train, Self::sample_after] {
