@@ -1,7 +1,9 @@
 //! Errors that cross the plugin boundary, and the panic guard every call goes through.
 
+use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Once;
 
 use abi_stable::std_types::{RResult, RString};
 use abi_stable::StableAbi;
@@ -74,10 +76,43 @@ impl From<tch::TchError> for PluginError {
 /// Shorthand for results of plugin code.
 pub type PluginResult<T> = Result<T, PluginError>;
 
+thread_local! {
+    /// Whether this thread is inside [`guard`], whose caller reports the panic.
+    static GUARDED: Cell<bool> = const { Cell::new(false) };
+    /// Where the last guarded panic happened.
+    static PANIC_LOCATION: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// Installs, once, a panic hook that keeps quiet about panics inside [`guard`] (recording
+/// where they happened, for the error) and hands every other panic to the hook before it.
+/// Without it the standard hook prints the panic and the host prints it again as an error.
+fn install_quiet_hook() {
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if GUARDED.with(Cell::get) {
+                let location = info
+                    .location()
+                    .map(|l| format!("{}:{}", l.file(), l.line()));
+                PANIC_LOCATION.with(|slot| *slot.borrow_mut() = location);
+            } else {
+                previous(info);
+            }
+        }));
+    });
+}
+
 /// Runs `f`, turning both its error and a panic into a [`PluginError`], so that nothing unwinds
-/// across the FFI boundary. `what` names the call in the message (`"1d/gmm forward"`).
+/// across the FFI boundary. `what` names the call in the message (`"the constructor"`); the
+/// host adds the plugin and the entry. The panic is reported once, by that error, with the
+/// place in the plugin's source it came from.
 pub fn guard<T>(what: &str, f: impl FnOnce() -> PluginResult<T>) -> RResult<T, PluginError> {
-    match catch_unwind(AssertUnwindSafe(f)) {
+    install_quiet_hook();
+    let outer = GUARDED.with(|g| g.replace(true));
+    let result = catch_unwind(AssertUnwindSafe(f));
+    GUARDED.with(|g| g.set(outer));
+    match result {
         Ok(Ok(value)) => RResult::ROk(value),
         Ok(Err(err)) => RResult::RErr(err),
         Err(payload) => {
@@ -88,7 +123,13 @@ pub fn guard<T>(what: &str, f: impl FnOnce() -> PluginResult<T>) -> RResult<T, P
             } else {
                 "a panic with a non-text payload".to_string()
             };
-            RResult::RErr(PluginError::new(format!("{what} panicked: {detail}")))
+            let place = PANIC_LOCATION
+                .with(|slot| slot.borrow_mut().take())
+                .map(|at| format!(" at {at}"))
+                .unwrap_or_default();
+            RResult::RErr(PluginError::new(format!(
+                "{what} panicked{place}: {detail}"
+            )))
         }
     }
 }
@@ -99,10 +140,11 @@ mod tests {
 
     #[test]
     fn panics_become_errors_naming_the_call() {
+        let line = line!() + 1;
         let result: RResult<(), PluginError> = guard("toy forward", || panic!("boom {}", 7));
         assert_eq!(
             result.unwrap_err().message(),
-            "toy forward panicked: boom 7"
+            format!("toy forward panicked at {}:{line}: boom 7", file!())
         );
         let ok = guard("toy", || Ok(3));
         assert_eq!(ok.unwrap(), 3);

@@ -160,7 +160,8 @@ pub trait FfiBaseModel: Send {
 /// A boxed [`FfiBaseModel`] trait object, as the host holds it.
 pub type BaseModelBox = FfiBaseModel_TO<'static, RBox<()>>;
 
-/// Wraps a plugin's [`BaseModel`], naming the entry in errors and catching panics.
+/// Wraps a plugin's [`BaseModel`] for the host, catching panics (the host names the entry in
+/// its errors).
 pub struct BaseModelAdapter {
     id: String,
     inner: Box<dyn BaseModel>,
@@ -175,13 +176,14 @@ impl BaseModelAdapter {
         }
     }
 
+    /// The entry id it was registered as.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
     /// The FFI trait object.
     pub fn into_box(self) -> BaseModelBox {
         FfiBaseModel_TO::from_value(self, abi_stable::sabi_trait::TD_Opaque)
-    }
-
-    fn what(&self, call: &str) -> String {
-        format!("`{}` {call}", self.id)
     }
 }
 
@@ -200,8 +202,7 @@ impl FfiBaseModel for BaseModelAdapter {
         seed: u64,
         kwargs: Kwargs,
     ) -> RResult<Tuple2<Batch, Kwargs>, PluginError> {
-        let what = self.what("sample_p0");
-        guard(&what, || {
+        guard("the call", || {
             self.inner
                 .sample_p0(n as usize, seed, kwargs)
                 .map(|(x, kw)| Tuple2(x, kw))
@@ -209,8 +210,7 @@ impl FfiBaseModel for BaseModelAdapter {
     }
 
     fn preprocess(&mut self, x: Batch, kwargs: Kwargs) -> RResult<Kwargs, PluginError> {
-        let what = self.what("preprocess");
-        guard(&what, || self.inner.preprocess(x, kwargs))
+        guard("the call", || self.inner.preprocess(x, kwargs))
     }
 
     fn forward(
@@ -219,13 +219,11 @@ impl FfiBaseModel for BaseModelAdapter {
         t: ManagedTensor,
         kwargs: Kwargs,
     ) -> RResult<Batch, PluginError> {
-        let what = self.what("forward");
-        guard(&what, || self.inner.forward(x, t, kwargs))
+        guard("the call", || self.inner.forward(x, t, kwargs))
     }
 
     fn postprocess(&mut self, x: Batch, kwargs: Kwargs) -> RResult<ROption<Batch>, PluginError> {
-        let what = self.what("postprocess");
-        guard(&what, || {
+        guard("the call", || {
             self.inner.postprocess(x, kwargs).map(ROption::from)
         })
     }

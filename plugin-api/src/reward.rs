@@ -95,7 +95,8 @@ pub trait FfiReward: Send {
 /// A boxed [`FfiReward`] trait object, as the host holds it.
 pub type RewardBox = FfiReward_TO<'static, RBox<()>>;
 
-/// Wraps a plugin's [`Reward`], naming the entry in errors and catching panics.
+/// Wraps a plugin's [`Reward`] for the host, catching panics (the host names the entry in
+/// its errors).
 pub struct RewardAdapter {
     id: String,
     inner: Box<dyn Reward>,
@@ -108,6 +109,11 @@ impl RewardAdapter {
             id: id.to_string(),
             inner,
         }
+    }
+
+    /// The entry id it was registered as.
+    pub fn id(&self) -> &str {
+        &self.id
     }
 
     /// The FFI trait object.
@@ -123,12 +129,10 @@ impl FfiReward for RewardAdapter {
         latent: Batch,
         kwargs: Kwargs,
     ) -> RResult<RewardOutput, PluginError> {
-        let what = format!("`{}` reward", self.id);
-        guard(&what, || self.inner.reward(sample, latent, kwargs))
+        guard("the call", || self.inner.reward(sample, latent, kwargs))
     }
 
     fn gradient(&mut self, sample: Batch, kwargs: Kwargs) -> RResult<Batch, PluginError> {
-        let what = format!("`{}` gradient", self.id);
-        guard(&what, || self.inner.gradient(sample, kwargs))
+        guard("the call", || self.inner.gradient(sample, kwargs))
     }
 }

@@ -332,7 +332,9 @@ fn panics_in_plugins_become_errors_and_never_abort_the_host() {
     assert_exit(&out, 1);
     assert!(
         stderr(&out).contains("cannot construct reward `1d/panic-construct`")
-            && stderr(&out).contains("the constructor panicked: constructor exploded"),
+            && stderr(&out).contains(
+                "the constructor panicked at tests/plugins/faulty/src/lib.rs:37: constructor exploded"
+            ),
         "{}",
         stderr(&out)
     );
@@ -346,11 +348,17 @@ fn panics_in_plugins_become_errors_and_never_abort_the_host() {
         "8",
     ]);
     assert_exit(&out, 1);
+    // Said once, by the host, naming the entry once and the place in the plugin's source.
+    let err = stderr(&out);
     assert!(
-        stderr(&out)
-            .contains("reward `1d/panic-call`: `1d/panic-call` reward panicked: reward exploded"),
-        "{}",
-        stderr(&out)
+        err.contains("reward `1d/panic-call`: the call panicked at tests/plugins/faulty/src/lib.rs:46: reward exploded"),
+        "{err}"
+    );
+    assert_eq!(err.matches("reward exploded").count(), 1, "{err}");
+    assert_eq!(
+        err.matches("1d/panic-call").count(),
+        2,
+        "the run header and the error: {err}"
     );
 }
 
