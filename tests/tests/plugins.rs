@@ -418,3 +418,45 @@ fn reward_plugins_build_without_libtorch() {
         );
     }
 }
+
+#[test]
+fn check_with_arguments_constructs_and_runs_the_pair_on_two_samples() {
+    let sandbox = Sandbox::new("check-args").with_toys();
+    sandbox.install(&fixture_plugin("flowgym-test-faulty"));
+    let check = |reward: &str, model_args: &str| {
+        sandbox.run(&[
+            "check",
+            "--model",
+            "1d/gmm",
+            "--reward",
+            reward,
+            "--model-args",
+            model_args,
+        ])
+    };
+    let out = check("1d/binary", r#"{"means": [0.0, 2.0]}"#);
+    assert_exit(&out, 0);
+    assert!(
+        stdout(&out).contains(
+            "ok: constructed with these arguments, two samples drawn, denoised and scored"
+        ),
+        "{}",
+        stdout(&out)
+    );
+    let out = check("1d/binary", r#"{"mean": [0.0]}"#);
+    assert_exit(&out, 1);
+    assert!(
+        stderr(&out).contains("unknown argument `mean`; accepted: weights, means, stds"),
+        "{}",
+        stderr(&out)
+    );
+    // Only running the pair shows that this reward miscounts its samples.
+    let out = check("1d/short", "{}");
+    assert_exit(&out, 1);
+    let err = stderr(&out);
+    assert!(
+        err.contains("the end-to-end trial on two samples failed"),
+        "{err}"
+    );
+    assert!(err.contains("1d/short"), "{err}");
+}
