@@ -97,8 +97,23 @@ impl ConstructContext {
 /// A base model, as a plugin implements it.
 ///
 /// Samples are [`Batch`]es whose floating leaves evolve from noise (`t = 0`) to data (`t = 1`).
-/// Plugins that use libtorch draw random numbers from its global generator, which the host
-/// seeds; others draw from their own generator, seeded with the `seed` given.
+///
+/// # What the host passes
+///
+/// - **Calls** come from one thread at a time (the host never calls one instance
+///   concurrently), in this order per batch: `sample_p0`, `preprocess`, then `forward` once
+///   per sampling step with `t` increasing, then `postprocess`. A libtorch plugin computes with
+///   the host's libtorch threads.
+/// - **Tensors** arrive on the device the host computes on (the construction context's
+///   device), with the leaves the entry declares; floating leaves are `float32`. Return the
+///   same leaves, on the same device, in the same dtypes.
+/// - **Seeds.** `sample_p0` gets a seed for every call: at start-up one call with `n = 2` and
+///   seed 0 (the host learns the shapes), then one per training batch (a different seed per
+///   iteration, derived from the run's seed), and one for the samples before training and after
+///   it (the same seed both times, so that both start from the same noise). Large requests
+///   are split into chunks, each with a seed of its own. Plugins that use libtorch may draw
+///   from its global generator, which the host seeds before every call; others must draw from
+///   their own generator seeded with `seed`, so that runs are reproducible.
 pub trait BaseModel: Send {
     /// What `forward` predicts.
     fn output_type(&self) -> OutputType;
@@ -106,8 +121,9 @@ pub trait BaseModel: Send {
     /// The description of the noise schedule this model was trained on.
     fn schedule(&self) -> ScheduleSpec;
 
-    /// `n` samples of the source distribution, with the keyword arguments (prompts, say) that
-    /// go with each of them. `kwargs` holds what the user supplied for the run.
+    /// `n` samples of the source distribution (`t = 0`), with the keyword arguments (prompts,
+    /// say) that go with each of them. The host passes empty `kwargs` today; per-sample
+    /// arguments come from the model's own arguments.
     fn sample_p0(&mut self, n: usize, seed: u64, kwargs: Kwargs) -> PluginResult<(Batch, Kwargs)>;
 
     /// Work done once per batch before sampling (encoding prompts, say): returns the keyword
@@ -117,8 +133,12 @@ pub trait BaseModel: Send {
         Ok(kwargs)
     }
 
-    /// The network's prediction at `x` and time `t` (shape `[n]`; the step index `k` for a
-    /// discrete-diffusion scheduler). Returns a batch with the floating leaves of `x`.
+    /// The network's prediction at `x` and time `t`. `t` is a `float32` tensor of shape `[n]`
+    /// on the samples' device, every element the same: the sampler's time in `[t0, 1]` for a
+    /// continuous schedule, and for a discrete-diffusion schedule of `K + 1` steps the step
+    /// index `k = round((1 - t) K)` as a float (`0` the cleanest), as diffusers' UNets take
+    /// it. Returns a batch with the floating leaves of `x`, the prediction of the
+    /// [`output_type`](BaseModel::output_type) for each.
     fn forward(&mut self, x: Batch, t: ManagedTensor, kwargs: Kwargs) -> PluginResult<Batch>;
 
     /// Maps final states to samples a reward reads (decoding latents to pixels, say).
