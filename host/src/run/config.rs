@@ -48,8 +48,8 @@ pub struct RunConfig {
     pub grad_clip: f64,
     /// First time of the grid.
     pub t0: f64,
-    /// How the steps are spread over `[t0, 1]`: `noise_level` (equal steps in the noise level
-    /// `beta`), `uniform` (equal steps in `t`) or `karras`.
+    /// How the steps are spread over `[t0, 1]`: `auto` (`karras` on discrete diffusion
+    /// schedules, `uniform` on the others), `uniform`, `noise_level` or `karras`.
     pub time_grid: TimeGrid,
     /// Diffusion coefficient: `memoryless` or a constant level.
     pub noise: Diffusion,
@@ -98,7 +98,7 @@ impl Default for RunConfig {
             replay: 0,
             grad_clip: 1.0,
             t0: 0.02,
-            time_grid: TimeGrid::NoiseLevel,
+            time_grid: TimeGrid::Auto,
             noise: Diffusion::Memoryless,
             value_net: ValueArch::Auto,
             sample_chunk: 0,
