@@ -209,7 +209,7 @@ fn set_threads(threads: usize) {
 
 /// Runs the benchmark and prints its figures, then one JSON line.
 pub fn run(cli: &Cli, args: &BenchArgs) -> Result<ExitCode> {
-    let registry = cli.registry();
+    let registry = cli.registry()?;
     warn_refused(&registry);
     match &args.which {
         Which::Quality(quality_args) => return quality(&registry, quality_args),

@@ -21,7 +21,7 @@ pub struct CheckArgs {
 
 /// Resolves both entries and compares their metadata; constructs neither.
 pub fn run(cli: &Cli, args: &CheckArgs) -> anyhow::Result<ExitCode> {
-    let registry = cli.registry();
+    let registry = cli.registry()?;
     warn_refused(&registry);
     let model = registry.resolve(&args.model, EntryKind::BaseModel)?;
     let reward = registry.resolve(&args.reward, EntryKind::Reward)?;

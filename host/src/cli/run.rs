@@ -195,7 +195,7 @@ pub fn run(cli: &Cli, args: &RunArgs) -> Result<ExitCode> {
             }
         }
     };
-    let registry = cli.registry();
+    let registry = cli.registry()?;
     warn_refused(&registry);
     let mut run = Run::open(&registry, start)?;
     let (end, summary) = run.execute()?;
