@@ -56,6 +56,10 @@ pub enum Command {
     /// $XDG_CONFIG_HOME/flowgym/trust.toml, else ~/.config/flowgym/trust.toml), unpin them
     /// with --remove, or list the pins (no FILE).
     Trust(trust::TrustArgs),
+    /// The isolated reward's worker process (started by the host itself).
+    #[cfg(unix)]
+    #[command(name = "reward-worker", hide = true)]
+    RewardWorker,
 }
 
 impl Cli {
@@ -99,6 +103,8 @@ pub fn main() -> ExitCode {
         Command::Sample(args) => sample::run(&cli, args),
         Command::Bench(args) => bench::run(&cli, args),
         Command::Trust(args) => trust::run(args),
+        #[cfg(unix)]
+        Command::RewardWorker => crate::isolate::worker::main().map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,
