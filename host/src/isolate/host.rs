@@ -4,9 +4,8 @@
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -63,7 +62,7 @@ impl Drop for PrivateDir {
 struct Worker {
     child: Child,
     stdin: ChildStdin,
-    answers: Receiver<String>,
+    answers: BufReader<ChildStdout>,
     tail: Arc<Mutex<VecDeque<String>>>,
     stderr_done: Arc<AtomicBool>,
 }
@@ -250,15 +249,7 @@ impl IsolatedReward {
             .take()
             .context("the worker's standard output")?;
         let stderr = child.stderr.take().context("the worker's standard error")?;
-        let (sender, answers) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if sender.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let answers = BufReader::new(stdout);
         let tail = Arc::new(Mutex::new(VecDeque::new()));
         let stderr_done = Arc::new(AtomicBool::new(false));
         let (tail_writer, done, id) = (tail.clone(), stderr_done.clone(), self.id.clone());
@@ -378,26 +369,23 @@ impl IsolatedReward {
         let Some(worker) = self.worker.as_mut() else {
             return Err(Failure::Died("is not running".into()));
         };
+        let mut message = Vec::with_capacity(line.len() + 1);
+        message.extend_from_slice(line.as_bytes());
+        message.push(b'\n');
+        // One write, so that the worker wakes once, to a whole line.
         let sent = worker
             .stdin
-            .write_all(line.as_bytes())
-            .and_then(|()| worker.stdin.write_all(b"\n"))
+            .write_all(&message)
             .and_then(|()| worker.stdin.flush());
         let received = match sent {
-            Ok(()) => match timeout {
-                Some(limit) => worker.answers.recv_timeout(limit),
-                None => worker
-                    .answers
-                    .recv()
-                    .map_err(|_| RecvTimeoutError::Disconnected),
-            },
-            Err(_) => Err(RecvTimeoutError::Disconnected),
+            Ok(()) => read_line(&mut worker.answers, timeout),
+            Err(_) => Err(Silence::Closed),
         };
         match received {
             Ok(text) => serde_json::from_str(&text)
                 .map_err(|e| Failure::Died(format!("sent an unreadable answer ({e})"))),
-            Err(RecvTimeoutError::Timeout) => Err(Failure::TimedOut(timeout.unwrap_or_default())),
-            Err(RecvTimeoutError::Disconnected) => Err(Failure::Died(ended(worker))),
+            Err(Silence::Timeout) => Err(Failure::TimedOut(timeout.unwrap_or_default())),
+            Err(Silence::Closed) => Err(Failure::Died(ended(worker))),
         }
     }
 
@@ -431,6 +419,72 @@ impl IsolatedReward {
             message.push_str(&format!("; its last output: {tail}"));
         }
         message
+    }
+}
+
+/// Why no answer came.
+enum Silence {
+    /// The time limit passed.
+    Timeout,
+    /// The worker closed its end (it died).
+    Closed,
+}
+
+/// The next line from the worker, waiting at most `timeout`. It is read in the calling
+/// thread (poll, then read), so that an answer costs no hand-over between threads.
+fn read_line(
+    reader: &mut BufReader<ChildStdout>,
+    timeout: Option<Duration>,
+) -> std::result::Result<String, Silence> {
+    use std::os::fd::AsRawFd;
+    let deadline = timeout.map(|t| Instant::now() + t);
+    let mut line = Vec::new();
+    loop {
+        let buffered = reader.buffer();
+        if let Some(end) = buffered.iter().position(|&b| b == b'\n') {
+            line.extend_from_slice(&buffered[..end]);
+            reader.consume(end + 1);
+            return String::from_utf8(line).map_err(|_| Silence::Closed);
+        }
+        line.extend_from_slice(buffered);
+        let taken = buffered.len();
+        reader.consume(taken);
+        if !wait_readable(reader.get_ref().as_raw_fd(), deadline) {
+            return Err(Silence::Timeout);
+        }
+        if reader.fill_buf().map_err(|_| Silence::Closed)?.is_empty() {
+            return Err(Silence::Closed);
+        }
+    }
+}
+
+/// Whether `fd` became readable (or closed) before `deadline`.
+fn wait_readable(fd: std::os::fd::RawFd, deadline: Option<Instant>) -> bool {
+    loop {
+        let wait_ms = match deadline {
+            None => -1,
+            Some(deadline) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return false;
+                }
+                (left.as_millis() + 1).min(i32::MAX as u128) as i32
+            }
+        };
+        let mut poll = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, for the duration of the call.
+        let ready = unsafe { libc::poll(&mut poll, 1, wait_ms) };
+        if ready > 0 {
+            return true;
+        }
+        if ready < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            // Let the read report the error.
+            return true;
+        }
     }
 }
 
