@@ -125,6 +125,15 @@ impl Reward {
         !matches!(self.inner, Backend::InProcess(_))
     }
 
+    /// The CPU time its worker had used by its last answer (None in the host's process).
+    pub fn worker_cpu_seconds(&self) -> Option<f64> {
+        match &self.inner {
+            Backend::InProcess(_) => None,
+            #[cfg(unix)]
+            Backend::Isolated(inner) => inner.worker_cpu_seconds(),
+        }
+    }
+
     /// Names the batches scored from now on in error messages, e.g. `the batch of iteration 3`.
     pub fn set_label(&mut self, label: impl Into<String>) {
         self.label = label.into();

@@ -89,6 +89,8 @@ pub struct IsolatedReward {
     init: Init,
     options: IsolationOptions,
     worker: Option<Worker>,
+    /// The worker's CPU time as of its last answer.
+    worker_cpu_seconds: Option<f64>,
     region: Region,
     _dir: PrivateDir,
 }
@@ -128,6 +130,7 @@ impl IsolatedReward {
             init,
             options,
             worker: None,
+            worker_cpu_seconds: None,
             region,
             _dir: dir,
         };
@@ -156,7 +159,12 @@ impl IsolatedReward {
         loop {
             let request = self.prepare(sample, latent, kwargs)?;
             let failure = match self.exchange(&request) {
-                Ok(Answer::Scored { reward, valid }) => {
+                Ok(Answer::Scored {
+                    reward,
+                    valid,
+                    cpu_seconds,
+                }) => {
+                    self.worker_cpu_seconds = Some(cpu_seconds);
                     let n = sample.len();
                     let reward = self.read(&reward, n, "rewards")?;
                     let valid = valid.map(|v| self.read(&v, n, "validity")).transpose()?;
@@ -192,6 +200,11 @@ impl IsolatedReward {
                 bail!(message);
             }
         }
+    }
+
+    /// The CPU time the current worker had used by its last answer, in seconds.
+    pub fn worker_cpu_seconds(&self) -> Option<f64> {
+        self.worker_cpu_seconds
     }
 
     /// Starts the worker and waits for it to be ready. `Err(Ok(message))`: the plugin or

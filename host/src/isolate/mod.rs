@@ -34,3 +34,14 @@ pub struct IsolationOptions {
 
 /// The hidden subcommand that runs the worker.
 pub const WORKER_COMMAND: &str = "reward-worker";
+
+/// CPU time this process has used so far, all threads, in seconds.
+pub fn process_cpu_seconds() -> f64 {
+    let mut time = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec, which lives for the call.
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut time) };
+    time.tv_sec as f64 + time.tv_nsec as f64 * 1e-9
+}

@@ -110,6 +110,8 @@ pub enum Answer {
         reward: OutputSlot,
         /// Validity, when the plugin gave it.
         valid: Option<OutputSlot>,
+        /// The worker's CPU time so far, in seconds (for the isolation benchmark).
+        cpu_seconds: f64,
     },
     /// The plugin (or the worker) reported an error; the worker is still usable.
     Failed(String),

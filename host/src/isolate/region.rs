@@ -122,7 +122,22 @@ impl Region {
             offset,
         };
         let mut view = self.view(&slot)?;
-        if tensor.numel() > 0 {
+        if tensor.numel() == 0 {
+            return Ok(slot);
+        }
+        if tensor.device() == Device::Cpu && tensor.is_contiguous() {
+            let bytes = byte_len(tensor.kind(), &slot.shape);
+            // SAFETY: the source is a contiguous CPU tensor of exactly `bytes` bytes, and
+            // `view` checked that the destination range lies inside the mapping; the two
+            // cannot overlap (the tensor is the host's own memory).
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    tensor.data_ptr() as *const u8,
+                    self.map[offset..].as_mut_ptr(),
+                    bytes,
+                );
+            }
+        } else {
             view.copy_(tensor);
         }
         Ok(slot)

@@ -175,5 +175,6 @@ fn score(region: &mut Region, reward: &mut RewardBox, request: &ScoreRequest) ->
     Ok(Answer::Scored {
         reward: reward_slot,
         valid,
+        cpu_seconds: super::process_cpu_seconds(),
     })
 }
