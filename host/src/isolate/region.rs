@@ -95,12 +95,10 @@ impl Region {
         if slot.shape.iter().any(|&d| d < 0) {
             bail!("negative shape {:?}", slot.shape);
         }
-        let end = slot
-            .offset
+        slot.offset
             .checked_add(byte_len(kind, &slot.shape))
             .filter(|&end| end <= self.len())
             .with_context(|| format!("a tensor at {} lies outside the region", slot.offset))?;
-        let _ = end;
         let ptr = self.map[slot.offset..].as_mut_ptr();
         // SAFETY: the bytes lie inside the mapping (checked above) and are aligned for every
         // element type (offsets are multiples of 64, the mapping is page-aligned).
@@ -141,5 +139,45 @@ impl Region {
             view.copy_(tensor);
         }
         Ok(slot)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::Kind;
+
+    #[test]
+    fn tensors_of_any_layout_cross_the_region_unchanged() {
+        let dir = std::env::temp_dir().join(format!("flowgym-region-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("region");
+        let mut host = Region::create(&path, 256).unwrap();
+        let mut worker = Region::open(&path).unwrap();
+        let images = Tensor::arange(2 * 3 * 4 * 5, (Kind::Float, Device::Cpu)).view([2, 3, 4, 5]);
+        // A transposed view is not contiguous: it goes through libtorch's copy.
+        let transposed = images.transpose(2, 3);
+        let flags = Tensor::from_slice(&[true, false, true]);
+        let bytes = super::super::protocol::align(images.numel() * 4);
+        host.grow(3 * bytes).unwrap();
+        let a = host.write(0, &images).unwrap();
+        let b = host.write(bytes, &transposed).unwrap();
+        let c = host.write(2 * bytes, &flags).unwrap();
+        assert_eq!(
+            (a.kind.as_str(), a.shape.clone()),
+            ("f32", vec![2, 3, 4, 5])
+        );
+        worker.follow(host.len()).unwrap();
+        assert!(worker.view(&a).unwrap().equal(&images));
+        assert!(worker.view(&b).unwrap().equal(&transposed));
+        assert!(worker.view(&c).unwrap().equal(&flags));
+        let outside = TensorSlot {
+            offset: host.len() - 4,
+            ..a
+        };
+        let err = worker.view(&outside).unwrap_err().to_string();
+        assert!(err.ends_with("lies outside the region"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
