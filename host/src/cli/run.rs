@@ -197,7 +197,7 @@ pub fn run(cli: &Cli, args: &RunArgs) -> Result<ExitCode> {
                     .map(|key| format!("--{}", key.replace('_', "-")))
                     .collect();
                 bail!(
-                    "--resume continues a run with its own configuration ({}); drop {} (only --iterations and how the reward runs may change)",
+                    "--resume continues a run with its own configuration ({}); drop {} (only --iterations may change); how the reward runs (--isolate-rewards, --reward-timeout, --reward-retries, --reward-memory-mib) may change too",
                     dir.join(crate::run::dir::CONFIG).display(),
                     flags.join(", ")
                 );
