@@ -52,6 +52,31 @@ pub fn open_reward(
     ))
 }
 
+/// Constructs the reward `id` in a sandboxed child process (see [`crate::isolate`]): its
+/// constructor and every call run there, so that a crash, a hang or an exhausted memory limit
+/// becomes an error instead of taking the host down.
+#[cfg(unix)]
+pub fn open_isolated_reward(
+    registry: &Registry,
+    id: &str,
+    args_json: &str,
+    weight_dirs: &[PathBuf],
+    options: crate::isolate::IsolationOptions,
+) -> Result<(Reward, EntryMeta)> {
+    let entry = registry.resolve(id, EntryKind::Reward)?;
+    let inner = crate::isolate::IsolatedReward::start(
+        id,
+        &entry.plugin.path,
+        args_json,
+        weight_dirs,
+        options,
+    )?;
+    Ok((
+        Reward::isolated(id, entry.meta.capabilities.clone(), inner),
+        entry.meta.clone(),
+    ))
+}
+
 /// Refuses data types whose plugins lay out batches themselves: the sampler, the value
 /// networks and the figures of this host work on plain data (every leaf with the batch on
 /// dimension 0). The plugin contract carries custom layouts already; sampling them is future

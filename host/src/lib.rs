@@ -7,6 +7,7 @@
 //! - [`plugins`]: discovery, loading and checks of plugin files, entry lookup.
 //! - [`compat`]: whether a model and a reward can run together, from metadata alone.
 //! - [`compose`]: constructing a checked model and reward on a device.
+//! - [`isolate`] (Unix): rewards in a sandboxed child process.
 //! - [`model`], [`reward`], [`state`], [`kwargs`]: plugin entries and batches as libtorch
 //!   tensors, every plugin output checked.
 //! - [`sde`]: the interpolant, the diffusion coefficient, the drift and the sampler.
@@ -28,6 +29,8 @@ pub mod compat;
 pub mod compose;
 pub mod device;
 pub mod interrupt;
+#[cfg(unix)]
+pub mod isolate;
 pub mod kwargs;
 pub(crate) mod memory;
 pub mod model;

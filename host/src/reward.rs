@@ -74,13 +74,24 @@ impl RewardStats {
     }
 }
 
+/// Where a reward's code runs.
+enum Backend {
+    /// In the host's process.
+    InProcess(RewardBox),
+    /// In a sandboxed child process.
+    #[cfg(unix)]
+    Isolated(Box<crate::isolate::IsolatedReward>),
+}
+
 /// A reward loaded from a plugin.
 pub struct Reward {
     /// Entry id.
     pub id: String,
     /// What it declared.
     pub capabilities: Capabilities,
-    inner: RewardBox,
+    inner: Backend,
+    /// What the batches being scored are, for error messages ("iteration 3").
+    label: String,
 }
 
 impl Reward {
@@ -89,8 +100,43 @@ impl Reward {
         Self {
             id: id.to_string(),
             capabilities,
-            inner,
+            inner: Backend::InProcess(inner),
+            label: "a batch".to_string(),
         }
+    }
+
+    /// Wraps a reward running in a child process.
+    #[cfg(unix)]
+    pub fn isolated(
+        id: &str,
+        capabilities: Capabilities,
+        inner: crate::isolate::IsolatedReward,
+    ) -> Self {
+        Self {
+            id: id.to_string(),
+            capabilities,
+            inner: Backend::Isolated(Box::new(inner)),
+            label: "a batch".to_string(),
+        }
+    }
+
+    /// Whether it runs in a child process.
+    pub fn is_isolated(&self) -> bool {
+        !matches!(self.inner, Backend::InProcess(_))
+    }
+
+    /// The CPU time its worker had used by its last answer (None in the host's process).
+    pub fn worker_cpu_seconds(&self) -> Option<f64> {
+        match &self.inner {
+            Backend::InProcess(_) => None,
+            #[cfg(unix)]
+            Backend::Isolated(inner) => inner.worker_cpu_seconds(),
+        }
+    }
+
+    /// Names the batches scored from now on in error messages, e.g. `the batch of iteration 3`.
+    pub fn set_label(&mut self, label: impl Into<String>) {
+        self.label = label.into();
     }
 
     /// Scores `sample` (from `latent`), returning tensors on `device`.
@@ -155,12 +201,25 @@ impl Reward {
                 kwargs.slice(0, n),
             )
         };
-        let out = self
-            .inner
-            .reward(sample.to_batch()?, latent.to_batch()?, kwargs.to_plugin()?)
-            .into_result()
-            .map_err(|e| anyhow!("{what}: {e}"))?;
-        let reward = out.reward.into_tch().map_err(|e| anyhow!("{what}: {e}"))?;
+        let (reward, valid) = match &mut self.inner {
+            Backend::InProcess(inner) => {
+                let out = inner
+                    .reward(sample.to_batch()?, latent.to_batch()?, kwargs.to_plugin()?)
+                    .into_result()
+                    .map_err(|e| anyhow!("{what}: {e}"))?;
+                let reward = out.reward.into_tch().map_err(|e| anyhow!("{what}: {e}"))?;
+                let valid = match out.valid.into_option() {
+                    None => None,
+                    Some(v) => Some(v.into_tch().map_err(|e| anyhow!("{what}: {e}"))?),
+                };
+                (reward, valid)
+            }
+            #[cfg(unix)]
+            Backend::Isolated(inner) => {
+                let label = format!("{} (samples {offset}..{})", self.label, offset + n);
+                inner.score(&sample, &latent, &kwargs, &label)?
+            }
+        };
         if reward.size() != [n as i64] {
             bail!(
                 "{what} returned rewards of shape {:?} for {n} samples; expected [{n}]",
@@ -174,10 +233,9 @@ impl Reward {
             );
         }
         let reward = reward.to_kind(Kind::Float);
-        let valid = match out.valid.into_option() {
+        let valid = match valid {
             None => Tensor::ones([n as i64], (Kind::Bool, reward.device())),
             Some(valid) => {
-                let valid = valid.into_tch().map_err(|e| anyhow!("{what}: {e}"))?;
                 if valid.size() != [n as i64] || valid.kind() != Kind::Bool {
                     bail!(
                         "{what} returned validity of shape {:?} and type {:?}; expected bool [{n}]",

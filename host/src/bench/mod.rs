@@ -8,13 +8,19 @@
 //!   outside libtorch's own work.
 //! - [`run_problem`]: the quality of Value Matching with the default configuration on a
 //!   problem whose optimum is known.
+//! - `isolation`: the time a sandboxed worker adds to a reward call, against the reward's own
+//!   time and a Value Matching iteration.
 //! - [`sampling`]: seconds per denoising step of a base model (any plugin), and images per
 //!   second at 100 steps.
 
+#[cfg(unix)]
+mod isolation;
 mod quality;
 mod sampling;
 mod vm;
 
+#[cfg(unix)]
+pub use isolation::isolation;
 pub use quality::{run_problem, QualityFigures};
 pub use sampling::sampling;
 pub use vm::value_matching;

@@ -11,6 +11,7 @@ use crate::bench;
 use crate::compose::{construct_context, open_model, open_reward};
 use crate::device::{intra_op_threads, parse_device};
 use crate::model::Model;
+use crate::plugins::Registry;
 use crate::quality;
 use crate::run::RunConfig;
 
@@ -45,6 +46,11 @@ pub enum Which {
     /// Value Matching with the default configuration on problems whose optimum is known:
     /// normalised improvement and distance to p* against its noise floor, per problem.
     Quality(QualityArgs),
+    /// Isolated against in-process reward calls: the JPEG reward (images/compression) on
+    /// image batches of 16 and 64, the toy reward (1d/binary) on 10,000 points; the added time
+    /// per call, its share of the reward's own time and of an iteration.
+    #[cfg(unix)]
+    Isolation(IsolationArgs),
     /// Base-model sampling: seconds per denoising step and images per second at 100 steps.
     Sampling {
         /// Base model id.
@@ -73,6 +79,27 @@ pub enum Which {
         #[arg(long = "weights", value_name = "DIR")]
         weights: Vec<PathBuf>,
     },
+}
+
+/// Options of `bench isolation`.
+#[derive(Debug, Args)]
+pub struct IsolationArgs {
+    /// Timed calls per case (after two warm-up calls).
+    #[arg(long, default_value_t = 20)]
+    pub calls: usize,
+    /// Image model whose denoising steps make up an image iteration, e.g. `images/cifar`
+    /// (without it the image cases report no iteration share).
+    #[arg(long)]
+    pub image_model: Option<String>,
+    /// Its arguments as a JSON object, e.g. '{"weights": "/models/ddpm-cifar10-32"}'.
+    #[arg(long, value_name = "JSON", value_parser = args::json_object)]
+    pub image_model_args: Option<toml::Table>,
+    /// Sampler steps per iteration.
+    #[arg(long, default_value_t = 100)]
+    pub steps: usize,
+    /// libtorch threads, in the host and in the worker (0: libtorch's default).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
 }
 
 /// Options of `bench quality`.
@@ -204,6 +231,116 @@ fn print_quality_table(config: &RunConfig, rows: &[bench::QualityFigures]) {
     }
 }
 
+/// Seconds the model's `steps` denoising steps take at `batch_size` (median of three).
+fn model_seconds(
+    registry: &Registry,
+    id: &str,
+    args: &str,
+    batch_size: usize,
+    steps: usize,
+) -> Result<f64> {
+    let ctx = construct_context(tch::Device::Cpu, &[])?;
+    let (mut model, _) = open_model(registry, id, args, &ctx)?;
+    let f = bench::sampling(&mut model, batch_size, 1, 3, tch::Device::Cpu)?;
+    Ok(f.seconds_per_step * steps as f64)
+}
+
+#[cfg(unix)]
+fn isolation(registry: &Registry, args: &IsolationArgs) -> Result<ExitCode> {
+    use crate::compose::open_isolated_reward;
+    if args.threads > 0 {
+        tch::set_num_threads(args.threads as i32);
+    }
+    let ctx = construct_context(tch::Device::Cpu, &[])?;
+    let config = RunConfig {
+        threads: args.threads,
+        reward_timeout: 0.0,
+        ..RunConfig::default()
+    };
+    let executable = std::env::current_exe()?;
+    let image_args = args::json_text(&args.image_model_args.clone().unwrap_or_default());
+    let cases: [(&str, &str, usize); 3] = [
+        ("images/compression", "{}", 16),
+        ("images/compression", "{}", 64),
+        ("1d/binary", "{}", 10_000),
+    ];
+    let mut rows = Vec::new();
+    for (id, reward_args, batch) in cases {
+        let (mut in_process, meta) = match open_reward(registry, id, reward_args, &ctx) {
+            Ok(opened) => opened,
+            Err(e) => {
+                eprintln!("isolation: {id} skipped: {e:#}");
+                continue;
+            }
+        };
+        let (mut isolated, _) = open_isolated_reward(
+            registry,
+            id,
+            reward_args,
+            &[],
+            config.isolation(executable.clone()),
+        )?;
+        let model = match (meta.data_type.name.as_str(), &args.image_model) {
+            ("1d", _) => Some(model_seconds(registry, "1d/gmm", "{}", batch, args.steps)?),
+            (_, Some(model)) => Some(model_seconds(
+                registry,
+                model,
+                &image_args,
+                batch,
+                args.steps,
+            )?),
+            _ => None,
+        };
+        rows.push(bench::isolation(
+            &mut in_process,
+            &mut isolated,
+            &meta,
+            batch,
+            args.calls.max(1),
+            model,
+        )?);
+    }
+    println!(
+        "Reward calls in the host's process and in a sandboxed worker, {} libtorch thread(s), median of {} calls:",
+        tch::get_num_threads(),
+        args.calls.max(1)
+    );
+    println!(
+        "{:<20} {:>6} {:>11} {:>11} {:>11} {:>9} {:>11} {:>9} {:>10} {:>9}",
+        "reward",
+        "batch",
+        "in-process",
+        "isolated",
+        "added",
+        "of reward",
+        "added CPU",
+        "of reward",
+        "iteration",
+        "of iter."
+    );
+    for f in &rows {
+        let (iteration, share) = match (f.iteration_seconds, f.added_share_of_iteration) {
+            (Some(i), Some(s)) => (format!("{i:.3} s"), format!("{:.3}%", 100.0 * s)),
+            _ => ("-".to_string(), "-".to_string()),
+        };
+        println!(
+            "{:<20} {:>6} {:>9.3}ms {:>9.3}ms {:>9.3}ms {:>8.1}% {:>9.3}ms {:>8.1}% {:>10} {:>9}",
+            f.reward,
+            f.batch_size,
+            1e3 * f.in_process_seconds,
+            1e3 * f.isolated_seconds,
+            1e3 * f.added_seconds,
+            100.0 * f.added_share_of_reward,
+            1e3 * f.added_cpu_seconds,
+            100.0 * f.added_cpu_share_of_reward,
+            iteration,
+            share
+        );
+    }
+    println!("json: {}", serde_json::to_string(&rows)?);
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Sets libtorch's threads as a run with these settings would.
 fn set_threads(
     threads: usize,
@@ -223,10 +360,12 @@ fn set_threads(
 
 /// Runs the benchmark and prints its figures, then one JSON line.
 pub fn run(cli: &Cli, args: &BenchArgs) -> Result<ExitCode> {
-    let registry = cli.registry();
+    let registry = cli.registry()?;
     warn_refused(&registry);
     match &args.which {
         Which::Quality(quality_args) => return quality(&registry, quality_args),
+        #[cfg(unix)]
+        Which::Isolation(isolation_args) => return isolation(&registry, isolation_args),
         Which::Vm {
             batch_size,
             steps,

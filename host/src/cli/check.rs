@@ -75,7 +75,7 @@ fn trial(registry: &Registry, args: &CheckArgs) -> Result<()> {
 /// Resolves both entries and compares their metadata; with arguments, also constructs and
 /// runs them.
 pub fn run(cli: &Cli, args: &CheckArgs) -> Result<ExitCode> {
-    let registry = cli.registry();
+    let registry = cli.registry()?;
     warn_refused(&registry);
     let model = registry.resolve(&args.model, EntryKind::BaseModel)?;
     let reward = registry.resolve(&args.reward, EntryKind::Reward)?;

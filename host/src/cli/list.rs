@@ -12,9 +12,12 @@ use crate::plugins::Registry;
 #[derive(Debug, Args)]
 pub struct ListArgs {}
 
-/// Prints plugins, data types, models, rewards, and refused files.
+/// Prints plugins (with their trust state), data types, models, rewards, and refused files.
 pub fn run(cli: &Cli, _args: &ListArgs) -> anyhow::Result<ExitCode> {
-    let registry = cli.registry();
+    let registry = cli.registry()?;
+    for warning in &registry.warnings {
+        eprintln!("warning: {warning}");
+    }
     print!("{}", render(&registry));
     Ok(ExitCode::SUCCESS)
 }
@@ -36,6 +39,10 @@ pub fn render(registry: &Registry) -> String {
             plugin.path.display(),
             plugin.api_version,
             plugin.entries.len()
+        ));
+        out.push_str(&format!(
+            "      trust: {}\n",
+            registry.trust_state(&plugin.path)
         ));
     }
     out.push_str("\nData types:\n");

@@ -6,13 +6,15 @@ mod check;
 mod list;
 mod run;
 mod sample;
+mod trust;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::plugins::Registry;
+use crate::plugins::trust::{require_trusted, trust_file_path};
+use crate::plugins::{Registry, TrustFile, TrustPolicy};
 
 /// Flow Gym: adapt a pre-trained flow or diffusion model to a reward with Value Matching.
 #[derive(Debug, Parser)]
@@ -25,6 +27,13 @@ pub struct Cli {
     /// When an entry id is defined by several plugin files, use the one in FILE (repeatable).
     #[arg(long, value_name = "FILE", global = true)]
     pub prefer: Vec<PathBuf>,
+    /// Load only plugin files pinned with `flowgym-host trust` and unchanged since, and refuse
+    /// plugin directories and files that other users can write. Also on with
+    /// FLOWGYM_REQUIRE_TRUSTED=1 or `require_trusted = true` in the trust file
+    /// ($FLOWGYM_HOME/trust.toml, else $XDG_CONFIG_HOME/flowgym/trust.toml, else
+    /// ~/.config/flowgym/trust.toml).
+    #[arg(long, global = true)]
+    pub require_trusted: bool,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -43,17 +52,42 @@ pub enum Command {
     Sample(sample::SampleArgs),
     /// Print speed figures (Value Matching on the toy, or a model's sampling throughput).
     Bench(bench::BenchArgs),
+    /// Pin plugin files by sha256 in the trust file ($FLOWGYM_HOME/trust.toml, else
+    /// $XDG_CONFIG_HOME/flowgym/trust.toml, else ~/.config/flowgym/trust.toml), unpin them
+    /// with --remove, or list the pins (no FILE).
+    Trust(trust::TrustArgs),
+    /// The isolated reward's worker process (started by the host itself).
+    #[cfg(unix)]
+    #[command(name = "reward-worker", hide = true)]
+    RewardWorker,
 }
 
 impl Cli {
-    /// Loads every plugin the search path finds.
-    pub fn registry(&self) -> Registry {
-        Registry::discover(&self.plugin_dirs, &self.prefer)
+    /// The trust file and whether only trusted files may load.
+    pub fn trust_policy(&self) -> anyhow::Result<TrustPolicy> {
+        let trust = TrustFile::load(&trust_file_path()?)?;
+        let require_trusted = require_trusted(self.require_trusted, &trust)?;
+        Ok(TrustPolicy {
+            trust,
+            require_trusted,
+        })
+    }
+
+    /// Loads every plugin the search path finds and the trust policy admits.
+    pub fn registry(&self) -> anyhow::Result<Registry> {
+        Ok(Registry::discover(
+            &self.plugin_dirs,
+            &self.prefer,
+            self.trust_policy()?,
+        ))
     }
 }
 
-/// Prints one warning per refused plugin file to stderr.
+/// Prints the discovery warnings and one warning per refused plugin file to stderr.
 pub fn warn_refused(registry: &Registry) {
+    for warning in &registry.warnings {
+        eprintln!("warning: {warning}");
+    }
     for failure in &registry.failures {
         eprintln!("warning: skipped {failure}");
     }
@@ -68,6 +102,9 @@ pub fn main() -> ExitCode {
         Command::Run(args) => run::run(&cli, args),
         Command::Sample(args) => sample::run(&cli, args),
         Command::Bench(args) => bench::run(&cli, args),
+        Command::Trust(args) => trust::run(args),
+        #[cfg(unix)]
+        Command::RewardWorker => crate::isolate::worker::main().map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,

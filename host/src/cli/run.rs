@@ -140,6 +140,26 @@ pub struct ConfigFlags {
     #[arg(long = "weights", value_name = "DIR")]
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub weights: Vec<PathBuf>,
+    /// Run the reward in a sandboxed child process (config key `isolate_reward`): a crash,
+    /// abort, hang or exhausted memory stops the run with an error, keeping its checkpoint.
+    /// On Linux the child cannot write outside a private temporary directory or open sockets.
+    #[arg(long = "isolate-rewards", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    #[serde(rename = "isolate_reward", skip_serializing_if = "Option::is_none")]
+    pub isolate_reward: Option<bool>,
+    /// Seconds an isolated reward may take to start or to score one batch, 0 for no limit
+    /// [default: 300].
+    #[arg(long, value_name = "SECONDS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reward_timeout: Option<f64>,
+    /// Times an isolated reward that crashed or hung is started again for the batch
+    /// [default: 0].
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reward_retries: Option<usize>,
+    /// Memory limit of an isolated reward in MiB, 0 for none [default: 8192].
+    #[arg(long, value_name = "MIB")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reward_memory_mib: Option<u64>,
 }
 
 impl ConfigFlags {
@@ -173,22 +193,23 @@ fn default_run_dir(config: &RunConfig) -> PathBuf {
 pub fn run(cli: &Cli, args: &RunArgs) -> Result<ExitCode> {
     let start = match &args.resume {
         Some(dir) => {
-            let mut set: Vec<String> = args.flags.overrides()?.keys().cloned().collect();
-            set.retain(|key| key != "iterations");
+            let overrides = args.flags.overrides()?;
+            let mut set: Vec<String> = overrides.keys().cloned().collect();
+            set.retain(|key| !RunConfig::RESUMABLE_KEYS.contains(&key.as_str()));
             if !set.is_empty() {
                 let flags: Vec<String> = set
                     .iter()
                     .map(|key| format!("--{}", key.replace('_', "-")))
                     .collect();
                 bail!(
-                    "--resume continues a run with its own configuration ({}); drop {} (only --iterations may change)",
+                    "--resume continues a run with its own configuration ({}); drop {} (only --iterations may change); how the reward runs (--isolate-rewards, --reward-timeout, --reward-retries, --reward-memory-mib) may change too",
                     dir.join(crate::run::dir::CONFIG).display(),
                     flags.join(", ")
                 );
             }
             Start::Resume {
                 dir: dir.clone(),
-                iterations: args.flags.iterations,
+                overrides,
             }
         }
         None => {
@@ -200,7 +221,7 @@ pub fn run(cli: &Cli, args: &RunArgs) -> Result<ExitCode> {
             }
         }
     };
-    let registry = cli.registry();
+    let registry = cli.registry()?;
     warn_refused(&registry);
     let mut run = Run::open(&registry, start)?;
     let (end, summary) = run.execute()?;

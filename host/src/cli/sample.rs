@@ -112,7 +112,7 @@ pub fn run(cli: &Cli, args: &SampleArgs) -> Result<ExitCode> {
         bail!("-n must be at least 1");
     }
     let config = configuration(args)?;
-    let registry = cli.registry();
+    let registry = cli.registry()?;
     warn_refused(&registry);
     let has_reward = !config.reward.is_empty();
     if has_reward {

@@ -1,6 +1,8 @@
 //! Where plugin files are looked for, in order: `--plugins DIR` flags, `FLOWGYM_PLUGIN_PATH`,
 //! the directory of the host executable (so `cargo build` then `cargo run` finds the
-//! workspace's own plugins), and the user directory.
+//! workspace's own plugins), and the user directory. The current directory is searched only
+//! when named (`--plugins .`): a relative entry of `FLOWGYM_PLUGIN_PATH` would make what loads
+//! depend on where the host happens to be started, so it is passed over with a warning.
 
 use std::collections::HashSet;
 use std::env;
@@ -53,8 +55,9 @@ pub fn user_plugin_dir() -> Option<PathBuf> {
     Some(PathBuf::from(home).join(".local/share/flowgym/plugins"))
 }
 
-/// The directories to search, in order.
-pub fn search_dirs(flags: &[PathBuf]) -> Vec<SearchDir> {
+/// The directories to search, in order, and warnings about entries passed over.
+pub fn search_dirs(flags: &[PathBuf]) -> (Vec<SearchDir>, Vec<String>) {
+    let mut warnings = Vec::new();
     let mut dirs: Vec<SearchDir> = flags
         .iter()
         .map(|p| SearchDir {
@@ -63,14 +66,19 @@ pub fn search_dirs(flags: &[PathBuf]) -> Vec<SearchDir> {
         })
         .collect();
     if let Some(paths) = env::var_os("FLOWGYM_PLUGIN_PATH") {
-        dirs.extend(
-            env::split_paths(&paths)
-                .filter(|p| !p.as_os_str().is_empty())
-                .map(|p| SearchDir {
-                    path: p,
-                    source: SearchSource::EnvVar,
-                }),
-        );
+        for path in env::split_paths(&paths).filter(|p| !p.as_os_str().is_empty()) {
+            if path.is_relative() {
+                warnings.push(format!(
+                    "FLOWGYM_PLUGIN_PATH entry `{}` is relative, so it would load plugins from the current directory; passed over (give an absolute path, or --plugins DIR)",
+                    path.display()
+                ));
+                continue;
+            }
+            dirs.push(SearchDir {
+                path,
+                source: SearchSource::EnvVar,
+            });
+        }
     }
     if let Some(dir) = env::current_exe()
         .ok()
@@ -87,7 +95,7 @@ pub fn search_dirs(flags: &[PathBuf]) -> Vec<SearchDir> {
             source: SearchSource::UserDir,
         });
     }
-    dirs
+    (dirs, warnings)
 }
 
 /// Whether `path` has the platform's dynamic-library extension (`.so`, `.dylib`, `.dll`).

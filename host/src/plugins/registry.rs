@@ -9,6 +9,8 @@ use flowgym_plugin_api::{
 
 use super::discovery::{candidate_files, search_dirs, SearchDir};
 use super::loader::{load_plugin, LoadFailure, Plugin};
+use super::permissions::writable_by_others;
+use super::trust::{TrustFile, TrustState};
 
 /// Why an entry cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -82,33 +84,125 @@ pub struct Registry {
     pub failures: Vec<LoadFailure>,
     /// Files the user prefers when an id is defined twice.
     pub preferred: Vec<PathBuf>,
+    /// Things the user should know that refused nothing (or refused a whole directory).
+    pub warnings: Vec<String>,
+    /// The pinned files.
+    pub trust: TrustFile,
+    /// Whether only pinned, unchanged files load.
+    pub require_trusted: bool,
+}
+
+/// Which files may load: the pins and whether they are required.
+#[derive(Debug, Clone, Default)]
+pub struct TrustPolicy {
+    /// The pinned files.
+    pub trust: TrustFile,
+    /// Refuse files that are not pinned or changed since, and plugin directories or files
+    /// that other users can write.
+    pub require_trusted: bool,
 }
 
 impl Registry {
-    /// Searches the directories (flags first), loads every library file and keeps the good ones.
-    pub fn discover(plugin_dirs: &[PathBuf], preferred: &[PathBuf]) -> Self {
-        let searched = search_dirs(plugin_dirs);
-        let mut registry = Self::load_files(&candidate_files(&searched), preferred);
+    /// Searches the directories (flags first), loads every library file the policy admits and
+    /// keeps the good ones. Directories and files other users can write are warned about, and
+    /// refused when the policy requires trusted files.
+    pub fn discover(plugin_dirs: &[PathBuf], preferred: &[PathBuf], policy: TrustPolicy) -> Self {
+        let (searched, mut warnings) = search_dirs(plugin_dirs);
+        let mut admitted = Vec::new();
+        for dir in &searched {
+            // Absolute, so that the message names the directory wherever the host runs.
+            let path = dir.path.canonicalize().unwrap_or_else(|_| dir.path.clone());
+            let Some(why) = path.is_dir().then(|| writable_by_others(&path)).flatten() else {
+                admitted.push(dir.clone());
+                continue;
+            };
+            if policy.require_trusted {
+                warnings.push(format!(
+                    "refused the plugin directory {} ({}): it {why}; whoever can write there could run code as you",
+                    path.display(),
+                    dir.source
+                ));
+            } else {
+                warnings.push(format!(
+                    "the plugin directory {} ({}) {why}; whoever can write there can run code as you",
+                    path.display(),
+                    dir.source
+                ));
+                admitted.push(dir.clone());
+            }
+        }
+        let mut registry = Self::load_files(&candidate_files(&admitted), preferred, policy);
+        warnings.append(&mut registry.warnings);
+        registry.warnings = warnings;
         registry.searched = searched;
         registry
     }
 
-    /// Loads exactly these files.
-    pub fn load_files(files: &[PathBuf], preferred: &[PathBuf]) -> Self {
+    /// Loads exactly these files, as the policy admits them.
+    pub fn load_files(files: &[PathBuf], preferred: &[PathBuf], policy: TrustPolicy) -> Self {
         let mut registry = Registry {
             preferred: preferred
                 .iter()
                 .map(|p| p.canonicalize().unwrap_or_else(|_| p.clone()))
                 .collect(),
+            trust: policy.trust,
+            require_trusted: policy.require_trusted,
             ..Registry::default()
         };
         for file in files {
+            if let Err(reason) = registry.admit(file) {
+                registry.failures.push(LoadFailure {
+                    path: file.clone(),
+                    reason,
+                });
+                continue;
+            }
             match load_plugin(file) {
                 Ok(plugin) => registry.plugins.push(plugin),
                 Err(failure) => registry.failures.push(failure),
             }
         }
         registry
+    }
+
+    /// Whether `file` may be loaded: refused (strict) or warned about (otherwise) when others
+    /// can write it or it is not the file that was pinned. Unpinned files are hashed only in
+    /// the strict setting.
+    fn admit(&mut self, file: &Path) -> Result<(), String> {
+        if let Some(why) = writable_by_others(file) {
+            if self.require_trusted {
+                return Err(format!(
+                    "{why}; refused because whoever can write it could run code as you"
+                ));
+            }
+            self.warnings.push(format!(
+                "the plugin file {} {why}; whoever can write it can run code as you",
+                file.display()
+            ));
+        }
+        let pinned = self.trust.files.contains_key(&super::trust::pin_key(file));
+        if !self.require_trusted && !pinned {
+            return Ok(());
+        }
+        let state = self.trust.state_of(file);
+        match (state.refusal(), self.require_trusted) {
+            (None, _) => Ok(()),
+            (Some(reason), true) => Err(reason),
+            (Some(_), false) => {
+                if let TrustState::Changed { pinned, now } = state {
+                    self.warnings.push(format!(
+                        "the plugin file {} changed since it was pinned: pinned sha256 {pinned}, now {now}",
+                        file.display()
+                    ));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The trust state of a loaded or refused file (hashes it).
+    pub fn trust_state(&self, file: &Path) -> TrustState {
+        self.trust.state_of(file)
     }
 
     /// Every entry of every plugin, in load order.

@@ -74,6 +74,15 @@ pub struct RunConfig {
     pub threads: usize,
     /// Directories plugins may look for weights in.
     pub weights: Vec<PathBuf>,
+    /// Run the reward in a sandboxed child process (Unix), so that a crash, a hang or
+    /// exhausted memory stops the run with an error and a checkpoint instead of killing it.
+    pub isolate_reward: bool,
+    /// Seconds an isolated reward may take to start or to score one batch (0: no limit).
+    pub reward_timeout: f64,
+    /// Times an isolated reward that crashed or hung is started again and sent the batch again.
+    pub reward_retries: usize,
+    /// Memory limit of an isolated reward in MiB (0: none).
+    pub reward_memory_mib: u64,
 }
 
 impl Default for RunConfig {
@@ -109,6 +118,10 @@ impl Default for RunConfig {
             device: "cpu".into(),
             threads: 0,
             weights: Vec::new(),
+            isolate_reward: false,
+            reward_timeout: 300.0,
+            reward_retries: 0,
+            reward_memory_mib: 8192,
         }
     }
 }
@@ -161,6 +174,29 @@ impl RunConfig {
         Ok(serde_json::to_string(&self.reward_args)?)
     }
 
+    /// The keys that may change when a run is resumed: they decide how the reward runs, not
+    /// what the run computes.
+    pub const RESUMABLE_KEYS: [&'static str; 5] = [
+        "iterations",
+        "isolate_reward",
+        "reward_timeout",
+        "reward_retries",
+        "reward_memory_mib",
+    ];
+
+    /// How an isolated reward runs, from this configuration; `executable` is the worker.
+    #[cfg(unix)]
+    pub fn isolation(&self, executable: PathBuf) -> crate::isolate::IsolationOptions {
+        crate::isolate::IsolationOptions {
+            executable,
+            timeout: (self.reward_timeout > 0.0)
+                .then(|| std::time::Duration::from_secs_f64(self.reward_timeout)),
+            retries: self.reward_retries,
+            memory_bytes: self.reward_memory_mib.saturating_mul(1 << 20),
+            threads: self.threads,
+        }
+    }
+
     /// Refuses values that cannot run, naming the key.
     pub fn validate(&self) -> Result<()> {
         let positive = [
@@ -190,6 +226,12 @@ impl RunConfig {
         }
         if !(self.t0 > 0.0 && self.t0 < 1.0) {
             bail!("`t0` must lie in (0, 1), got {}", self.t0);
+        }
+        if !(self.reward_timeout >= 0.0 && self.reward_timeout.is_finite()) {
+            bail!(
+                "`reward_timeout` must be a non-negative number of seconds, got {}",
+                self.reward_timeout
+            );
         }
         if let Diffusion::Constant(level) = self.noise {
             if !(level >= 0.0 && level.is_finite()) {

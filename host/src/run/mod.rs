@@ -51,12 +51,13 @@ pub enum Start {
         dir: PathBuf,
     },
     /// Continue the run in `dir` from its latest checkpoint, with its own configuration;
-    /// `iterations` extends (or shortens) it.
+    /// `overrides` may set the keys of [`RunConfig::RESUMABLE_KEYS`] (a new total number of
+    /// iterations, how the reward runs).
     Resume {
         /// The run directory.
         dir: PathBuf,
-        /// A new total number of iterations.
-        iterations: Option<usize>,
+        /// Keys to change.
+        overrides: toml::Table,
     },
 }
 
@@ -125,16 +126,48 @@ fn resolve(start: Start) -> Result<(RunConfig, RunDir, bool)> {
             config.validate()?;
             Ok((*config, RunDir::at(&dir), false))
         }
-        Start::Resume { dir, iterations } => {
+        Start::Resume { dir, overrides } => {
             let dir = RunDir::open(&dir)?;
-            let mut config = dir.read_config()?;
-            if let Some(iterations) = iterations {
-                config.iterations = iterations;
+            if let Some(key) = overrides
+                .keys()
+                .find(|k| !RunConfig::RESUMABLE_KEYS.contains(&k.as_str()))
+            {
+                bail!("`{key}` cannot change when a run is resumed");
             }
+            let config = dir.read_config()?.with_overrides(overrides)?;
             config.validate()?;
             Ok((config, dir, true))
         }
     }
+}
+
+/// The run's reward, in the host's process or, when the configuration says so, in a sandboxed
+/// child process.
+fn open_run_reward(
+    registry: &crate::plugins::Registry,
+    config: &RunConfig,
+    ctx: &flowgym_plugin_api::ConstructContext,
+) -> Result<Reward> {
+    let args = config.reward_args_json()?;
+    if !config.isolate_reward {
+        return Ok(open_reward(registry, &config.reward, &args, ctx)?.0);
+    }
+    #[cfg(unix)]
+    {
+        let executable = std::env::current_exe()
+            .context("cannot find the host executable to start the isolated reward")?;
+        let options = config.isolation(executable);
+        Ok(crate::compose::open_isolated_reward(
+            registry,
+            &config.reward,
+            &args,
+            &config.weights,
+            options,
+        )?
+        .0)
+    }
+    #[cfg(not(unix))]
+    bail!("`isolate_reward` needs a Unix system")
 }
 
 /// The trainer's settings from a run configuration.
@@ -177,7 +210,7 @@ impl Run {
         let device = parse_device(&config.device)?;
         let ctx = construct_context(device, &config.weights)?;
         let (mut model, _) = open_model(registry, &config.model, &config.model_args_json()?, &ctx)?;
-        let (reward, _) = open_reward(registry, &config.reward, &config.reward_args_json()?, &ctx)?;
+        let reward = open_run_reward(registry, &config, &ctx)?;
         crate::sde::sampler::check_stability(&sampler_options(&config), &model.interpolant)?;
         let example = {
             let _guard = tch::no_grad_guard();
@@ -318,6 +351,8 @@ impl Run {
         let mut phase = Phase::Done;
         while self.iterations_done < total {
             let done = self.iterations_done;
+            self.reward
+                .set_label(format!("the batch of iteration {}", done + 1));
             let result = self
                 .trainer
                 .iteration(&mut self.model, &mut self.reward, done, &|_| {
@@ -443,6 +478,7 @@ impl Run {
             device: self.device,
             stop_after_step: &stop,
         };
+        self.reward.set_label(format!("the {what}"));
         let result = sample(&mut self.model, Some(&mut self.reward), &options, &request);
         bar.finish();
         result

@@ -17,7 +17,7 @@ use common::{
 };
 use flowgym_host::model::Model;
 use flowgym_host::sde::{
-    never_stop, sample, Diffusion, Interpolant, SampleRequest, SamplerOptions,
+    never_stop, sample, Diffusion, Interpolant, SampleRequest, SamplerOptions, TimeGrid,
 };
 use flowgym_host::state::State;
 use flowgym_images::cifar::{CifarArgs, CifarFiles, CifarModel};
@@ -379,6 +379,8 @@ fn base_sampling_path_matches_diffusers() {
     let options = SamplerOptions {
         steps: 100,
         t0: 0.02,
+        // The reference trajectory was computed on the uniform grid.
+        grid: TimeGrid::Uniform,
         diffusion: Diffusion::Memoryless,
         chunk_size: 0,
     };

@@ -237,4 +237,80 @@ register_base_model! {
     construct: |a: NanModelArgs, _: &ConstructContext| Ok::<_, PluginError>(NanModel { nan_from: a.nan_from }),
 }
 
+arguments! {
+    /// Arguments of `1d/misbehave`.
+    pub struct MisbehaveArgs {
+        /// What to do: segfault, abort, hang, grow (allocate without bound), connect (open a
+        /// network connection), write (create the file `path`), or ok.
+        mode: String = "segfault".to_string() => one_of("segfault", "abort", "hang", "grow", "connect", "write", "ok");
+        /// Calls that score normally (zeros) before it misbehaves.
+        after: usize = 0;
+        /// The file `write` creates.
+        path: String = String::new();
+    }
+}
+
+/// Scores zeros for `after` calls, then misbehaves as `mode` says: the ways a reward can take
+/// a process down, or reach outside a sandbox.
+pub struct Misbehave {
+    args: MisbehaveArgs,
+    calls: usize,
+}
+
+impl Misbehave {
+    fn misbehave(&self) -> PluginResult<()> {
+        match self.args.mode.as_str() {
+            "segfault" => {
+                // SAFETY: none; this is the fault under test.
+                unsafe { std::ptr::null_mut::<u64>().write_volatile(1) };
+                Ok(())
+            }
+            "abort" => std::process::abort(),
+            "hang" => loop {
+                std::thread::sleep(std::time::Duration::from_secs(1));
+            },
+            "grow" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    // Touch every page, so the memory is really taken.
+                    hoard.push(vec![1u8; 64 << 20]);
+                    std::hint::black_box(&hoard);
+                }
+            }
+            "connect" => {
+                let address = std::net::SocketAddr::from(([127, 0, 0, 1], 9));
+                std::net::TcpStream::connect_timeout(&address, std::time::Duration::from_secs(2))
+                    .map(drop)
+                    .map_err(|e| PluginError::new(format!("connect to {address}: {e}")))
+            }
+            "write" => std::fs::write(&self.args.path, b"escaped")
+                .map_err(|e| PluginError::new(format!("write {}: {e}", self.args.path))),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Reward for Misbehave {
+    fn reward(&mut self, sample: Batch, _l: Batch, _k: Kwargs) -> PluginResult<RewardOutput> {
+        let n = count(&sample)?;
+        self.calls += 1;
+        if self.calls > self.args.after {
+            self.misbehave()?;
+        }
+        Ok(RewardOutput::all_valid(ManagedTensor::from_slice(
+            &vec![0.0f32; n],
+        )))
+    }
+}
+
+register_reward! {
+    id: "1d/misbehave",
+    version: "0.1.0",
+    data_type: ("1d", "1.0.0"),
+    description: "segfaults, aborts, hangs, allocates without bound, connects or writes (argument mode)",
+    arguments: MisbehaveArgs,
+    leaves: points(),
+    construct: |a: MisbehaveArgs, _: &ConstructContext| Ok::<_, PluginError>(Misbehave { args: a, calls: 0 }),
+}
+
 flowgym_plugin_api::export_plugin!();
