@@ -13,9 +13,11 @@ pub mod weights;
 flowgym_plugin_api::export_plugin!(libtorch);
 pub mod aesthetic;
 pub mod cifar;
+pub mod fetch;
 pub mod hub;
 pub mod preprocess;
 pub mod sd;
+pub mod sources;
 
 flowgym_plugin_api::register_data_type! {
     name: "images",
