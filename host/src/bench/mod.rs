@@ -10,11 +10,14 @@
 //!   problem whose optimum is known.
 //! - [`sampling`]: seconds per denoising step of a base model (any plugin), and images per
 //!   second at 100 steps.
+//! - [`memory`]: the peak resident memory of constructing a model and a reward.
 
+mod memory;
 mod quality;
 mod sampling;
 mod vm;
 
+pub use memory::{memory, MemoryFigures};
 pub use quality::{run_problem, QualityFigures};
 pub use sampling::sampling;
 pub use vm::value_matching;

@@ -25,6 +25,10 @@ pub struct Cli {
     /// When an entry id is defined by several plugin files, use the one in FILE (repeatable).
     #[arg(long, value_name = "FILE", global = true)]
     pub prefer: Vec<PathBuf>,
+    /// Never use the network: plugins only read weights already on disk (sets HF_HUB_OFFLINE=1
+    /// for them, as the Hugging Face tools read it).
+    #[arg(long, global = true)]
+    pub offline: bool,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -62,6 +66,10 @@ pub fn warn_refused(registry: &Registry) {
 /// Runs the command line; errors are printed with their causes.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if cli.offline {
+        // Before any plugin is loaded or constructed, and before any thread starts.
+        std::env::set_var("HF_HUB_OFFLINE", "1");
+    }
     let result = match &cli.command {
         Command::List(args) => list::run(&cli, args),
         Command::Check(args) => check::run(&cli, args),
