@@ -8,6 +8,7 @@
 pub mod models;
 pub mod nn;
 pub mod pth;
+pub mod safetensors_file;
 pub mod weights;
 
 flowgym_plugin_api::export_plugin!(libtorch);

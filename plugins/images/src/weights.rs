@@ -255,7 +255,7 @@ impl WeightPath {
 /// checkpoint.
 fn read_file(path: &Path) -> Result<Vec<(String, Tensor)>, String> {
     if path.extension().is_some_and(|e| e == "safetensors") {
-        Tensor::read_safetensors(path).map_err(|e| e.to_string())
+        crate::safetensors_file::read(path)
     } else {
         crate::pth::read_state_dict(path)
     }
