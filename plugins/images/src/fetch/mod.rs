@@ -8,7 +8,7 @@
 //!
 //! What this module adds around `hf-hub`:
 //! - the settings of the Python tools ([`HubSettings`]): `HF_ENDPOINT`, `HF_TOKEN` (or the token
-//!   file), `HF_HUB_OFFLINE`, and the cache location of [`HubCache::from_env`];
+//!   file), `HF_HUB_OFFLINE`, and the cache location of [`crate::hub::HubCache::from_env`];
 //! - the repository listing (`/api/models/<repo>/revision/main?blobs=true`), so that only the
 //!   files an entry needs are fetched, with their sizes and hashes;
 //! - a check of every downloaded file against the listing: its size, and its sha256 (files
