@@ -7,6 +7,8 @@ pub fn peak_rss_bytes() -> Option<u64> {
 }
 
 /// The current resident set size (`VmRSS`) in bytes, where the system reports it (Linux).
+/// Only `bench memory` reads it, so the library without its command line does not.
+#[cfg_attr(not(feature = "cli"), allow(dead_code))]
 pub fn rss_bytes() -> Option<u64> {
     status_bytes("VmRSS:")
 }
