@@ -3,8 +3,20 @@
 /// The peak resident set size (`VmHWM` of `/proc/self/status`) in bytes, where the system
 /// reports it (Linux).
 pub fn peak_rss_bytes() -> Option<u64> {
+    status_bytes("VmHWM:")
+}
+
+/// The current resident set size (`VmRSS`) in bytes, where the system reports it (Linux).
+/// Only `bench memory` reads it, so the library without its command line does not.
+#[cfg_attr(not(feature = "cli"), allow(dead_code))]
+pub fn rss_bytes() -> Option<u64> {
+    status_bytes("VmRSS:")
+}
+
+/// A `kB` field of `/proc/self/status`, in bytes.
+fn status_bytes(field: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
 }
@@ -33,6 +45,7 @@ mod tests {
             .unwrap();
         // Read after the resident size: the peak can only have grown since.
         let peak = super::peak_rss_bytes().unwrap();
+        assert!(super::rss_bytes().unwrap() >= block.len() as u64);
         assert!(peak >= block.len() as u64, "peak {peak} bytes");
         assert!(
             peak >= current_kib * 1024,

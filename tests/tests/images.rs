@@ -94,10 +94,25 @@ fn cifar_run_with_jpeg_compression_writes_grids_metrics_and_a_checkpoint() {
 #[test]
 fn missing_weights_say_where_they_were_looked_for_and_how_to_get_them() {
     let sandbox = image_sandbox("no-weights");
+    // A hub that would see any connection: --offline must not make one.
+    let hub = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    hub.set_nonblocking(true).unwrap();
+    let endpoint = format!("http://{}", hub.local_addr().unwrap());
     let out = sandbox
-        .command(&["sample", "--model", "images/cifar", "-n", "1", "--out", "s"])
+        .command(&[
+            "sample",
+            "--model",
+            "images/cifar",
+            "-n",
+            "1",
+            "--out",
+            "s",
+            "--offline",
+        ])
         .env("HF_HOME", sandbox.path("hf"))
+        .env("HF_ENDPOINT", &endpoint)
         .env_remove("HF_HUB_CACHE")
+        .env_remove("HF_HUB_OFFLINE")
         .output()
         .unwrap();
     assert_exit(&out, 1);
@@ -110,9 +125,15 @@ fn missing_weights_say_where_they_were_looked_for_and_how_to_get_them() {
         err.contains(&sandbox.path("hf").display().to_string()),
         "{err}"
     );
+    assert!(err.contains("not tried: offline mode"), "{err}");
     assert!(
-        err.contains("huggingface-cli download google/ddpm-cifar10-32"),
+        err.contains("hf download google/ddpm-cifar10-32 --include"),
         "{err}"
+    );
+    assert_eq!(
+        hub.accept().map(|_| ()).map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::WouldBlock),
+        "the hub was contacted"
     );
 }
 

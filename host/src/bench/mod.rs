@@ -12,15 +12,18 @@
 //!   time and a Value Matching iteration.
 //! - [`sampling`]: seconds per denoising step of a base model (any plugin), and images per
 //!   second at 100 steps.
+//! - [`memory`]: the peak resident memory of constructing a model and a reward.
 
 #[cfg(unix)]
 mod isolation;
+mod memory;
 mod quality;
 mod sampling;
 mod vm;
 
 #[cfg(unix)]
 pub use isolation::isolation;
+pub use memory::{memory, MemoryFigures};
 pub use quality::{run_problem, QualityFigures};
 pub use sampling::sampling;
 pub use vm::value_matching;

@@ -79,6 +79,58 @@ pub enum Which {
         #[arg(long = "weights", value_name = "DIR")]
         weights: Vec<PathBuf>,
     },
+    /// Peak resident memory of loading a model and a reward (default: the headline pair,
+    /// images/sd2 and images/aesthetic, at their default settings).
+    Memory(MemoryArgs),
+}
+
+/// Options of `bench memory`.
+#[derive(Debug, Args)]
+pub struct MemoryArgs {
+    /// Base model id.
+    #[arg(long, default_value = "images/sd2")]
+    pub model: String,
+    /// Model arguments as a JSON object.
+    #[arg(long, value_name = "JSON", value_parser = args::json_object)]
+    pub model_args: Option<toml::Table>,
+    /// Reward id (empty: the model alone).
+    #[arg(long, default_value = "images/aesthetic")]
+    pub reward: String,
+    /// Reward arguments as a JSON object.
+    #[arg(long, value_name = "JSON", value_parser = args::json_object)]
+    pub reward_args: Option<toml::Table>,
+    /// `cpu`, `cuda` or `cuda:N`.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// A directory the plugins may look for weights in (repeatable).
+    #[arg(long = "weights", value_name = "DIR")]
+    pub weights: Vec<PathBuf>,
+}
+
+fn memory(registry: &crate::plugins::Registry, args: &MemoryArgs) -> Result<ExitCode> {
+    let device = parse_device(&args.device)?;
+    let ctx = construct_context(device, &args.weights)?;
+    let json = |table: &Option<toml::Table>| args::json_text(&table.clone().unwrap_or_default());
+    let f: bench::MemoryFigures = bench::memory(
+        registry,
+        &args.model,
+        &json(&args.model_args),
+        &args.reward,
+        &json(&args.reward_args),
+        &ctx,
+    )?;
+    println!("peak resident memory on {} (MiB):", args.device);
+    println!("  host and plugin files loaded: {:.0}", f.peak_mib_start);
+    println!("  after loading {}: {:.0}", f.model, f.peak_mib_model);
+    if !f.reward.is_empty() {
+        println!(
+            "  after loading {} too: {:.0}",
+            f.reward, f.peak_mib_model_and_reward
+        );
+    }
+    println!("resident once loaded (MiB): {:.0}", f.resident_mib_loaded);
+    println!("json: {}", serde_json::to_string(&f)?);
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Options of `bench isolation`.
@@ -366,6 +418,7 @@ pub fn run(cli: &Cli, args: &BenchArgs) -> Result<ExitCode> {
         Which::Quality(quality_args) => return quality(&registry, quality_args),
         #[cfg(unix)]
         Which::Isolation(isolation_args) => return isolation(&registry, isolation_args),
+        Which::Memory(memory_args) => return memory(&registry, memory_args),
         Which::Vm {
             batch_size,
             steps,

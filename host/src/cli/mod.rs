@@ -34,6 +34,10 @@ pub struct Cli {
     /// ~/.config/flowgym/trust.toml).
     #[arg(long, global = true)]
     pub require_trusted: bool,
+    /// Never use the network: plugins only read weights already on disk (sets HF_HUB_OFFLINE=1
+    /// for them, as the Hugging Face tools read it).
+    #[arg(long, global = true)]
+    pub offline: bool,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -96,6 +100,10 @@ pub fn warn_refused(registry: &Registry) {
 /// Runs the command line; errors are printed with their causes.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if cli.offline {
+        // Before any plugin is loaded or constructed, and before any thread starts.
+        std::env::set_var("HF_HUB_OFFLINE", "1");
+    }
     let result = match &cli.command {
         Command::List(args) => list::run(&cli, args),
         Command::Check(args) => check::run(&cli, args),

@@ -2,7 +2,8 @@
 //!
 //! Scores each image `[3, h, w]` in `[0, 1]` with a head on the L2-normalised CLIP image
 //! embedding (see [`crate::models::aesthetic`]). Weights come from the paths given as arguments,
-//! else from the host's weight directories and the Hugging Face cache:
+//! else from the host's weight directories and the Hugging Face caches, else they are fetched
+//! from the hub on first use:
 //! - `clip`: `openai/clip-vit-large-patch14` in the transformers layout (`config.json` and
 //!   `model.safetensors`);
 //! - `head`: `sac+logos+ava1-l14-linearMSE.pth` (improved-aesthetic-predictor, the head DDPO
@@ -18,9 +19,11 @@ use flowgym_plugin_api::{
 };
 use tch::{Device, Kind, Tensor};
 
-use crate::hub::{candidate_roots, HubCache, NotFound, Search};
+use crate::fetch::{fetch_repo, HubSettings, RepoListing};
+use crate::hub::{NotFound, Search};
 use crate::models::aesthetic::AestheticPredictor;
-use crate::weights::safetensors_files;
+use crate::sources::{download_hint, find_or_fetch, in_folder, select_transformers, Lookup};
+use crate::weights::model_files;
 
 /// The CLIP model the LAION heads were trained on.
 pub const CLIP_REPO: &str = "openai/clip-vit-large-patch14";
@@ -41,19 +44,24 @@ const HEAD_FILES: &[(&str, &str)] = &[
     ("", "sa_0_4_vit_l_14_linear.safetensors"),
 ];
 
-const HOW_TO_GET: &str = "\
-Get the weights once, on a machine with internet access, then pass them as the reward's arguments \
-`clip` (the folder) and `head` (the file), or put them in a weight directory of the host:
-  CLIP:  huggingface-cli download openai/clip-vit-large-patch14 config.json model.safetensors
-  head:  https://github.com/christophschuhmann/improved-aesthetic-predictor/raw/main/sac+logos+ava1-l14-linearMSE.pth
-         (or sa_0_4_vit_l_14_linear.pth from https://github.com/LAION-AI/aesthetic-predictor)";
+/// The files of [`CLIP_REPO`] the reward reads, as `hf download --include` patterns.
+const CLIP_INCLUDE: &[&str] = &["config.json", "model.safetensors"];
+
+/// How to get the head by hand.
+const HEAD_HINT: &str = "\
+With network access the reward fetches the head itself on first use (unless offline: \
+HF_HUB_OFFLINE=1 or --offline). To fetch it beforehand into the same cache (3.7 MB):
+  hf download camenduru/improved-aesthetic-predictor sac+logos+ava1-l14-linearMSE.pth
+or pass it as the argument `head`: sac+logos+ava1-l14-linearMSE.pth from \
+https://github.com/christophschuhmann/improved-aesthetic-predictor, or sa_0_4_vit_l_14_linear.pth \
+from https://github.com/LAION-AI/aesthetic-predictor.";
 
 arguments! {
     /// Arguments of `images/aesthetic`.
     pub struct AestheticArgs {
-        /// Folder of openai/clip-vit-large-patch14 in the transformers layout (config.json, model.safetensors); empty: the weight directories, then the Hugging Face cache.
+        /// Folder of openai/clip-vit-large-patch14 in the transformers layout (config.json, model.safetensors or pytorch_model.bin); empty: the weight directories, then the Hugging Face cache, else fetched from the hub (1.7 GB).
         clip: String = String::new();
-        /// Aesthetic head file (.pth or .safetensors): sac+logos+ava1-l14-linearMSE (MLP) or sa_0_4_vit_l_14_linear (linear); empty: looked for by name in the weight directories, the CLIP folder and the Hugging Face cache.
+        /// Aesthetic head file (.pth or .safetensors): sac+logos+ava1-l14-linearMSE (MLP) or sa_0_4_vit_l_14_linear (linear); empty: looked for by name in the weight directories, the CLIP folder and the Hugging Face cache, else fetched from camenduru/improved-aesthetic-predictor (3.7 MB).
         head: String = String::new();
     }
 }
@@ -62,7 +70,7 @@ register_reward! {
     id: "images/aesthetic",
     version: "1.0.0",
     data_type: ("images", "1.0.0"),
-    description: "LAION aesthetic score (CLIP ViT-L/14 embedding + LAION head) of RGB images in [0, 1]",
+    description: "LAION aesthetic score (CLIP ViT-L/14 embedding + LAION head) of RGB images in [0, 1]; weights: openai/clip-vit-large-patch14 (1.7 GB) and camenduru/improved-aesthetic-predictor (3.7 MB), fetched on first use",
     arguments: AestheticArgs,
     leaves: vec![LeafSpec::new(
         "x",
@@ -79,43 +87,53 @@ register_reward! {
 }
 
 /// The CLIP folder: `clip` when given, else the first candidate holding `config.json` and
-/// safetensors weights.
-pub fn find_clip(clip: Option<&Path>, weight_dirs: &[PathBuf]) -> Result<PathBuf, NotFound> {
-    let mut search = Search::new();
-    let roots = candidate_roots(
-        clip,
-        CLIP_REPO,
-        weight_dirs,
-        &HubCache::from_env(),
-        &mut search,
+/// weights, else fetched from the hub (unless `hub` is offline).
+pub fn find_clip(
+    clip: Option<&Path>,
+    weight_dirs: &[PathBuf],
+    hub: &HubSettings,
+) -> Result<PathBuf, NotFound> {
+    let repos = vec![CLIP_REPO.to_string()];
+    let what = format!("the CLIP model {CLIP_REPO}");
+    let hint = download_hint(
+        &repos,
+        CLIP_INCLUDE,
+        "1.7 GB",
+        "Or pass the argument `clip` naming a folder with config.json and model.safetensors.",
     );
-    for root in roots {
-        if !root.join("config.json").is_file() {
-            search.looked(&root, "has no config.json");
-        } else if safetensors_files(&root).is_empty() {
-            let why = if root.join("pytorch_model.bin").is_file() {
-                "has pytorch_model.bin but no *.safetensors; only safetensors weights are read"
-            } else {
-                "has no *.safetensors weights"
-            };
-            search.looked(&root, why);
-        } else {
-            return Ok(root);
-        }
+    if let Some(clip) = clip {
+        return in_folder(what, clip, hint, &clip_in_root);
     }
-    Err(NotFound {
-        what: format!("the CLIP model {CLIP_REPO}"),
-        search,
-        hint: HOW_TO_GET.to_string(),
-    })
+    let lookup = Lookup {
+        what,
+        repos,
+        weight_dirs,
+        settings: hub,
+        hint,
+    };
+    find_or_fetch(&lookup, &|l| select_transformers(l, ""), &clip_in_root)
+}
+
+/// `root` when it holds a CLIP model (`config.json` and weights).
+fn clip_in_root(root: &Path, search: &mut Search) -> Option<PathBuf> {
+    if !root.join("config.json").is_file() {
+        search.looked(root, "has no config.json");
+    } else if model_files(root).is_empty() {
+        search.looked(root, "has no *.safetensors or pytorch_model.bin weights");
+    } else {
+        return Some(root.to_path_buf());
+    }
+    None
 }
 
 /// The head file: `head` when given, else a published file name in the weight directories, the
-/// CLIP folder or the Hugging Face cache.
+/// CLIP folder or the Hugging Face caches, else fetched from the first repository of
+/// [`HEAD_FILES`] that serves it (unless `hub` is offline).
 pub fn find_head(
     head: Option<&Path>,
     clip_dir: &Path,
     weight_dirs: &[PathBuf],
+    hub: &HubSettings,
 ) -> Result<PathBuf, NotFound> {
     let mut search = Search::new();
     if let Some(head) = head {
@@ -123,39 +141,68 @@ pub fn find_head(
             return Ok(head.to_path_buf());
         }
         search.looked(head, "does not exist");
+    } else if let Some(found) = local_head(clip_dir, weight_dirs, hub, &mut search) {
+        return Ok(found);
+    } else if hub.offline {
+        search.fetch_failed("not tried: offline mode (HF_HUB_OFFLINE=1, or the host's --offline)");
     } else {
-        let hub = HubCache::from_env();
-        let dirs: Vec<PathBuf> = weight_dirs
-            .iter()
-            .cloned()
-            .chain([clip_dir.to_path_buf()])
-            .collect();
-        for (repo, name) in HEAD_FILES {
-            for dir in &dirs {
-                let path = dir.join(name);
-                if path.is_file() {
-                    return Ok(path);
-                }
-                search.looked(&path, "does not exist");
-            }
-            if !repo.is_empty() && hub.repo_dir(repo).is_dir() {
-                if let Some(snapshot) = hub.snapshot(repo, &mut search) {
-                    let path = snapshot.join(name);
-                    if path.is_file() {
-                        return Ok(path);
+        for (repo, name) in HEAD_FILES.iter().filter(|(repo, _)| !repo.is_empty()) {
+            let select = |l: &RepoListing| {
+                l.has(name)
+                    .then(|| vec![name.to_string()])
+                    .ok_or_else(|| format!("it has no {name}"))
+            };
+            match fetch_repo(hub, repo, &select) {
+                Ok(snapshot) => return Ok(snapshot.join(name)),
+                Err(e) => {
+                    let next = e.try_next_repo();
+                    search.fetch_failed(e.to_string());
+                    if !next {
+                        break;
                     }
-                    search.looked(&path, "does not exist");
                 }
-            } else if !repo.is_empty() {
-                search.looked(&hub.repo_dir(repo), "does not exist");
             }
         }
     }
     Err(NotFound {
         what: "the LAION aesthetic head".to_string(),
         search,
-        hint: HOW_TO_GET.to_string(),
+        hint: HEAD_HINT.to_string(),
     })
+}
+
+/// A head file by its published name in the weight directories, the CLIP folder or the caches.
+fn local_head(
+    clip_dir: &Path,
+    weight_dirs: &[PathBuf],
+    hub: &HubSettings,
+    search: &mut Search,
+) -> Option<PathBuf> {
+    let dirs: Vec<PathBuf> = weight_dirs
+        .iter()
+        .cloned()
+        .chain([clip_dir.to_path_buf()])
+        .collect();
+    for (repo, name) in HEAD_FILES {
+        for dir in &dirs {
+            let path = dir.join(name);
+            if path.is_file() {
+                return Some(path);
+            }
+            search.looked(&path, "does not exist");
+        }
+        if repo.is_empty() {
+            continue;
+        }
+        for snapshot in hub.cache.snapshots(repo, search) {
+            let path = snapshot.join(name);
+            if path.is_file() {
+                return Some(path);
+            }
+            search.looked(&path, "does not exist");
+        }
+    }
+    None
 }
 
 /// The `images/aesthetic` reward.
@@ -184,11 +231,12 @@ impl AestheticReward {
             .iter()
             .map(|d| PathBuf::from(d.as_str()))
             .collect();
+        let hub = HubSettings::from_env();
         let clip = non_empty(&args.clip);
-        let clip_dir = find_clip(clip.as_deref(), &weight_dirs).map_err(|e| e.to_string())?;
+        let clip_dir = find_clip(clip.as_deref(), &weight_dirs, &hub).map_err(|e| e.to_string())?;
         let head = non_empty(&args.head);
         let head =
-            find_head(head.as_deref(), &clip_dir, &weight_dirs).map_err(|e| e.to_string())?;
+            find_head(head.as_deref(), &clip_dir, &weight_dirs, &hub).map_err(|e| e.to_string())?;
         let predictor = AestheticPredictor::load(&clip_dir, &head, device)
             .map_err(|e| PluginError::new(e.to_string()))?;
         Ok(Self { predictor })

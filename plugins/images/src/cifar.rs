@@ -5,7 +5,8 @@
 //! The weights come from the folder the `weights` argument names (the flat layout of that
 //! repository, `config.json`, `diffusion_pytorch_model.safetensors` and
 //! `scheduler_config.json`, or a pipeline layout with `unet/` and `scheduler/`), or else from
-//! the host's weight directories and the Hugging Face cache (see [`crate::hub`]).
+//! the host's weight directories and the Hugging Face cache (see [`crate::hub`]), or else they
+//! are fetched from the hub on first use (see [`crate::sources`]).
 //!
 //! Samples evolve in `[-1, 1]` pixel space (`x` `[n, 3, 32, 32]`); `postprocess` maps them to
 //! `[0, 1]`. The model receives the discrete step `k` (0 the cleanest), as the host's
@@ -21,13 +22,14 @@ use flowgym_plugin_api::{
 };
 use tch::{Device, Kind, Tensor};
 
+use crate::fetch::HubSettings;
 use crate::hub::{
-    candidate_roots, find_component, find_file, read_config, ComponentFiles, HubCache, LoadError,
-    NotFound, Search,
+    find_component, find_file, read_config, ComponentFiles, LoadError, NotFound, Search,
 };
 use crate::models::resnet::ConfigError;
 use crate::models::scheduler::{SchedulerConfig, SchedulerError};
 use crate::models::unet_2d::{SampleSize, UNet2DConfig, UNet2DModel};
+use crate::sources::{download_hint, find_or_fetch, in_folder, parse_repos, select_ddpm, Lookup};
 use crate::weights::Weights;
 
 /// The data type of the samples.
@@ -40,10 +42,10 @@ const SIDE: i64 = 32;
 arguments! {
     /// Arguments of `images/cifar`.
     pub struct CifarArgs {
-        /// A diffusers folder holding the model (config.json, diffusion_pytorch_model.safetensors and scheduler_config.json, or unet/ and scheduler/ subfolders); empty: look in the host's weight directories and the Hugging Face cache.
+        /// A diffusers folder holding the model (config.json, diffusion_pytorch_model.safetensors or .bin, and scheduler_config.json, or unet/ and scheduler/ subfolders); empty: look in the host's weight directories and the Hugging Face cache, else fetch from the hub.
         weights: String = String::new();
-        /// The Hugging Face repository to look for when `weights` is empty.
-        repo_id: String = "google/ddpm-cifar10-32".to_string();
+        /// The Hugging Face repositories accepted when `weights` is empty, comma-separated, in order: the first in the weight directories or the cache is used, else the first the hub serves is fetched (about 143 MB).
+        repo_id: String = CIFAR_REPOS.to_string();
     }
 }
 
@@ -56,34 +58,57 @@ pub struct CifarFiles {
     pub scheduler: PathBuf,
 }
 
+/// The repositories `images/cifar` accepts by default.
+pub const CIFAR_REPOS: &str = "google/ddpm-cifar10-32";
+
+/// The files of [`CIFAR_REPOS`] the entry reads, as `hf download --include` patterns.
+const CIFAR_INCLUDE: &[&str] = &[
+    "config.json",
+    "diffusion_pytorch_model.safetensors",
+    "scheduler_config.json",
+];
+
 impl CifarFiles {
     /// Finds the files for `args`: in `args.weights` when it is set, else in `weight_dirs`
-    /// and then the hub cache. The error lists every place looked at and how to get the files.
+    /// and the hub's caches for each repository of `args.repo_id`, else fetched from the hub
+    /// (unless `hub` is offline). The error lists every place looked at, every failed fetch and
+    /// how to get the files.
     pub fn locate(
         args: &CifarArgs,
         weight_dirs: &[PathBuf],
-        hub: &HubCache,
+        hub: &HubSettings,
     ) -> Result<Self, NotFound> {
-        let mut search = Search::new();
-        let folder = (!args.weights.is_empty()).then(|| Path::new(&args.weights));
-        for root in candidate_roots(folder, &args.repo_id, weight_dirs, hub, &mut search) {
-            let unet = find_component(&root, "unet", &mut search);
-            let scheduler = find_file(&root, "scheduler", "scheduler_config.json", &mut search);
-            if let (Some(unet), Some(scheduler)) = (unet, scheduler) {
-                return Ok(Self { unet, scheduler });
-            }
+        let repos = parse_repos(&args.repo_id);
+        let what = format!("`images/cifar` ({})", repos.join(", "));
+        let hint = download_hint(
+            &repos,
+            CIFAR_INCLUDE,
+            "143 MB",
+            "Or pass the argument {\"weights\": \"/path/to/folder\"} naming a diffusers folder \
+             with config.json, diffusion_pytorch_model.safetensors (or .bin) and \
+             scheduler_config.json (or unet/ and scheduler/ subfolders).",
+        );
+        if !args.weights.is_empty() {
+            return in_folder(what, Path::new(&args.weights), hint, &Self::in_root);
         }
-        Err(NotFound {
-            what: format!("`images/cifar` ({})", args.repo_id),
-            search,
-            hint: format!(
-                "To get them, run `huggingface-cli download {}` (it fills the Hugging Face cache, \
-                 $HF_HOME, default ~/.cache/huggingface), or pass the argument \
-                 {{\"weights\": \"/path/to/folder\"}} naming a diffusers folder with config.json, \
-                 diffusion_pytorch_model.safetensors and scheduler_config.json (or unet/ and \
-                 scheduler/ subfolders).",
-                args.repo_id
-            ),
+        let lookup = Lookup {
+            what,
+            repos,
+            weight_dirs,
+            settings: hub,
+            hint,
+        };
+        find_or_fetch(&lookup, &select_ddpm, &Self::in_root)
+    }
+
+    /// The checkpoint in `root` (flat, or `unet/` and `scheduler/`), if complete; what is
+    /// missing goes to `search`.
+    pub fn in_root(root: &Path, search: &mut Search) -> Option<Self> {
+        let unet = find_component(root, "unet", search);
+        let scheduler = find_file(root, "scheduler", "scheduler_config.json", search);
+        Some(Self {
+            unet: unet?,
+            scheduler: scheduler?,
         })
     }
 }
@@ -101,7 +126,7 @@ impl CifarModel {
     pub fn new(args: CifarArgs, ctx: &ConstructContext) -> PluginResult<Self> {
         let device = device_of(ctx.device)?;
         let weight_dirs: Vec<PathBuf> = ctx.weight_dirs.iter().map(|d| d.as_str().into()).collect();
-        let files = CifarFiles::locate(&args, &weight_dirs, &HubCache::from_env())
+        let files = CifarFiles::locate(&args, &weight_dirs, &HubSettings::from_env())
             .map_err(|e| PluginError::new(e.to_string()))?;
         Self::load(&files, device).map_err(|e| PluginError::new(e.to_string()))
     }
@@ -135,7 +160,7 @@ impl CifarModel {
                 "3, 3, 32 (`images/cifar` serves 3 x 32 x 32 images)",
             )));
         }
-        let weights = Weights::from_safetensors(&files.unet.weights, Kind::Float, device)?;
+        let weights = Weights::from_files(&files.unet.weights, Kind::Float, device)?;
         let unet = UNet2DModel::new(&weights.root(), &config).map_err(architecture)?;
         weights.finish()?;
         Ok(Self {

@@ -1,91 +1,148 @@
 //! Where published model files are found: a diffusers folder given by the user, the host's
-//! weight directories, or the Hugging Face cache (`huggingface-cli download`).
+//! weight directories, or the Hugging Face cache (filled by [`crate::fetch`] on first use, or by
+//! `hf download`).
 //!
 //! The Hugging Face cache keeps a repository `org/name` under
 //! `$HF_HUB_CACHE/models--org--name/` (default `$HF_HOME/hub`, `HF_HOME` defaulting to
-//! `~/.cache/huggingface`), with one folder per downloaded revision in `snapshots/<commit>/` and
-//! the commit of `main` in `refs/main`. Every place looked at is recorded, so that a failed
-//! search can say exactly where it looked.
+//! `$XDG_CACHE_HOME/huggingface` or `~/.cache/huggingface`), with one folder per downloaded
+//! revision in `snapshots/<commit>/` and the commit of `main` in `refs/main`. diffusers before
+//! 0.14 kept the same layout in `$HF_HOME/diffusers`, which is searched too. Every place looked
+//! at is recorded, so that a failed search can say exactly where it looked.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-/// The Hugging Face hub cache (the folder holding `models--org--name` folders).
+/// The Hugging Face home folder: `$HF_HOME`, else `$XDG_CACHE_HOME/huggingface`, else
+/// `~/.cache/huggingface`, as the Python tools resolve it.
+pub fn hf_home(var: &dyn Fn(&str) -> Option<String>) -> PathBuf {
+    let var = |name: &str| var(name).filter(|v| !v.is_empty());
+    if let Some(home) = var("HF_HOME") {
+        return PathBuf::from(home);
+    }
+    let cache = var("XDG_CACHE_HOME").map(PathBuf::from).unwrap_or_else(|| {
+        let user_home = var("HOME").or_else(|| var("USERPROFILE"));
+        user_home
+            .map(PathBuf::from)
+            .unwrap_or_default()
+            .join(".cache")
+    });
+    cache.join("huggingface")
+}
+
+/// The Hugging Face hub cache (the folder holding `models--org--name` folders), and the older
+/// caches that are searched too but never written.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HubCache {
     root: PathBuf,
+    legacy: Vec<PathBuf>,
 }
 
 impl HubCache {
-    /// The cache the Hugging Face tools use: `$HF_HUB_CACHE`, else `$HUGGINGFACE_HUB_CACHE`,
-    /// else `$HF_HOME/hub`, else `~/.cache/huggingface/hub`.
+    /// The cache the Hugging Face tools use (see [`HubCache::from_vars`]).
     pub fn from_env() -> Self {
-        let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
-        let root = var("HF_HUB_CACHE")
-            .or_else(|| var("HUGGINGFACE_HUB_CACHE"))
+        Self::from_vars(&|name| std::env::var(name).ok())
+    }
+
+    /// The cache the variables `var` give: `$HF_HUB_CACHE`, else `$HUGGINGFACE_HUB_CACHE`,
+    /// else `hub/` in the home of [`hf_home`]. The cache of diffusers before 0.14,
+    /// `$DIFFUSERS_CACHE` or `diffusers/` in that home, is searched after it.
+    pub fn from_vars(var: &dyn Fn(&str) -> Option<String>) -> Self {
+        let get = |name: &str| var(name).filter(|v| !v.is_empty());
+        let home = hf_home(var);
+        let root = get("HF_HUB_CACHE")
+            .or_else(|| get("HUGGINGFACE_HUB_CACHE"))
             .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                let home = var("HF_HOME").map(PathBuf::from).unwrap_or_else(|| {
-                    let user_home = var("HOME").or_else(|| var("USERPROFILE"));
-                    user_home
-                        .map(PathBuf::from)
-                        .unwrap_or_default()
-                        .join(".cache")
-                        .join("huggingface")
-                });
-                home.join("hub")
-            });
-        Self { root }
+            .unwrap_or_else(|| home.join("hub"));
+        let legacy = get("DIFFUSERS_CACHE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| home.join("diffusers"));
+        Self {
+            root,
+            legacy: vec![legacy],
+        }
     }
 
-    /// A cache at `root`.
+    /// A cache at `root` (and no other).
     pub fn at(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
+        Self {
+            root: root.into(),
+            legacy: Vec::new(),
+        }
     }
 
-    /// The cache folder.
+    /// This cache, searching `legacy` caches after it (read only).
+    pub fn with_legacy(mut self, legacy: impl Into<PathBuf>) -> Self {
+        self.legacy.push(legacy.into());
+        self
+    }
+
+    /// The cache folder (where downloads go).
     pub fn root(&self) -> &Path {
         &self.root
     }
 
     /// `models--org--name` for the repository `org/name`.
     pub fn repo_dir(&self, repo_id: &str) -> PathBuf {
-        self.root
-            .join(format!("models--{}", repo_id.replace('/', "--")))
+        repo_dir(&self.root, repo_id)
     }
 
-    /// The snapshot of `repo_id` to use: the one `refs/main` names when present, else the most
-    /// recently modified one. `None` (with the reason recorded in `search`) when there is none.
-    pub fn snapshot(&self, repo_id: &str, search: &mut Search) -> Option<PathBuf> {
-        let repo = self.repo_dir(repo_id);
-        let snapshots = repo.join("snapshots");
-        if let Ok(commit) = std::fs::read_to_string(repo.join("refs").join("main")) {
-            let dir = snapshots.join(commit.trim());
-            if dir.is_dir() {
-                return Some(dir);
+    /// The snapshots of `repo_id` to use, this cache's first, then the legacy caches' (see
+    /// [`snapshot_in`]); where none is, the reason is recorded in `search`.
+    pub fn snapshots(&self, repo_id: &str, search: &mut Search) -> Vec<PathBuf> {
+        let mut found: Vec<PathBuf> = snapshot_in(&self.root, repo_id, search)
+            .into_iter()
+            .collect();
+        for legacy in &self.legacy {
+            if repo_dir(legacy, repo_id).is_dir() {
+                found.extend(snapshot_in(legacy, repo_id, search));
             }
-            search.looked(&dir, "named by refs/main, but missing");
         }
-        let Ok(entries) = std::fs::read_dir(&snapshots) else {
-            search.looked(&snapshots, "does not exist");
-            return None;
-        };
-        let newest = entries
-            .filter_map(|e| e.ok())
-            .filter(|e| e.path().is_dir())
-            .max_by_key(|e| e.metadata().and_then(|m| m.modified()).ok())
-            .map(|e| e.path());
-        if newest.is_none() {
-            search.looked(&snapshots, "holds no snapshot");
-        }
-        newest
+        found
     }
+
+    /// The snapshot of `repo_id` in this cache (not the legacy ones), see [`snapshot_in`].
+    pub fn snapshot(&self, repo_id: &str, search: &mut Search) -> Option<PathBuf> {
+        snapshot_in(&self.root, repo_id, search)
+    }
+}
+
+fn repo_dir(root: &Path, repo_id: &str) -> PathBuf {
+    root.join(format!("models--{}", repo_id.replace('/', "--")))
+}
+
+/// The snapshot of `repo_id` in the cache at `root`: the one `refs/main` names when present,
+/// else the most recently modified one. `None` (with the reason recorded in `search`) when
+/// there is none.
+pub fn snapshot_in(root: &Path, repo_id: &str, search: &mut Search) -> Option<PathBuf> {
+    let repo = repo_dir(root, repo_id);
+    let snapshots = repo.join("snapshots");
+    if let Ok(commit) = std::fs::read_to_string(repo.join("refs").join("main")) {
+        let dir = snapshots.join(commit.trim());
+        if dir.is_dir() {
+            return Some(dir);
+        }
+        search.looked(&dir, "named by refs/main, but missing");
+    }
+    let Ok(entries) = std::fs::read_dir(&snapshots) else {
+        search.looked(&snapshots, "does not exist");
+        return None;
+    };
+    let newest = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().is_dir())
+        .max_by_key(|e| e.metadata().and_then(|m| m.modified()).ok())
+        .map(|e| e.path());
+    if newest.is_none() {
+        search.looked(&snapshots, "holds no snapshot");
+    }
+    newest
 }
 
 /// The places a search looked at, and why each did not do.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Search {
     looked: Vec<(PathBuf, String)>,
+    fetches: Vec<String>,
 }
 
 impl Search {
@@ -102,6 +159,17 @@ impl Search {
     /// The places looked at, with the reasons.
     pub fn places(&self) -> &[(PathBuf, String)] {
         &self.looked
+    }
+
+    /// Records why fetching from the hub did not give the files (a failed attempt, or that
+    /// the network was not to be used).
+    pub fn fetch_failed(&mut self, why: impl Into<String>) {
+        self.fetches.push(why.into());
+    }
+
+    /// The recorded reasons why fetching did not give the files.
+    pub fn fetches(&self) -> &[String] {
+        &self.fetches
     }
 }
 
@@ -121,6 +189,12 @@ impl fmt::Display for NotFound {
         writeln!(f, "no weights found for {}; looked in:", self.what)?;
         for (path, why) in self.search.places() {
             writeln!(f, "  {} ({why})", path.display())?;
+        }
+        if !self.search.fetches().is_empty() {
+            writeln!(f, "and fetching from the hub did not give them:")?;
+            for why in self.search.fetches() {
+                writeln!(f, "  {why}")?;
+            }
         }
         write!(f, "{}", self.hint)
     }
@@ -176,16 +250,64 @@ fn component_weights(dir: &Path) -> Result<Vec<PathBuf>, String> {
     if index.is_file() {
         return sharded(&index);
     }
-    let fp16 = dir.join(format!("{NAME}.fp16.safetensors"));
-    if fp16.is_file() {
-        return Ok(vec![fp16]);
+    for name in [
+        format!("{NAME}.fp16.safetensors"),
+        format!("{NAME}.bin"),
+        format!("{NAME}.fp16.bin"),
+    ] {
+        if dir.join(&name).is_file() {
+            return Ok(vec![dir.join(name)]);
+        }
     }
-    if dir.join(format!("{NAME}.bin")).is_file() {
-        return Err(format!(
-            "has {NAME}.bin but no {NAME}.safetensors; only safetensors weights are read"
-        ));
+    Err(format!(
+        "has config.json but no {NAME}.safetensors (nor .fp16.safetensors, .bin, .fp16.bin)"
+    ))
+}
+
+/// The weight files of a diffusers component that the hub listing `has` (names relative to the
+/// repository, the component in `prefix`, `""` or `"unet/"`), in the order
+/// [`find_component`] prefers: full-precision safetensors (single or sharded), `fp16`
+/// safetensors, then PyTorch `.bin` files.
+pub fn remote_component_weights(names: &[&str], prefix: &str) -> Option<Vec<String>> {
+    remote_weights(
+        names,
+        prefix,
+        "diffusion_pytorch_model",
+        "diffusion_pytorch_model",
+    )
+}
+
+/// The weight files of a transformers model folder (`model.safetensors`, sharded, `fp16`, or
+/// `pytorch_model.bin`) among the hub listing's `names`, in `prefix`.
+pub fn remote_transformers_weights(names: &[&str], prefix: &str) -> Option<Vec<String>> {
+    remote_weights(names, prefix, "model", "pytorch_model")
+}
+
+fn remote_weights(names: &[&str], prefix: &str, st: &str, bin: &str) -> Option<Vec<String>> {
+    let has = |name: &str| names.contains(&name);
+    let single = format!("{prefix}{st}.safetensors");
+    if has(&single) {
+        return Some(vec![single]);
     }
-    Err(format!("has config.json but no {NAME}.safetensors"))
+    let index = format!("{prefix}{st}.safetensors.index.json");
+    if has(&index) {
+        let shard_start = format!("{prefix}{st}-");
+        let mut files: Vec<String> = names
+            .iter()
+            .filter(|n| n.starts_with(&shard_start) && n.ends_with(".safetensors"))
+            .map(|n| n.to_string())
+            .collect();
+        files.insert(0, index);
+        return Some(files);
+    }
+    [
+        format!("{prefix}{st}.fp16.safetensors"),
+        format!("{prefix}{bin}.bin"),
+        format!("{prefix}{bin}.fp16.bin"),
+    ]
+    .into_iter()
+    .find(|name| has(name))
+    .map(|name| vec![name])
 }
 
 /// The shard files an `*.safetensors.index.json` lists, in order.
@@ -254,7 +376,7 @@ pub fn candidate_roots(
             roots.extend(cache.snapshot(repo_id, search));
         }
     }
-    roots.extend(hub.snapshot(repo_id, search));
+    roots.extend(hub.snapshots(repo_id, search));
     roots
 }
 
@@ -296,4 +418,40 @@ pub fn read_config<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, Loa
     };
     let text = std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?;
     serde_json::from_str(&text).map_err(|e| error(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |name| {
+            pairs
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    #[test]
+    fn the_cache_is_where_the_python_tools_put_it() {
+        let cache = HubCache::from_vars(&vars(&[("HOME", "/h")]));
+        assert_eq!(cache.root(), Path::new("/h/.cache/huggingface/hub"));
+        assert_eq!(
+            cache.legacy,
+            [PathBuf::from("/h/.cache/huggingface/diffusers")]
+        );
+        let cache = HubCache::from_vars(&vars(&[("HOME", "/h"), ("XDG_CACHE_HOME", "/x")]));
+        assert_eq!(cache.root(), Path::new("/x/huggingface/hub"));
+        let cache = HubCache::from_vars(&vars(&[("XDG_CACHE_HOME", "/x"), ("HF_HOME", "/hf")]));
+        assert_eq!(cache.root(), Path::new("/hf/hub"));
+        assert_eq!(cache.legacy, [PathBuf::from("/hf/diffusers")]);
+        let cache = HubCache::from_vars(&vars(&[
+            ("HF_HOME", "/hf"),
+            ("HF_HUB_CACHE", "/c"),
+            ("DIFFUSERS_CACHE", "/d"),
+        ]));
+        assert_eq!(cache.root(), Path::new("/c"));
+        assert_eq!(cache.legacy, [PathBuf::from("/d")]);
+    }
 }

@@ -1,6 +1,7 @@
 //! Loading published weights by name, with strict accounting.
 //!
-//! A [`Weights`] holds every tensor of one or more `*.safetensors` files. Modules take their
+//! A [`Weights`] holds every tensor of one or more weight files (`*.safetensors`, or PyTorch
+//! `.bin` state dicts read without executing them). Modules take their
 //! parameters through a [`WeightPath`] (a name prefix, as in `down_blocks.0.resnets.1`), which
 //! records each name it is asked for. A missing name or a shape mismatch does not stop the
 //! construction at once; [`Weights::finish`] then reports every missing, mismatched and unused
@@ -88,18 +89,15 @@ pub struct Weights {
 }
 
 impl Weights {
-    /// Reads every tensor of `files` (safetensors), converting floating tensors to `kind` and
-    /// moving them to `device`.
-    pub fn from_safetensors(
-        files: &[PathBuf],
-        kind: Kind,
-        device: Device,
-    ) -> Result<Self, WeightsError> {
+    /// Reads every tensor of `files`: safetensors, or PyTorch zip checkpoints (`.bin`, `.pth`,
+    /// `.pt`) through the restricted reader [`crate::pth`], which executes nothing. Floating
+    /// tensors are converted to `kind` (so `fp16` files load as float32) and moved to `device`.
+    pub fn from_files(files: &[PathBuf], kind: Kind, device: Device) -> Result<Self, WeightsError> {
         let mut tensors = BTreeMap::new();
         for path in files {
-            let read = Tensor::read_safetensors(path).map_err(|e| WeightsError::Read {
+            let read = read_file(path).map_err(|message| WeightsError::Read {
                 path: path.clone(),
-                message: e.to_string(),
+                message,
             })?;
             for (name, tensor) in read {
                 tensors.insert(name, tensor);
@@ -253,9 +251,20 @@ impl WeightPath {
     }
 }
 
-/// The `*.safetensors` files of a model folder, preferring full precision over `fp16` variants
-/// and ignoring the `.bin` / `.ckpt` formats this plugin does not read.
-pub fn safetensors_files(dir: &Path) -> Vec<PathBuf> {
+/// The tensors of one weight file, by its extension: `.safetensors`, else a PyTorch zip
+/// checkpoint.
+fn read_file(path: &Path) -> Result<Vec<(String, Tensor)>, String> {
+    if path.extension().is_some_and(|e| e == "safetensors") {
+        crate::safetensors_file::read(path)
+    } else {
+        crate::pth::read_state_dict(path)
+    }
+}
+
+/// The weight files of a transformers model folder: its `*.safetensors` files, preferring full
+/// precision over `fp16` variants; else `pytorch_model.bin` or `pytorch_model.fp16.bin` (read
+/// by the restricted reader). Empty when there are none.
+pub fn model_files(dir: &Path) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
@@ -269,11 +278,18 @@ pub fn safetensors_files(dir: &Path) -> Vec<PathBuf> {
         .filter(|p| !p.to_string_lossy().contains(".fp16."))
         .cloned()
         .collect();
-    if full.is_empty() {
-        files
-    } else {
-        full
+    if !full.is_empty() {
+        return full;
     }
+    if !files.is_empty() {
+        return files;
+    }
+    ["pytorch_model.bin", "pytorch_model.fp16.bin"]
+        .iter()
+        .map(|name| dir.join(name))
+        .find(|p| p.is_file())
+        .into_iter()
+        .collect()
 }
 
 #[cfg(test)]

@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use flowgym_images::aesthetic::{find_clip, find_head, AestheticArgs, AestheticReward};
+use flowgym_images::fetch::HubSettings;
+use flowgym_images::hub::HubCache;
 use flowgym_images::models::aesthetic::{read_head_tensors, AestheticHead, AestheticPredictor};
 use flowgym_images::pth;
 use flowgym_plugin_api::{Arguments, Batch, ConstructContext, Kwargs, Reward};
@@ -14,6 +16,11 @@ mod common;
 use common::{clip_vision_depth, clip_vision_terms, max_abs, max_abs_diff, rounding_tolerance};
 use flowgym_images::models::clip::ClipVisionConfig;
 use tch::{Device, Kind, Tensor};
+
+/// Settings that never use the network and have an empty cache.
+fn offline() -> HubSettings {
+    HubSettings::offline(HubCache::at("/nonexistent"))
+}
 
 /// Layers of the deeper of the two heads (the MLP's five linear layers).
 const HEAD_LAYERS: usize = 5;
@@ -140,11 +147,14 @@ fn missing_weights_say_where_the_search_looked_and_how_to_get_them() {
         .to_string();
     assert!(err.contains("no-such-folder"), "{err}");
     assert!(
-        err.contains("huggingface-cli download openai/clip-vit-large-patch14"),
+        err.contains(
+            "hf download openai/clip-vit-large-patch14 --include \"config.json\" --include \
+             \"model.safetensors\""
+        ),
         "{err}"
     );
 
-    let err = find_head(Some(&dir().join("nothing.pth")), &dir(), &[])
+    let err = find_head(Some(&dir().join("nothing.pth")), &dir(), &[], &offline())
         .unwrap_err()
         .to_string();
     assert!(err.contains("nothing.pth (does not exist)"), "{err}");
@@ -172,9 +182,9 @@ fn weights_are_found_in_a_hugging_face_cache_layout() {
     .unwrap();
 
     let weight_dirs = vec![root.clone()];
-    let clip = find_clip(None, &weight_dirs).unwrap();
+    let clip = find_clip(None, &weight_dirs, &offline()).unwrap();
     assert_eq!(clip, snapshot);
-    let head = find_head(None, &clip, &weight_dirs).unwrap();
+    let head = find_head(None, &clip, &weight_dirs, &offline()).unwrap();
     assert_eq!(head, root.join("sa_0_4_vit_l_14_linear.pth"));
     let ctx = ConstructContext {
         weight_dirs: vec![root.display().to_string().into()].into(),

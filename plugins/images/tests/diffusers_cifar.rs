@@ -21,6 +21,7 @@ use flowgym_host::sde::{
 };
 use flowgym_host::state::State;
 use flowgym_images::cifar::{CifarArgs, CifarFiles, CifarModel};
+use flowgym_images::fetch::HubSettings;
 use flowgym_images::hub::{HubCache, LoadError};
 use flowgym_images::models::scheduler::SchedulerConfig;
 use flowgym_images::models::unet_2d::{UNet2DConfig, UNet2DModel};
@@ -45,7 +46,7 @@ fn load(dir: &std::path::Path) -> Result<CifarModel, LoadError> {
     let files = CifarFiles::locate(
         &args(dir.to_str().unwrap()),
         &[],
-        &HubCache::at("/nonexistent"),
+        &HubSettings::offline(HubCache::at("/nonexistent")),
     )?;
     CifarModel::load(&files, Device::Cpu)
 }
@@ -156,7 +157,8 @@ fn pipeline_layout_and_hub_cache_load() {
     std::fs::create_dir_all(repo.join("snapshots/older")).unwrap();
     std::fs::create_dir_all(repo.join("refs")).unwrap();
     std::fs::write(repo.join("refs/main"), "0123abc").unwrap();
-    let files = CifarFiles::locate(&args(""), &[], &HubCache::at(&hub)).unwrap();
+    let files =
+        CifarFiles::locate(&args(""), &[], &HubSettings::offline(HubCache::at(&hub))).unwrap();
     assert_eq!(files.unet.dir, repo.join("snapshots/0123abc"));
     let model = CifarModel::load(&files, Device::Cpu).unwrap();
     let error = forward_error(&model);
@@ -171,7 +173,7 @@ fn pipeline_layout_and_hub_cache_load() {
     let files = CifarFiles::locate(
         &args(""),
         std::slice::from_ref(&weights_dir),
-        &HubCache::at(&hub),
+        &HubSettings::offline(HubCache::at(&hub)),
     )
     .unwrap();
     assert_eq!(files.unet.dir, weights_dir.join("ddpm-cifar10-32"));
@@ -252,9 +254,13 @@ fn weight_mismatches_are_all_listed() {
 fn missing_weights_say_where_and_how() {
     let tmp = TempDir::new("cifar-missing");
     let folder = tmp.path().join("no-such-folder");
-    let err = CifarFiles::locate(&args(folder.to_str().unwrap()), &[], &HubCache::at("/x"))
-        .unwrap_err()
-        .to_string();
+    let err = CifarFiles::locate(
+        &args(folder.to_str().unwrap()),
+        &[],
+        &HubSettings::offline(HubCache::at("/x")),
+    )
+    .unwrap_err()
+    .to_string();
     assert!(
         err.starts_with("no weights found for `images/cifar` (google/ddpm-cifar10-32)"),
         "{err}"
@@ -264,7 +270,10 @@ fn missing_weights_say_where_and_how() {
         "{err}"
     );
     assert!(
-        err.contains("huggingface-cli download google/ddpm-cifar10-32"),
+        err.contains(
+            "hf download google/ddpm-cifar10-32 --include \"config.json\" --include \
+             \"diffusion_pytorch_model.safetensors\" --include \"scheduler_config.json\""
+        ),
         "{err}"
     );
     assert!(err.contains(r#"{"weights": "/path/to/folder"}"#), "{err}");
@@ -272,7 +281,7 @@ fn missing_weights_say_where_and_how() {
     // No argument: the host's weight directories, then the cache, are all listed.
     let hub = tmp.path().join("hub");
     let dirs = [tmp.path().join("weights")];
-    let err = CifarFiles::locate(&args(""), &dirs, &HubCache::at(&hub))
+    let err = CifarFiles::locate(&args(""), &dirs, &HubSettings::offline(HubCache::at(&hub)))
         .unwrap_err()
         .to_string();
     for place in [
@@ -286,15 +295,41 @@ fn missing_weights_say_where_and_how() {
         );
     }
 
-    // A folder with a config but no safetensors says so.
-    let dir = tmp.path().join("bin-only");
+    // A folder with a config but no weights says which files it looked for.
+    let dir = tmp.path().join("no-weights");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::copy(tiny_dir().join("config.json"), dir.join("config.json")).unwrap();
-    std::fs::write(dir.join("diffusion_pytorch_model.bin"), b"").unwrap();
-    let err = CifarFiles::locate(&args(dir.to_str().unwrap()), &[], &HubCache::at("/x"))
+    let offline = HubSettings::offline(HubCache::at("/x"));
+    let err = CifarFiles::locate(&args(dir.to_str().unwrap()), &[], &offline)
         .unwrap_err()
         .to_string();
-    assert!(err.contains("only safetensors weights are read"), "{err}");
+    assert!(
+        err.contains(
+            "has config.json but no diffusion_pytorch_model.safetensors (nor .fp16.safetensors, \
+             .bin, .fp16.bin)"
+        ),
+        "{err}"
+    );
+
+    // A `.bin` file that is not a PyTorch checkpoint is named when it is read.
+    std::fs::copy(
+        tiny_dir().join("scheduler_config.json"),
+        dir.join("scheduler_config.json"),
+    )
+    .unwrap();
+    let bin = dir.join("diffusion_pytorch_model.bin");
+    std::fs::write(&bin, b"").unwrap();
+    let files = CifarFiles::locate(&args(dir.to_str().unwrap()), &[], &offline).unwrap();
+    let err = CifarModel::load(&files, Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with(&format!(
+            "cannot read weights from {}: not a zip-format PyTorch checkpoint",
+            bin.display()
+        )),
+        "{err}"
+    );
 }
 
 #[test]

@@ -26,7 +26,7 @@ where
     let files = find_component(dir, "unet", &mut search)
         .unwrap_or_else(|| panic!("no component in {}: {search:?}", dir.display()));
     let config: C = read_config(&files.config).unwrap();
-    let weights = Weights::from_safetensors(&files.weights, Kind::Float, Device::Cpu).unwrap();
+    let weights = Weights::from_files(&files.weights, Kind::Float, Device::Cpu).unwrap();
     let model = build(&weights, &config);
     weights.finish().unwrap_or_else(|e| panic!("{e}"));
     model

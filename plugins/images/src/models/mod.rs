@@ -4,6 +4,7 @@ pub mod attention;
 pub mod clip;
 pub mod clip_tokenizer;
 pub mod embeddings;
+pub mod nullable;
 pub mod resnet;
 pub mod scheduler;
 pub mod unet_2d;

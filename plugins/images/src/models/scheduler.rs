@@ -55,6 +55,7 @@ pub struct SchedulerConfig {
     /// Explicit betas, overriding `beta_schedule`.
     pub trained_betas: Option<Vec<f64>>,
     /// Rescale to zero terminal SNR (Lin et al. 2023).
+    #[serde(deserialize_with = "crate::models::nullable::bool")]
     pub rescale_betas_zero_snr: bool,
     /// What the model predicts: `epsilon`, `sample` or `v_prediction`.
     pub prediction_type: String,

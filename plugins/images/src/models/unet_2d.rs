@@ -36,6 +36,7 @@ pub struct UNet2DConfig {
     /// Channels of the output.
     pub out_channels: i64,
     /// Map the input from `[0, 1]` to `[-1, 1]` first.
+    #[serde(deserialize_with = "crate::models::nullable::bool")]
     pub center_input_sample: bool,
     /// `positional` (only this one is supported).
     pub time_embedding_type: String,
@@ -44,6 +45,7 @@ pub struct UNet2DConfig {
     /// `downscale_freq_shift` of the sinusoidal embedding.
     pub freq_shift: f64,
     /// Order `cos, sin` instead of `sin, cos`.
+    #[serde(deserialize_with = "crate::models::nullable::bool")]
     pub flip_sin_to_cos: bool,
     /// `DownBlock2D` or `AttnDownBlock2D` per level.
     pub down_block_types: Vec<String>,
@@ -78,6 +80,7 @@ pub struct UNet2DConfig {
     /// `default` or `scale_shift`.
     pub resnet_time_scale_shift: String,
     /// Whether the mid block has attention.
+    #[serde(deserialize_with = "crate::models::nullable::bool")]
     pub add_attention: bool,
     /// Class conditioning (not supported).
     pub class_embed_type: Option<String>,

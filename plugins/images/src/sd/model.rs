@@ -12,7 +12,7 @@ use flowgym_plugin_api::{
 };
 use tch::{Device, Kind, Tensor};
 
-use crate::hub::HubCache;
+use crate::fetch::HubSettings;
 
 use super::args::{check_size, resolve_prompts};
 use super::{SdArgs, SdError, SdFiles, SdPipeline, SdVersion, DATA_TYPE, PUBLISHED_VAE_FACTOR};
@@ -39,7 +39,7 @@ impl SdModel {
         check_size(&args, PUBLISHED_VAE_FACTOR)?;
         resolve_prompts(&args)?;
         let weight_dirs: Vec<PathBuf> = ctx.weight_dirs.iter().map(|d| d.as_str().into()).collect();
-        let files = SdFiles::locate(version.id(), &args, &weight_dirs, &HubCache::from_env())
+        let files = SdFiles::locate(version, &args, &weight_dirs, &HubSettings::from_env())
             .map_err(SdError::from)?;
         Ok(Self::load(version, args, &files, device)?)
     }

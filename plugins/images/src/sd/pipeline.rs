@@ -37,7 +37,7 @@ impl SdPipeline {
             let hint = if scheduler.prediction_type == "v_prediction" {
                 "This config predicts the velocity v (as stabilityai/stable-diffusion-2 and \
                  stable-diffusion-2-1 at 768 px do), which needs a velocity output type, not the \
-                 epsilon this entry declares; use stabilityai/stable-diffusion-2-base."
+                 epsilon this entry declares; use stable-diffusion-2-base (the default repositories)."
             } else {
                 "Supported: \"epsilon\"."
             };
@@ -63,12 +63,12 @@ impl SdPipeline {
             move |source: ConfigError| LoadError::Architecture { path, source }
         };
         let mut mismatches = Vec::new();
-        let weights = Weights::from_safetensors(&files.unet.weights, Kind::Float, device)
+        let weights = Weights::from_files(&files.unet.weights, Kind::Float, device)
             .map_err(LoadError::from)?;
         let unet = UNet2DConditionModel::new(&weights.root(), &unet_config)
             .map_err(architecture(&files.unet.config))?;
         mismatches.extend(weights.finish().err());
-        let weights = Weights::from_safetensors(&files.vae.weights, Kind::Float, device)
+        let weights = Weights::from_files(&files.vae.weights, Kind::Float, device)
             .map_err(LoadError::from)?;
         let vae = AutoencoderKL::new(&weights.root(), &vae_config)
             .map_err(architecture(&files.vae.config))?;
