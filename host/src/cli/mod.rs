@@ -3,6 +3,7 @@
 mod args;
 mod bench;
 mod check;
+mod doctor;
 mod list;
 mod run;
 mod sample;
@@ -43,6 +44,9 @@ pub enum Command {
     Sample(sample::SampleArgs),
     /// Print speed figures (Value Matching on the toy, or a model's sampling throughput).
     Bench(bench::BenchArgs),
+    /// Report the libtorch build, the devices it sees, the NVIDIA driver, and why CUDA is
+    /// unavailable when it is.
+    Doctor(doctor::DoctorArgs),
 }
 
 impl Cli {
@@ -62,18 +66,41 @@ pub fn warn_refused(registry: &Registry) {
 /// Runs the command line; errors are printed with their causes.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    explain_out_of_memory_panics();
     let result = match &cli.command {
         Command::List(args) => list::run(&cli, args),
         Command::Check(args) => check::run(&cli, args),
         Command::Run(args) => run::run(&cli, args),
         Command::Sample(args) => sample::run(&cli, args),
         Command::Bench(args) => bench::run(&cli, args),
+        Command::Doctor(args) => doctor::run(&cli, args),
     };
     match result {
         Ok(code) => code,
         Err(err) => {
             eprintln!("error: {err:#}");
+            if let Some(hint) = crate::gpu::out_of_memory_hint(&format!("{err:#}")) {
+                eprintln!("{hint}");
+            }
             ExitCode::FAILURE
         }
     }
+}
+
+/// libtorch reports a GPU out of memory as an error that tch's tensor operations turn into a
+/// panic: after the panic's own message, say what it means and what to change.
+fn explain_out_of_memory_panics() {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        previous(info);
+        let payload = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if let Some(hint) = crate::gpu::out_of_memory_hint(payload) {
+            eprintln!("{hint}");
+        }
+    }));
 }
