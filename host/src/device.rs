@@ -17,13 +17,12 @@ pub fn parse_device(text: &str) -> Result<Device> {
                 None => bail!("unknown device `{text}`; accepted: cpu, cuda, cuda:N"),
             },
         };
-    ensure_cuda_loaded();
+    let library = crate::gpu::load_cuda_library();
     let count = tch::Cuda::device_count();
     if count == 0 {
-        bail!(
-            "device `{text}`: CUDA is not available to this host. It links the libtorch in {}; for GPUs, build with a CUDA libtorch 2.13 (LIBTORCH=/path/to/libtorch, or LIBTORCH_USE_PYTORCH=1 with a CUDA build of PyTorch 2.13)",
-            option_env!("FLOWGYM_LIBTORCH_LIB").unwrap_or("an unknown directory")
-        );
+        let driver = crate::gpu::driver();
+        let why = crate::gpu::why_no_cuda(&crate::gpu::libtorch(), &library, driver.as_ref());
+        bail!("device `{text}`: CUDA is not available to this host: {why}");
     }
     if let Device::Cuda(index) = device {
         if index as i64 >= count {
@@ -31,24 +30,6 @@ pub fn parse_device(text: &str) -> Result<Device> {
         }
     }
     Ok(device)
-}
-
-/// libtorch registers its CUDA backend when `libtorch_cuda` is loaded; the linker may have
-/// dropped it as unused, so load it explicitly when the libtorch directory has one.
-fn ensure_cuda_loaded() {
-    if let Some(dir) = option_env!("FLOWGYM_LIBTORCH_LIB") {
-        let path = std::path::Path::new(dir).join(format!(
-            "{}torch_cuda{}",
-            std::env::consts::DLL_PREFIX,
-            std::env::consts::DLL_SUFFIX
-        ));
-        if path.exists() {
-            // SAFETY: loading libtorch's own CUDA library, which only registers its backend.
-            if let Ok(library) = unsafe { libloading::Library::new(&path) } {
-                std::mem::forget(library);
-            }
-        }
-    }
 }
 
 /// Below this many floating elements per batch, libtorch's CPU threads cost more in waking

@@ -14,6 +14,8 @@
 //! - [`value`]: the built-in value networks; [`value_matching`]: the trainer.
 //! - [`run`]: a training run and its directory; [`optimum`]: the tilted optimum estimated
 //!   from base samples; [`quality`]: exact problems and the reference they are judged by.
+//! - [`device`], [`gpu`]: choosing the device; the libtorch build, driver and GPUs, and why
+//!   CUDA is unavailable when it is.
 //! - `cli` (feature `cli`): the `flowgym-host` command line, with its benchmarks.
 //!
 //! Without its default features (`cli`, `figures`) the crate compiles no command-line,
@@ -28,6 +30,7 @@ pub mod cli;
 pub mod compat;
 pub mod compose;
 pub mod device;
+pub mod gpu;
 pub mod interrupt;
 #[cfg(unix)]
 pub mod isolate;

@@ -1,8 +1,9 @@
 //! `cargo xtask`: the set-up behind the README's commands.
 //!
 //! tch needs libtorch when it compiles. Unless the user points at their own (`LIBTORCH`, or
-//! `LIBTORCH_USE_PYTORCH=1` with PyTorch installed), this fetches the libtorch 2.13.0 CPU
-//! libraries from the PyPI wheels into a cache outside the repository, once, and runs cargo with
+//! `LIBTORCH_USE_PYTORCH=1` with PyTorch installed), this fetches libtorch 2.13.0 from the PyPI
+//! wheels into a cache outside the repository, once (the CPU libraries, or on a Linux machine
+//! with an NVIDIA driver the CUDA ones with the NVIDIA runtime wheels: see [`cuda`]), and runs cargo with
 //! `LIBTORCH` set, and with an rpath to libtorch's directory in `RUSTFLAGS`: the one place the
 //! rpath is set, for every binary, test and plugin file the workspace links, so nothing else is
 //! needed at run time.
@@ -12,6 +13,13 @@ use std::ffi::OsString;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
+use std::sync::OnceLock;
+
+mod cuda;
+mod wheel_metadata;
+
+use cuda::Variant;
+use wheel_metadata::{expand_extras, merge, native_requirements, MarkerEnv};
 
 /// The libtorch release tch 0.26 is built for.
 const TORCH_VERSION: &str = "2.13.0";
@@ -67,8 +75,10 @@ usage: cargo xtask <command> [args...]
   env               print the environment variables the commands above set
   libtorch          only fetch libtorch into the cache and print where it is
 
-libtorch: LIBTORCH=DIR or LIBTORCH_USE_PYTORCH=1 use your own; otherwise libtorch 2.13.0 (CPU)
-is fetched once from PyPI into $FLOWGYM_CACHE (default: ~/.cache/flowgym).";
+libtorch: LIBTORCH=DIR or LIBTORCH_USE_PYTORCH=1 use your own; otherwise libtorch 2.13.0 is
+fetched once from PyPI into $FLOWGYM_CACHE (default: ~/.cache/flowgym): the CUDA 13.0 build
+with its NVIDIA runtime libraries on Linux with an NVIDIA driver (580 or newer), else the CPU
+build. FLOWGYM_CUDA=1 fetches the CUDA build without a driver, FLOWGYM_CUDA=0 never.";
 
 fn main() -> ExitCode {
     let mut args: Vec<OsString> = env::args_os().skip(1).collect();
@@ -222,6 +232,12 @@ fn exe(name: &str) -> String {
 /// the workspace links runs without `LD_LIBRARY_PATH`, test binaries of libtorch-free crates
 /// included (cargo unifies plugin-api's `tch` feature across a workspace build).
 fn libtorch_env() -> Result<Vec<(String, String)>, String> {
+    // Decided, fetched and reported once per command.
+    static ENV: OnceLock<Result<Vec<(String, String)>, String>> = OnceLock::new();
+    ENV.get_or_init(find_libtorch).clone()
+}
+
+fn find_libtorch() -> Result<Vec<(String, String)>, String> {
     let mut vars = Vec::new();
     if env::var_os("LIBTORCH_CXX11_ABI").is_none() {
         vars.push(("LIBTORCH_CXX11_ABI".to_string(), "1".to_string()));
@@ -233,7 +249,16 @@ fn libtorch_env() -> Result<Vec<(String, String)>, String> {
     } else if env::var_os("LIBTORCH_USE_PYTORCH").is_some() {
         pytorch_lib_dir()?
     } else {
-        let dir = ensure_cached_libtorch()?;
+        let setting = env::var("FLOWGYM_CUDA").ok();
+        let linux = cfg!(target_os = "linux");
+        let choice = cuda::choose(setting.as_deref(), &cuda::detect_driver(), linux)?;
+        let dir = ensure_cached_libtorch(choice.variant)?;
+        eprintln!(
+            "xtask: libtorch {TORCH_VERSION}+{} ({}): {}",
+            choice.variant.tag(),
+            dir.display(),
+            choice.reason
+        );
         vars.push(("LIBTORCH".to_string(), dir.display().to_string()));
         dir.join("lib")
     };
@@ -286,50 +311,56 @@ fn cache_root() -> Result<PathBuf, String> {
 
 const COMPLETE_MARKER: &str = ".complete";
 
-fn ensure_cached_libtorch() -> Result<PathBuf, String> {
+/// The cached libtorch of `variant`, fetched first when the cache has no complete copy.
+fn ensure_cached_libtorch(variant: Variant) -> Result<PathBuf, String> {
     let root = cache_root()?;
-    let dir = root.join(format!("libtorch-{TORCH_VERSION}-cpu"));
+    let tag = variant.tag();
+    let dir = root.join(format!("libtorch-{TORCH_VERSION}-{tag}"));
     if dir.join(COMPLETE_MARKER).exists() {
         return Ok(dir);
     }
+    if dir.exists() {
+        eprintln!(
+            "xtask: {} is incomplete (no {COMPLETE_MARKER} marker: an earlier fetch stopped part-way); fetching it again",
+            dir.display()
+        );
+    }
+    let size = match variant {
+        Variant::Cpu => "about 0.5 GB to download",
+        Variant::Cuda => "about 2.5 GB to download, 3.6 GB on disk",
+    };
     eprintln!(
-        "xtask: fetching libtorch {TORCH_VERSION} (CPU) from the PyPI wheels into {} (once)",
+        "xtask: fetching libtorch {TORCH_VERSION}+{tag} from the PyPI wheels into {} (once; {size})",
         dir.display()
     );
     fs::create_dir_all(&root).map_err(|e| format!("cannot create {}: {e}", root.display()))?;
+    remove_abandoned_staging(&root);
     let staging = root.join(format!(".staging-{}", std::process::id()));
     let _ = fs::remove_dir_all(&staging);
     let wheels = staging.join("wheels");
     let unpacked = staging.join("libtorch");
     let python = env::var("PYTHON").unwrap_or_else(|_| "python3".to_string());
-    let requirements = if cfg!(target_os = "linux") {
-        LINUX_WHEELS
-    } else {
-        OTHER_WHEELS
+    let requirements: Vec<String> = match variant {
+        Variant::Cpu if cfg!(target_os = "linux") => os_strings(LINUX_WHEELS),
+        Variant::Cpu => os_strings(OTHER_WHEELS),
+        Variant::Cuda => cuda_wheels(&python, &staging, &wheels)?,
     };
-    let status = Command::new(&python)
-        .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:"])
-        .args(["--disable-pip-version-check", "--progress-bar", "off", "--dest"])
-        .arg(&wheels)
-        .args(requirements)
-        .status()
-        .map_err(|e| {
-            format!("could not run `{python} -m pip` to fetch libtorch ({e}); install Python 3 with pip, or set LIBTORCH to an unpacked libtorch {TORCH_VERSION}")
-        })?;
-    exit_status(status, "pip download")?;
+    pip_download(&python, &wheels, &requirements)?;
     let status = Command::new(&python)
         .arg("-c")
         .arg(UNPACK_WHEELS)
         .arg(&wheels)
         .arg(&unpacked)
+        .arg(tag)
         .status()
         .map_err(|e| format!("could not run {python}: {e}"))?;
     exit_status(status, "unpacking the libtorch wheels")?;
     fs::write(
         unpacked.join("build-version"),
-        format!("{TORCH_VERSION}+cpu\n"),
+        format!("{TORCH_VERSION}+{tag}\n"),
     )
     .map_err(|e| format!("cannot write build-version: {e}"))?;
+    // Written last: a copy without it is never used.
     fs::write(unpacked.join(COMPLETE_MARKER), requirements.join("\n"))
         .map_err(|e| format!("cannot write the cache marker: {e}"))?;
     if dir.exists() {
@@ -343,17 +374,127 @@ fn ensure_cached_libtorch() -> Result<PathBuf, String> {
         Err(e) => return Err(format!("cannot move libtorch into {}: {e}", dir.display())),
     }
     let _ = fs::remove_dir_all(&staging);
-    eprintln!("xtask: libtorch {TORCH_VERSION} is in {}", dir.display());
+    eprintln!(
+        "xtask: libtorch {TORCH_VERSION}+{tag} is in {}",
+        dir.display()
+    );
     Ok(dir)
 }
 
-/// Copies, from the downloaded wheels, the libtorch shared libraries the CPU build needs and the
-/// C++ headers into the layout of a libtorch release (`lib/`, `include/`).
+fn os_strings(items: &[&str]) -> Vec<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+/// Downloads the wheels `requirements` (exact pins, no dependencies) into `dest`.
+fn pip_download(python: &str, dest: &Path, requirements: &[String]) -> Result<(), String> {
+    let status = Command::new(python)
+        .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:"])
+        .args(["--disable-pip-version-check", "--progress-bar", "off", "--dest"])
+        .arg(dest)
+        .args(requirements)
+        .status()
+        .map_err(|e| {
+            format!("could not run `{python} -m pip` to fetch libtorch ({e}); install Python 3 with pip, or set LIBTORCH to an unpacked libtorch {TORCH_VERSION}")
+        })?;
+    exit_status(status, "pip download")
+}
+
+/// Downloads the torch wheel into `wheels` and returns it with the NVIDIA runtime wheels its
+/// METADATA requires on this machine (the `cuda-toolkit` meta-package's extras expanded
+/// through that package's own METADATA), each with the version torch pins.
+fn cuda_wheels(python: &str, staging: &Path, wheels: &Path) -> Result<Vec<String>, String> {
+    let torch = format!("torch=={TORCH_VERSION}");
+    pip_download(python, wheels, std::slice::from_ref(&torch))?;
+    let here = MarkerEnv::linux_here();
+    let mut selected = Vec::new();
+    for requirement in native_requirements(&wheel_metadata(python, wheels, "torch")?, &here)? {
+        if requirement.name != wheel_metadata::CUDA_TOOLKIT {
+            selected.push(requirement);
+            continue;
+        }
+        // A meta-package without libraries: only its METADATA is read, from a folder apart.
+        let meta = staging.join("meta");
+        pip_download(python, &meta, &[requirement.pip_spec()])?;
+        let toolkit = wheel_metadata(python, &meta, "cuda_toolkit")?;
+        selected.extend(expand_extras(&toolkit, &requirement.extras, &here)?);
+    }
+    if selected.is_empty() {
+        return Err(format!(
+            "the torch {TORCH_VERSION} wheel pip downloaded names no NVIDIA runtime wheel for this machine: it is not the CUDA build (only Linux x86_64 and aarch64 wheels are); set LIBTORCH to a CUDA libtorch {TORCH_VERSION} instead"
+        ));
+    }
+    let mut all = vec![torch];
+    all.extend(merge(selected).iter().map(|r| r.pip_spec()));
+    Ok(all)
+}
+
+/// The METADATA text of the wheel in `dir` whose file name starts with `distribution-`.
+fn wheel_metadata(python: &str, dir: &Path, distribution: &str) -> Result<String, String> {
+    let output = Command::new(python)
+        .arg("-c")
+        .arg(READ_METADATA)
+        .arg(dir)
+        .arg(distribution)
+        .output()
+        .map_err(|e| format!("could not run {python}: {e}"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "cannot read the METADATA of the {distribution} wheel in {}: {}",
+            dir.display(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// Removes the staging folders of fetches whose process is gone (interrupted downloads).
+fn remove_abandoned_staging(root: &Path) {
+    let Ok(entries) = fs::read_dir(root) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix(".staging-") else {
+            continue;
+        };
+        let alive = Path::new("/proc").join(pid).exists();
+        if cfg!(target_os = "linux") && !alive {
+            eprintln!("xtask: removing {name}, left by an interrupted fetch");
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// Prints the METADATA of the wheel in argv[1] whose name starts with argv[2] + "-".
+const READ_METADATA: &str = r#"
+import os, sys, zipfile
+folder, dist = sys.argv[1], sys.argv[2]
+[wheel] = [w for w in os.listdir(folder) if w.startswith(dist + "-") and w.endswith(".whl")]
+with zipfile.ZipFile(os.path.join(folder, wheel)) as archive:
+    [name] = [n for n in archive.namelist() if n.endswith(".dist-info/METADATA") and n.count("/") == 1]
+    sys.stdout.write(archive.read(name).decode("utf-8"))
+"#;
+
+/// Copies, from the downloaded wheels, the libtorch shared libraries and the C++ headers into
+/// the layout of a libtorch release (`lib/`, `include/`). `cpu` (argv[3]) takes the CPU
+/// libraries and the CUDA runtime stubs libtorch_cpu links; `cu130` takes every library of
+/// torch/lib but the Python bindings, and every library of the NVIDIA wheels, all into `lib/`
+/// (the torch libraries find their neighbours through their `$ORIGIN` rpath).
 const UNPACK_WHEELS: &str = r#"
 import os, re, sys, zipfile
-wheels, out = sys.argv[1], sys.argv[2]
-libs = re.compile(r"^(lib)?(torch_cpu|torch|c10|gomp|omp|iomp5)[.-].*(so|dylib|dll|lib)(\.[0-9]+)*$")
+wheels, out, variant = sys.argv[1], sys.argv[2], sys.argv[3]
+shared = re.compile(r"^[A-Za-z].*\.so(\.[0-9]+)*$")
+python_only = re.compile(r"^lib(torch_python|shm)\.so$")
+cpu_libs = re.compile(r"^(lib)?(torch_cpu|torch|c10|gomp|omp|iomp5)[.-].*(so|dylib|dll|lib)(\.[0-9]+)*$")
 cuda_stubs = re.compile(r"^lib(cudart|cupti)\.so\.[0-9]+$")
+def wanted(name, base):
+    if variant == "cpu":
+        if name.startswith("torch/lib/"):
+            return cpu_libs.match(base)
+        return name.startswith("nvidia/") and "/lib/" in name and cuda_stubs.match(base)
+    if name == "torch/lib/" + base:
+        return shared.match(base) and not python_only.match(base)
+    return name.startswith("nvidia/") and "/lib/" in name and shared.match(base)
 for wheel in sorted(os.listdir(wheels)):
     with zipfile.ZipFile(os.path.join(wheels, wheel)) as archive:
         for info in archive.infolist():
@@ -363,9 +504,7 @@ for wheel in sorted(os.listdir(wheels)):
             base = name.rsplit("/", 1)[-1]
             if name.startswith("torch/include/"):
                 target = os.path.join(out, name[len("torch/"):])
-            elif name.startswith("torch/lib/") and libs.match(base):
-                target = os.path.join(out, "lib", base)
-            elif name.startswith("nvidia/") and "/lib/" in name and cuda_stubs.match(base):
+            elif wanted(name, base):
                 target = os.path.join(out, "lib", base)
             else:
                 continue
@@ -376,4 +515,6 @@ for wheel in sorted(os.listdir(wheels)):
                     if not chunk:
                         break
                     dst.write(chunk)
+            if info.external_attr >> 16 & 0o111:
+                os.chmod(target, 0o755)
 "#;

@@ -3,6 +3,7 @@
 mod args;
 mod bench;
 mod check;
+mod doctor;
 mod list;
 mod run;
 mod sample;
@@ -64,6 +65,9 @@ pub enum Command {
     #[cfg(unix)]
     #[command(name = "reward-worker", hide = true)]
     RewardWorker,
+    /// Report the libtorch build, the devices it sees, the NVIDIA driver, and why CUDA is
+    /// unavailable when it is.
+    Doctor(doctor::DoctorArgs),
 }
 
 impl Cli {
@@ -104,6 +108,7 @@ pub fn main() -> ExitCode {
         // Before any plugin is loaded or constructed, and before any thread starts.
         std::env::set_var("HF_HUB_OFFLINE", "1");
     }
+    explain_out_of_memory_panics();
     let result = match &cli.command {
         Command::List(args) => list::run(&cli, args),
         Command::Check(args) => check::run(&cli, args),
@@ -113,12 +118,34 @@ pub fn main() -> ExitCode {
         Command::Trust(args) => trust::run(args),
         #[cfg(unix)]
         Command::RewardWorker => crate::isolate::worker::main().map(|()| ExitCode::SUCCESS),
+        Command::Doctor(args) => doctor::run(&cli, args),
     };
     match result {
         Ok(code) => code,
         Err(err) => {
             eprintln!("error: {err:#}");
+            if let Some(hint) = crate::gpu::out_of_memory_hint(&format!("{err:#}")) {
+                eprintln!("{hint}");
+            }
             ExitCode::FAILURE
         }
     }
+}
+
+/// libtorch reports a GPU out of memory as an error that tch's tensor operations turn into a
+/// panic: after the panic's own message, say what it means and what to change.
+fn explain_out_of_memory_panics() {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        previous(info);
+        let payload = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if let Some(hint) = crate::gpu::out_of_memory_hint(payload) {
+            eprintln!("{hint}");
+        }
+    }));
 }
