@@ -469,3 +469,28 @@ fn the_aesthetic_reward_fetches_clip_and_its_head() {
         .unwrap()
         .equal(&local.score(&images).unwrap()));
 }
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_full_disk_is_named_and_leaves_no_file_taken_as_whole() {
+    let hub = hub_with(REPO);
+    let cache = TempDir::new("hub-full");
+    let s = settings(&hub, cache.path());
+    // The weights' partial download is written through /dev/full, whose every write fails
+    // with "no space left on device".
+    let weights = std::fs::read(fixture("cifar-tiny").join(WEIGHTS)).unwrap();
+    let blobs_dir = repo_dir(cache.path(), REPO).join("blobs");
+    std::fs::create_dir_all(&blobs_dir).unwrap();
+    let part = blobs_dir.join(format!("{}.part", sha256(&weights)));
+    std::os::unix::fs::symlink("/dev/full", &part).unwrap();
+    let err = locate(REPO, &s).unwrap_err();
+    assert!(
+        err.contains("cannot write the Hugging Face cache at"),
+        "{err}"
+    );
+    assert!(err.contains("os error 28"), "not the full disk: {err}");
+    assert!(err.contains("Free space or make it writable"), "{err}");
+    assert!(err.contains(REPO), "{err}");
+    let snapshot = repo_dir(cache.path(), REPO).join("snapshots").join(COMMIT);
+    assert!(!snapshot.join(WEIGHTS).exists(), "a half file was linked");
+}
