@@ -261,7 +261,7 @@ fn isolated_rewards_score_like_in_process_ones_and_report_plugin_errors_the_same
     assert_exit(&out, 1);
     assert!(
         stderr(&out)
-            .contains("reward `1d/panic-call`: `1d/panic-call` reward panicked: reward exploded"),
+            .contains("reward `1d/panic-call`: the call panicked at tests/plugins/faulty/src/lib.rs:46: reward exploded"),
         "{}",
         stderr(&out)
     );
@@ -276,7 +276,9 @@ fn isolated_rewards_score_like_in_process_ones_and_report_plugin_errors_the_same
     assert_exit(&out, 1);
     assert!(
         stderr(&out).contains("cannot construct reward `1d/panic-construct`")
-            && stderr(&out).contains("the constructor panicked: constructor exploded"),
+            && stderr(&out).contains(
+                "the constructor panicked at tests/plugins/faulty/src/lib.rs:37: constructor exploded"
+            ),
         "{}",
         stderr(&out)
     );
