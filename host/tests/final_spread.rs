@@ -111,7 +111,12 @@ fn base_samples_end_with_the_datas_spread_for_every_schedule_and_output() {
         .iter()
         .zip(["optimal transport", "cosine", "DDPM"])
     {
-        for grid in [TimeGrid::Uniform, TimeGrid::NoiseLevel, TimeGrid::Karras] {
+        for grid in [
+            TimeGrid::Auto,
+            TimeGrid::Uniform,
+            TimeGrid::NoiseLevel,
+            TimeGrid::Karras,
+        ] {
             for steps in [50, 100] {
                 for output in outputs {
                     let model = TightGaussian {

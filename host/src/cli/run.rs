@@ -94,8 +94,8 @@ pub struct ConfigFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub t0: Option<f64>,
-    /// How the steps are spread over `[t0, 1]` [default: karras: small steps at both ends,
-    /// most near the data].
+    /// How the steps are spread over `[t0, 1]` [default: auto: karras (crowded near the data
+    /// end) on discrete diffusion schedules, uniform on the others].
     #[arg(long, value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub time_grid: Option<TimeGrid>,

@@ -48,8 +48,8 @@ pub struct RunConfig {
     pub grad_clip: f64,
     /// First time of the grid.
     pub t0: f64,
-    /// How the steps are spread over `[t0, 1]`: `karras` (small steps at both ends),
-    /// `uniform` or `noise_level`.
+    /// How the steps are spread over `[t0, 1]`: `auto` (`karras` on discrete diffusion
+    /// schedules, `uniform` on the others), `uniform`, `noise_level` or `karras`.
     pub time_grid: TimeGrid,
     /// Diffusion coefficient: `memoryless` or a constant level.
     pub noise: Diffusion,
@@ -107,7 +107,7 @@ impl Default for RunConfig {
             replay: 0,
             grad_clip: 1.0,
             t0: 0.02,
-            time_grid: TimeGrid::Karras,
+            time_grid: TimeGrid::Auto,
             noise: Diffusion::Memoryless,
             value_net: ValueArch::Auto,
             sample_chunk: 0,
