@@ -41,10 +41,11 @@ impl TimeGrid {
         }
     }
 
-    /// The quantity the grid spaces equally, which must not increase with `t`.
+    /// The quantity the grid spaces equally, which must not increase with `t` (called on a
+    /// resolved grid).
     fn level(self, interpolant: &Interpolant, t: f64) -> f64 {
         let at = interpolant.at(t);
-        match self.resolve(interpolant) {
+        match self {
             TimeGrid::Auto | TimeGrid::Uniform => -t,
             TimeGrid::NoiseLevel => at.beta,
             TimeGrid::Karras => {
