@@ -128,9 +128,10 @@ pub fn isolation(
     model_seconds_per_iteration: Option<f64>,
 ) -> Result<IsolationFigures> {
     tch::manual_seed(0);
-    // A latent of its own, as in a run, where the latent is the state before postprocessing.
+    // As in a run with a model that has no `postprocess` (the toy's and the pixel-space
+    // image models): the latent is the sample itself.
     let sample = batch_for(meta, batch_size);
-    let latent = batch_for(meta, batch_size);
+    let latent = sample.shallow_clone();
     let [in_process_seconds, isolated_seconds, added_seconds, added_cpu_seconds] =
         per_call(in_process, isolated, &sample, &latent, calls)?;
     let iteration_seconds = model_seconds_per_iteration.map(|m| m + in_process_seconds);

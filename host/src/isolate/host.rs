@@ -13,7 +13,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use tch::Tensor;
 
 use super::protocol::{
-    align, byte_len, Answer, Init, KwargSlot, LeafSlot, OutputSlot, ScoreRequest,
+    align, byte_len, Answer, Init, KwargSlot, LeafSlot, OutputSlot, ScoreRequest, TensorSlot,
 };
 use super::region::Region;
 use super::{IsolationOptions, WORKER_COMMAND};
@@ -287,7 +287,10 @@ impl IsolatedReward {
         })
     }
 
-    /// Copies the batch into the region (growing it when needed) and describes it.
+    /// Copies the batch into the region (growing it when needed) and describes it. A tensor
+    /// that is the same memory as one already copied (the latent of a model without
+    /// `postprocess` is its sample) is copied once and described twice, as in the host's
+    /// process, where the reward receives the same tensor twice.
     fn prepare(
         &mut self,
         sample: &State,
@@ -295,6 +298,7 @@ impl IsolatedReward {
         kwargs: &HostKwargs,
     ) -> Result<ScoreRequest> {
         let n = sample.len();
+        let mut batch = BatchWriter::default();
         let tensors = sample
             .leaves
             .iter()
@@ -304,15 +308,12 @@ impl IsolatedReward {
                 HostKwarg::Tensor(t) => Some(t),
                 _ => None,
             }));
-        let inputs: usize = tensors.map(|t| align(byte_len(t.kind(), &t.size()))).sum();
+        let inputs: usize = tensors
+            .filter(|t| batch.plan(t))
+            .map(|t| align(byte_len(t.kind(), &t.size())))
+            .sum();
         let output_len = 2 * align(n * 8);
         self.region.grow(inputs + output_len)?;
-        let mut offset = 0;
-        let mut put = |region: &mut Region, tensor: &Tensor| -> Result<_> {
-            let slot = region.write(offset, tensor)?;
-            offset = align(offset + byte_len(tensor.kind(), &tensor.size()));
-            Ok(slot)
-        };
         let mut leaves = |region: &mut Region, state: &State| -> Result<Vec<LeafSlot>> {
             state
                 .leaves
@@ -320,7 +321,7 @@ impl IsolatedReward {
                 .map(|(name, t)| {
                     Ok(LeafSlot {
                         name: name.clone(),
-                        tensor: put(region, t)?,
+                        tensor: batch.put(region, t)?,
                     })
                 })
                 .collect()
@@ -330,11 +331,7 @@ impl IsolatedReward {
         let mut kwarg_slots = Vec::new();
         for (name, value) in &kwargs.entries {
             let slot = match value {
-                HostKwarg::Tensor(t) => {
-                    let slot = self.region.write(offset, t)?;
-                    offset = align(offset + byte_len(t.kind(), &t.size()));
-                    KwargSlot::Tensor(slot)
-                }
+                HostKwarg::Tensor(t) => KwargSlot::Tensor(batch.put(&mut self.region, t)?),
                 HostKwarg::Strings(s) => KwargSlot::Strings(s.clone()),
                 HostKwarg::Text(s) => KwargSlot::Text(s.clone()),
                 HostKwarg::Float(v) => KwargSlot::Float(*v),
@@ -349,7 +346,7 @@ impl IsolatedReward {
             sample: sample_slots,
             latent: latent_slots,
             kwargs: kwarg_slots,
-            output_offset: offset,
+            output_offset: batch.offset,
             output_len,
         })
     }
@@ -553,5 +550,91 @@ pub fn describe_status(status: ExitStatus) -> String {
     match status.code() {
         Some(code) => format!("exited with status {code}"),
         None => "ended".to_string(),
+    }
+}
+
+/// Lays tensors out one after another in the region, each distinct memory once.
+#[derive(Default)]
+struct BatchWriter {
+    /// The next free byte.
+    offset: usize,
+    /// Tensors planned or written, by identity, with their slots once written.
+    seen: Vec<(TensorIdentity, Option<TensorSlot>)>,
+}
+
+/// What makes two tensors the same memory: data pointer, element type, shape and strides.
+#[derive(PartialEq)]
+struct TensorIdentity(usize, tch::Kind, Vec<i64>, Vec<i64>);
+
+impl TensorIdentity {
+    fn of(tensor: &Tensor) -> Self {
+        Self(
+            tensor.data_ptr() as usize,
+            tensor.kind(),
+            tensor.size(),
+            tensor.stride(),
+        )
+    }
+}
+
+impl BatchWriter {
+    /// Whether `tensor` needs space of its own (the first time its memory is seen).
+    fn plan(&mut self, tensor: &Tensor) -> bool {
+        let identity = TensorIdentity::of(tensor);
+        if self.seen.iter().any(|(seen, _)| *seen == identity) {
+            return false;
+        }
+        self.seen.push((identity, None));
+        true
+    }
+
+    /// Copies `tensor` into the region, or describes the copy made of the same memory before.
+    fn put(&mut self, region: &mut Region, tensor: &Tensor) -> Result<TensorSlot> {
+        let identity = TensorIdentity::of(tensor);
+        let position = self.seen.iter().position(|(seen, _)| *seen == identity);
+        if let Some(slot) = position.and_then(|i| self.seen[i].1.clone()) {
+            return Ok(slot);
+        }
+        let slot = region.write(self.offset, tensor)?;
+        self.offset = align(self.offset + byte_len(tensor.kind(), &tensor.size()));
+        match position {
+            Some(i) => self.seen[i].1 = Some(slot.clone()),
+            None => self.seen.push((identity, Some(slot.clone()))),
+        }
+        Ok(slot)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Device, Kind};
+
+    #[test]
+    fn memory_shared_by_sample_and_latent_is_copied_once() {
+        let dir = std::env::temp_dir().join(format!("flowgym-batch-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("region");
+        let images = Tensor::arange(2 * 3 * 4 * 4, (Kind::Float, Device::Cpu)).view([2, 3, 4, 4]);
+        // The same memory read another way is another tensor.
+        let transposed = images.transpose(2, 3);
+        let tensors = [&images, &images.shallow_clone(), &transposed];
+        let mut batch = BatchWriter::default();
+        let planned: Vec<bool> = tensors.iter().map(|t| batch.plan(t)).collect();
+        assert_eq!(planned, [true, false, true]);
+        let bytes = align(images.numel() * 4);
+        let mut region = Region::create(&path, 2 * bytes).unwrap();
+        let slots: Vec<TensorSlot> = tensors
+            .iter()
+            .map(|t| batch.put(&mut region, t).unwrap())
+            .collect();
+        assert_eq!(slots[0].offset, slots[1].offset);
+        assert_eq!((slots[2].offset, batch.offset), (bytes, 2 * bytes));
+        let mut worker = Region::open(&path).unwrap();
+        for (slot, tensor) in slots.iter().zip(tensors) {
+            assert!(worker.view(slot).unwrap().equal(tensor));
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
