@@ -172,11 +172,16 @@ pub fn sample(
 /// What a chunk's steps record, one entry per step.
 struct StepLog {
     states: Vec<State>,
-    costs: Vec<Tensor>,
-    martingale: Vec<Tensor>,
+    /// `|grad value|^2` per sample and step; the step's running cost is that times
+    /// `cost_scales[k]`, applied to all steps at once in [`StepLog::running_cost`].
+    gradient_squares: Vec<Tensor>,
+    cost_scales: Vec<f64>,
+    /// `grad value . xi` per sample and step; times `martingale_scales[k]` it is the step's
+    /// increment of the stochastic integral.
+    gradient_noise: Vec<Tensor>,
+    martingale_scales: Vec<f64>,
     diffusion: Vec<f64>,
     model_ok: Vec<Tensor>,
-    control_ok: Vec<Tensor>,
     zeros: Tensor,
 }
 
@@ -184,23 +189,53 @@ impl StepLog {
     fn new(steps: usize, n: usize, device: Device) -> Self {
         Self {
             states: Vec::with_capacity(steps),
-            costs: Vec::with_capacity(steps),
-            martingale: Vec::with_capacity(steps),
+            gradient_squares: Vec::with_capacity(steps),
+            cost_scales: Vec::with_capacity(steps),
+            gradient_noise: Vec::with_capacity(steps),
+            martingale_scales: Vec::with_capacity(steps),
             diffusion: Vec::with_capacity(steps),
             model_ok: Vec::with_capacity(steps),
-            control_ok: Vec::with_capacity(steps),
             zeros: Tensor::zeros([n as i64], (Kind::Float, device)),
         }
     }
+
+    /// A step without control, or whose stochastic integral is not recorded.
+    fn no_control(&mut self) {
+        self.gradient_squares.push(self.zeros.shallow_clone());
+        self.cost_scales.push(0.0);
+        self.no_martingale();
+    }
+
+    fn no_martingale(&mut self) {
+        self.gradient_noise.push(self.zeros.shallow_clone());
+        self.martingale_scales.push(0.0);
+    }
+
+    /// `[K, n]`: the per-step sums, each step times its scale.
+    fn scaled(parts: &[Tensor], scales: &[f64]) -> Tensor {
+        let device = parts[0].device();
+        let scales = Tensor::from_slice(scales)
+            .to_kind(Kind::Float)
+            .to_device(device)
+            .view([-1, 1]);
+        Tensor::stack(parts, 0) * scales
+    }
+
+    /// `|u_k|^2 / 2` per sample: `[K, n]`.
+    fn running_cost(&self) -> Tensor {
+        Self::scaled(&self.gradient_squares, &self.cost_scales)
+    }
+
+    /// `u_k . xi_k sqrt(dt_k)` per sample: `[K, n]`.
+    fn martingale(&self) -> Tensor {
+        Self::scaled(&self.gradient_noise, &self.martingale_scales)
+    }
 }
 
-/// The control `u = -s grad V = -s lambda grad value` at `x` and time `t`.
-fn control_at(steering: Control<'_>, x: &State, t: f64, s: f64) -> State {
-    let grads = steering.value.gradient(x, t);
-    let mut grads = grads.into_iter();
-    x.map_floating(|_| {
-        grads.next().expect("one gradient per floating leaf") * (-s * steering.scale)
-    })
+/// `grad value` at `x` and time `t`; the control is `u = -s lambda grad value`.
+fn value_gradient(steering: Control<'_>, x: &State, t: f64) -> State {
+    let mut grads = steering.value.gradient(x, t).into_iter();
+    x.map_floating(|_| grads.next().expect("one gradient per floating leaf"))
 }
 
 fn sample_chunk(
@@ -234,7 +269,8 @@ fn sample_chunk(
             return Err(Interrupted.into());
         }
     }
-    check_finite(model, &grid, &log.model_ok, &log.control_ok)?;
+    let (running_cost, martingale) = (log.running_cost(), log.martingale());
+    check_finite(model, &grid, &log.model_ok, &running_cost)?;
     let sample = model.postprocess(&x, &kwargs)?;
     let scores = match reward {
         Some(reward) => reward.score(&sample, &x, &kwargs, device)?,
@@ -245,8 +281,8 @@ fn sample_chunk(
         dts: grid.windows(2).map(|w| w[1] - w[0]).collect(),
         diffusion: log.diffusion,
         states: log.states,
-        running_cost: Tensor::stack(&log.costs, 0),
-        martingale: Tensor::stack(&log.martingale, 0),
+        running_cost,
+        martingale,
         final_state: x,
         sample,
         kwargs,
@@ -268,8 +304,7 @@ fn endpoint_step(
     let c = sde_coefficients(&model.interpolant, options.diffusion, model.output_type, t);
     let e = endpoint_coefficients(model.output_type, &c.interpolant);
     log.diffusion.push(0.0);
-    log.costs.push(log.zeros.shallow_clone());
-    log.martingale.push(log.zeros.shallow_clone());
+    log.no_control();
     x.zip_floating(f, |x, f| x * e.x + f * e.f)
 }
 
@@ -287,25 +322,30 @@ fn euler_maruyama_step(
     let c = sde_coefficients(&model.interpolant, options.diffusion, model.output_type, t);
     log.diffusion.push(c.s);
     let mut drift = x.zip_floating(f, |x, f| x * c.drift.a + f * c.drift.b);
-    let control = request
+    // With `g = grad value` the control is `u = -s lambda g`: its drift `s u`, its running
+    // cost `(s lambda)^2 |g|^2 / 2` and its stochastic integral `-s lambda sqrt(dt) g . xi`;
+    // the scalars of the last two are applied to all steps at once at the end.
+    let gradient = request
         .control
-        .map(|steering| control_at(steering, x, t, c.s));
-    match &control {
-        Some(u) => {
-            log.control_ok.push(u.all_finite());
-            log.costs.push(u.per_sample_sum(|u| u.square() * 0.5));
-            drift = drift.zip_floating(u, |d, u| d + u * c.s);
+        .map(|steering| (value_gradient(steering, x, t), c.s * steering.scale));
+    match &gradient {
+        Some((g, s_lambda)) => {
+            log.gradient_squares.push(g.per_sample_sum(Tensor::square));
+            log.cost_scales.push(0.5 * s_lambda * s_lambda);
+            drift = drift.zip_floating(g, |d, g| d - g * (c.s * s_lambda));
         }
-        None => log.costs.push(log.zeros.shallow_clone()),
+        None => log.no_control(),
     }
     let noise = x.map_floating(Tensor::randn_like);
-    match (&control, request.record) {
-        (Some(u), true) => {
-            let products = u.zip_floating(&noise, |u, e| u * e);
-            log.martingale
-                .push(products.per_sample_sum(Tensor::shallow_clone) * dt.sqrt());
+    match (&gradient, request.record) {
+        (Some((g, s_lambda)), true) => {
+            let products = g.zip_floating(&noise, |g, e| g * e);
+            log.gradient_noise
+                .push(products.per_sample_sum(Tensor::shallow_clone));
+            log.martingale_scales.push(-s_lambda * dt.sqrt());
         }
-        _ => log.martingale.push(log.zeros.shallow_clone()),
+        (Some(_), false) => log.no_martingale(),
+        (None, _) => {}
     }
     x.zip_floating(&drift, |x, d| x + d * dt)
         .zip_floating(&noise, |y, e| y + e * (dt.sqrt() * c.s))
@@ -342,22 +382,24 @@ pub fn check_stability(options: &SamplerOptions, interpolant: &super::Interpolan
 }
 
 /// Names the first step where the model or the control produced NaN or infinite values (one
-/// device synchronisation per chunk, not per step).
+/// device synchronisation per chunk, not per step); a control that is not finite makes its
+/// step's running cost so.
 fn check_finite(
     model: &Model,
     grid: &[f64],
     model_ok: &[Tensor],
-    control_ok: &[Tensor],
+    running_cost: &Tensor,
 ) -> Result<()> {
-    let first_bad = |flags: &[Tensor]| -> Option<usize> {
-        if flags.is_empty() {
-            return None;
-        }
-        let ok = Vec::<bool>::try_from(Tensor::stack(flags, 0)).ok()?;
-        ok.iter().position(|ok| !ok)
+    let model_bad = if model_ok.is_empty() {
+        None
+    } else {
+        Vec::<bool>::try_from(Tensor::stack(model_ok, 0))
+            .ok()
+            .and_then(|ok| ok.iter().position(|ok| !ok))
     };
-    let model_bad = first_bad(model_ok);
-    let control_bad = first_bad(control_ok);
+    let control_bad = Vec::<bool>::try_from(running_cost.isfinite().all_dim(1, false))
+        .ok()
+        .and_then(|ok| ok.iter().position(|ok| !ok));
     match (model_bad, control_bad) {
         (_, Some(k)) if model_bad.is_none_or(|m| k < m) => Err(anyhow!(
             "the value network's control became NaN or infinite at step {k} (t = {:.4}): training diverged; try a lower learning rate or reward scale",
