@@ -28,6 +28,15 @@ pub use quality::{run_problem, QualityFigures};
 pub use sampling::sampling;
 pub use vm::value_matching;
 
+/// CPU time this process has used so far, all threads, in seconds (None where the platform
+/// offers no per-process clock here). Unlike wall time it leaves out waits for a busy CPU.
+pub(crate) fn cpu_seconds() -> Option<f64> {
+    #[cfg(unix)]
+    return Some(crate::isolate::process_cpu_seconds());
+    #[cfg(not(unix))]
+    return None;
+}
+
 pub(crate) fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]

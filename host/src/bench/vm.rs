@@ -8,7 +8,7 @@ use anyhow::{bail, Result};
 use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 
-use super::median;
+use super::{cpu_seconds, median};
 use crate::model::Model;
 use crate::reward::Reward;
 use crate::sde::{
@@ -35,6 +35,12 @@ pub struct VmFigures {
     pub floor_seconds_per_iteration: f64,
     /// `1 - floor / host`.
     pub host_overhead_share: f64,
+    /// Median CPU seconds per iteration through the host and plugins (where measurable).
+    pub cpu_seconds_per_iteration: Option<f64>,
+    /// Median CPU seconds per iteration of the direct libtorch loop.
+    pub floor_cpu_seconds_per_iteration: Option<f64>,
+    /// `1 - floor / host` in CPU time, which a loaded machine disturbs less than wall time.
+    pub host_overhead_cpu_share: Option<f64>,
     /// Controlled sampling steps (whole batch) per second through the host.
     pub sampling_steps_per_second: f64,
     /// Median seconds of the sampling part of an iteration.
@@ -88,16 +94,21 @@ pub fn value_matching(
     let warmup = 2;
     let mut reference = DirectLoop::new(batch_size, steps, device);
     let (mut host, mut floor) = (Vec::new(), Vec::new());
+    let (mut host_cpu, mut floor_cpu) = (Vec::new(), Vec::new());
     for i in 0..warmup + iterations {
-        let start = Instant::now();
+        let (start, cpu) = (Instant::now(), cpu_seconds());
         trainer.iteration(model, reward, i, &never_stop)?;
         let host_seconds = start.elapsed().as_secs_f64();
-        let start = Instant::now();
+        let host_cpu_seconds = cpu_seconds().zip(cpu).map(|(b, a)| b - a);
+        let (start, cpu) = (Instant::now(), cpu_seconds());
         reference.iteration(i as i64);
         let floor_seconds = start.elapsed().as_secs_f64();
+        let floor_cpu_seconds = cpu_seconds().zip(cpu).map(|(b, a)| b - a);
         if i >= warmup {
             host.push(host_seconds);
             floor.push(floor_seconds);
+            host_cpu.extend(host_cpu_seconds);
+            floor_cpu.extend(floor_cpu_seconds);
         }
     }
     let mut sampling = Vec::new();
@@ -115,6 +126,11 @@ pub fn value_matching(
         sampling.push(start.elapsed().as_secs_f64());
     }
     let (host, floor, sampling) = (median(host), median(floor), median(sampling));
+    let (host_cpu, floor_cpu) = if host_cpu.is_empty() {
+        (None, None)
+    } else {
+        (Some(median(host_cpu)), Some(median(floor_cpu)))
+    };
     Ok(VmFigures {
         batch_size,
         steps,
@@ -122,6 +138,9 @@ pub fn value_matching(
         seconds_per_iteration: host,
         floor_seconds_per_iteration: floor,
         host_overhead_share: 1.0 - floor / host,
+        cpu_seconds_per_iteration: host_cpu,
+        floor_cpu_seconds_per_iteration: floor_cpu,
+        host_overhead_cpu_share: host_cpu.zip(floor_cpu).map(|(h, f)| 1.0 - f / h),
         sampling_steps_per_second: steps as f64 / sampling,
         sampling_seconds: sampling,
     })

@@ -449,6 +449,13 @@ pub fn run(cli: &Cli, args: &BenchArgs) -> Result<ExitCode> {
                 "  share of wall time the host adds outside libtorch: {:.1}%",
                 100.0 * f.host_overhead_share
             );
+            if let (Some(host), Some(floor), Some(share)) = (
+                f.cpu_seconds_per_iteration,
+                f.floor_cpu_seconds_per_iteration,
+                f.host_overhead_cpu_share,
+            ) {
+                println!("  CPU seconds per iteration: {host:.4} (host) against {floor:.4} (direct): the host adds {:.1}%", 100.0 * share);
+            }
             println!("  controlled sampling: {:.0} steps per second ({:.4} s per batch of {} trajectories)", f.sampling_steps_per_second, f.sampling_seconds, f.batch_size);
             println!("json: {}", serde_json::to_string(&f)?);
         }
