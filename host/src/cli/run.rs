@@ -221,10 +221,19 @@ pub fn run(cli: &Cli, args: &RunArgs) -> Result<ExitCode> {
             }
         }
     };
+    let team = crate::distributed::join()?;
     let registry = cli.registry()?;
-    warn_refused(&registry);
-    let mut run = Run::open(&registry, start)?;
+    if team.is_root() {
+        warn_refused(&registry);
+    }
+    let mut run = Run::open_on(&registry, start, team.clone())?;
     let (end, summary) = run.execute()?;
+    if !team.is_root() {
+        return Ok(match end {
+            RunEnd::Finished => ExitCode::SUCCESS,
+            RunEnd::Interrupted => ExitCode::from(130),
+        });
+    }
     let dir = run.dir().root.clone();
     let describe = |s: &Option<RewardStats>| {
         s.map(|s| format!("{:.4} +- {:.4}", s.reward_mean, s.reward_std))
