@@ -37,6 +37,8 @@ pub trait Team {
     fn broadcast_bytes(&self, bytes: Vec<u8>) -> Vec<u8>;
     /// A description for messages: `"rank 1 of 2 (Open MPI v4.1.4)"`.
     fn describe(&self) -> String;
+    /// Seconds this rank has spent in exchanges so far (waiting for the others included).
+    fn exchange_seconds(&self) -> f64;
 }
 
 /// A shared handle to the team of a run.
@@ -62,6 +64,9 @@ impl Team for Solo {
     }
     fn describe(&self) -> String {
         "a single process".to_string()
+    }
+    fn exchange_seconds(&self) -> f64 {
+        0.0
     }
 }
 

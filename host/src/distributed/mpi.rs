@@ -1,6 +1,9 @@
 //! The [`Team`] of an MPI job (rsmpi): the world communicator of `mpirun`, `mpiexec` or
 //! `srun`.
 
+use std::cell::Cell;
+use std::time::Instant;
+
 use anyhow::{bail, Result};
 use mpi::collective::SystemOperation;
 use mpi::datatype::PartitionMut;
@@ -19,6 +22,8 @@ pub const BUILT_WITH: &str = env!("FLOWGYM_MPI_BUILT_WITH");
 pub struct MpiTeam {
     world: SimpleCommunicator,
     library: String,
+    /// Seconds spent in exchanges.
+    spent: Cell<f64>,
     // Dropped last: finalises MPI.
     _universe: Universe,
 }
@@ -35,11 +40,15 @@ pub fn init(launch: &Launch) -> Result<MpiTeam> {
         .lines()
         .next()
         .unwrap_or_default()
+        .split(',')
+        .next()
+        .unwrap_or_default()
         .trim()
         .to_string();
     let team = MpiTeam {
         world,
         library,
+        spent: Cell::new(0.0),
         _universe: universe,
     };
     check_library(&team, launch)?;
@@ -100,13 +109,16 @@ impl Team for MpiTeam {
     }
 
     fn sum_f64(&self, values: &mut [f64]) {
+        let started = Instant::now();
         let send = values.to_vec();
         self.world
             .all_reduce_into(&send[..], values, SystemOperation::sum());
+        self.count(started);
     }
 
     fn all_gather_bytes(&self, bytes: &[u8]) -> Vec<Vec<u8>> {
         // One leading byte, so that no buffer is empty (MPI refuses some empty ones).
+        let started = Instant::now();
         let sent: Vec<u8> = std::iter::once(1).chain(bytes.iter().copied()).collect();
         let bytes = &sent[..];
         let size = self.size();
@@ -127,24 +139,39 @@ impl Team for MpiTeam {
             let mut partition = PartitionMut::new(&mut all[..], &counts[..], &displs[..]);
             self.world.all_gather_varcount_into(bytes, &mut partition);
         }
-        counts
+        let parts = counts
             .iter()
             .zip(&displs)
             .map(|(&c, &d)| all[d as usize + 1..(d + c) as usize].to_vec())
-            .collect()
+            .collect();
+        self.count(started);
+        parts
     }
 
     fn broadcast_bytes(&self, mut bytes: Vec<u8>) -> Vec<u8> {
+        let started = Instant::now();
         let root = self.world.process_at_rank(0);
         let mut len = bytes.len() as u64;
         root.broadcast_into(&mut len);
         bytes.resize(len as usize, 0);
         root.broadcast_into(&mut bytes[..]);
+        self.count(started);
         bytes
     }
 
     fn describe(&self) -> String {
         format!("rank {} of {} ({})", self.rank(), self.size(), self.library)
+    }
+
+    fn exchange_seconds(&self) -> f64 {
+        self.spent.get()
+    }
+}
+
+impl MpiTeam {
+    fn count(&self, started: Instant) {
+        self.spent
+            .set(self.spent.get() + started.elapsed().as_secs_f64());
     }
 }
 

@@ -108,6 +108,8 @@ pub struct Run {
     started: Instant,
     /// Seconds of each iteration of this session.
     session_seconds: Vec<f64>,
+    /// Seconds of this session's iterations spent in exchanges between ranks.
+    exchange_seconds: f64,
 }
 
 /// The sampler options of `config`.
@@ -293,6 +295,7 @@ impl Run {
             team,
             started,
             session_seconds: Vec::new(),
+            exchange_seconds: 0.0,
         })
     }
 
@@ -419,6 +422,7 @@ impl Run {
         let mut phase = Phase::Done;
         while self.iterations_done < total {
             let done = self.iterations_done;
+            let exchanged = self.team.exchange_seconds();
             self.reward
                 .set_label(format!("the batch of iteration {}", done + 1));
             let result = self
@@ -437,6 +441,7 @@ impl Run {
                     return Err(self.stop_with(e));
                 }
             };
+            self.exchange_seconds += self.team.exchange_seconds() - exchanged;
             let recorded = self.record(stats);
             self.team.agree(recorded)?;
             bar.iteration_done(self.iterations_done, &stats);
@@ -627,7 +632,22 @@ impl Run {
             }),
             seconds: self.started.elapsed().as_secs_f64(),
             peak_rss_mib: crate::memory::peak_rss_mib(),
+            data_parallel: self.data_parallel(),
         }
+    }
+
+    /// What exchanging cost this session's iterations, on a team.
+    fn data_parallel(&self) -> Option<summary::DataParallel> {
+        let iterations = self.session_seconds.len();
+        if self.team.size() == 1 || iterations == 0 {
+            return None;
+        }
+        let seconds: f64 = self.session_seconds.iter().sum();
+        Some(summary::DataParallel {
+            ranks: self.team.size(),
+            exchange_seconds_per_iteration: self.exchange_seconds / iterations as f64,
+            exchange_share: self.exchange_seconds / seconds.max(f64::MIN_POSITIVE),
+        })
     }
 
     #[cfg(feature = "figures")]
