@@ -156,6 +156,54 @@ mod with_mpi {
     }
 
     #[test]
+    fn an_interrupt_under_mpirun_checkpoints_once_and_stops_every_rank() {
+        let sandbox = Sandbox::new("mpi-interrupt").with_toys();
+        let child = sandbox
+            .mpirun(2, &args(&["--iterations", "100000", "--out", "long"]))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("mpirun starts");
+        let rows = || metrics(&sandbox.path("long")).len();
+        let started = std::time::Instant::now();
+        while !sandbox.path("long/metrics.csv").exists() || rows() < 2 {
+            assert!(
+                started.elapsed().as_secs() < 120,
+                "no iterations after 2 minutes"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        // What a terminal's Ctrl-C sends mpirun, which passes SIGTERM on to every rank.
+        let kill = std::process::Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(kill.success());
+        let output = child.wait_with_output().expect("mpirun ends");
+        let out = String::from_utf8_lossy(&output.stdout).into_owned();
+        let done: usize = out
+            .split("interrupted: checkpoint written after iteration ")
+            .nth(1)
+            .and_then(|rest| rest.split(';').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no interruption reported:\n{out}\n{}", stderr(&output)));
+        assert_eq!(out.matches("interrupted:").count(), 1, "{out}");
+        assert_eq!(rows(), done, "metrics up to the checkpoint");
+        let resumed = sandbox
+            .command(&[
+                "run",
+                "--resume",
+                "long",
+                "--iterations",
+                &(done + 1).to_string(),
+            ])
+            .output()
+            .expect("the host starts");
+        ok(&resumed);
+        assert_eq!(rows(), done + 1);
+    }
+
+    #[test]
     fn ranks_that_disagree_on_the_configuration_are_refused() {
         let sandbox = Sandbox::new("mpi-disagree").with_toys();
         let mut command = sandbox.mpirun(1, &args(&["--lr", "0.001", "--out", "x"]));
