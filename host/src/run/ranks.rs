@@ -131,7 +131,7 @@ pub fn check_shares(team: &dyn Team, batch_size: usize, eval_samples: usize) -> 
             bail!("the {what} ({n}) is smaller than the number of ranks ({ranks}): every rank needs at least one trajectory; use at least {ranks} or fewer ranks");
         }
     }
-    if team.is_root() && batch_size % ranks != 0 {
+    if team.is_root() && !batch_size.is_multiple_of(ranks) {
         eprintln!(
             "note: the batch of {batch_size} does not divide among {ranks} ranks: ranks 0..{} sample {} trajectories, the others {}",
             batch_size % ranks,

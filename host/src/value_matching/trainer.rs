@@ -538,7 +538,7 @@ impl Points {
     /// This rank's share of a whole batch's points (as [`Points::gather`] or a checkpoint
     /// holds them) of `batch_size` trajectories.
     fn share(self, team: &dyn distributed::Team, batch_size: usize) -> Result<Points> {
-        if self.global_len % batch_size.max(1) != 0 {
+        if !self.global_len.is_multiple_of(batch_size.max(1)) {
             bail!(
                 "a replayed batch in the checkpoint has {} points, not a whole number of steps of {batch_size} trajectories",
                 self.global_len
