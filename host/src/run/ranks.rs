@@ -15,6 +15,9 @@ use crate::state::State;
 /// A new run's directory as rank 0 chose it (a default name carries the time, which ranks
 /// could read on either side of a second).
 pub fn same_directory(team: &dyn Team, start: Start) -> Result<Start> {
+    if team.size() == 1 {
+        return Ok(start);
+    }
     Ok(match start {
         Start::New { config, dir } => Start::New {
             config,
