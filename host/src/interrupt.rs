@@ -1,5 +1,5 @@
-//! Ctrl-C (or SIGTERM, which `mpirun` and Slurm send): the first asks the run to stop at the next step and write a checkpoint; a
-//! second press exits at once.
+//! Ctrl-C (or SIGTERM, which `mpirun` and Slurm send every rank): the first asks the run to
+//! stop at the next step and write a checkpoint; a second exits at once.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
