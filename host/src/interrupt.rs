@@ -1,5 +1,5 @@
-//! Ctrl-C: the first press asks the run to stop at the next step and write a checkpoint; a
-//! second press exits at once.
+//! Ctrl-C (or SIGTERM, which `mpirun` and Slurm send every rank): the first asks the run to
+//! stop at the next step and write a checkpoint; a second exits at once.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -8,12 +8,18 @@ static REQUESTED: AtomicBool = AtomicBool::new(false);
 /// Installs the handler (once per process; later calls are no-ops).
 #[cfg(feature = "cli")]
 pub fn install() {
-    let _ = ctrlc::set_handler(|| {
+    // Under an MPI launcher every rank gets the signal; rank 0 speaks for them.
+    let quiet = crate::distributed::launcher::detect().is_some_and(|l| l.rank > 0);
+    let _ = ctrlc::set_handler(move || {
         if REQUESTED.swap(true, Ordering::SeqCst) {
-            eprintln!("\nsecond interrupt: exiting now");
+            if !quiet {
+                eprintln!("\nsecond interrupt: exiting now");
+            }
             std::process::exit(130);
         }
-        eprintln!("\ninterrupt: stopping after this step and writing a checkpoint (press Ctrl-C again to exit now)");
+        if !quiet {
+            eprintln!("\ninterrupt: stopping after this step and writing a checkpoint (press Ctrl-C again to exit now)");
+        }
     });
 }
 

@@ -30,6 +30,7 @@ pub mod cli;
 pub mod compat;
 pub mod compose;
 pub mod device;
+pub mod distributed;
 pub mod gpu;
 pub mod interrupt;
 #[cfg(unix)]

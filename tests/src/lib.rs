@@ -50,7 +50,7 @@ fn cargo() -> Command {
 }
 
 /// Builds `packages` in one cargo invocation into `target` (None: the workspace's), in this
-/// test binary's profile. Packages of one call share features, so libtorch-free plugins are
+/// test binary's profile; `"--features", "F"` among them passes features. Packages of one call share features, so libtorch-free plugins are
 /// built in calls of their own.
 pub fn cargo_build(packages: &[&str], target: Option<&Path>) {
     static BUILT: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
@@ -66,8 +66,16 @@ pub fn cargo_build(packages: &[&str], target: Option<&Path>) {
     if profile == "release" {
         command.arg("--release");
     }
-    for package in packages {
-        command.args(["-p", package]);
+    let mut args = packages.iter();
+    while let Some(arg) = args.next() {
+        if *arg == "--features" {
+            command.args([
+                "--features",
+                args.next().expect("features after --features"),
+            ]);
+        } else {
+            command.args(["-p", arg]);
+        }
     }
     if let Some(target) = target {
         command.env("CARGO_TARGET_DIR", target);
@@ -106,9 +114,14 @@ pub fn fixture_plugin(package: &str) -> PathBuf {
     target.join(profile).join(library_name(package))
 }
 
-/// The host executable, built.
+/// The host executable, built (with its `mpi` feature when the tests are built with theirs,
+/// so that every test of one build runs the same host).
 pub fn host() -> PathBuf {
-    cargo_build(&["flowgym-host"], None);
+    if cfg!(feature = "mpi") {
+        cargo_build(&["flowgym-host", "--features", "flowgym-host/mpi"], None);
+    } else {
+        cargo_build(&["flowgym-host"], None);
+    }
     let (target, profile) = target_and_profile();
     target
         .join(profile)
@@ -179,6 +192,34 @@ impl Sandbox {
         command
     }
 
+    /// The sandboxed host with `args` as `ranks` MPI ranks: `mpirun -np RANKS` with
+    /// `--oversubscribe` and, for root, `--allow-run-as-root` (Open MPI), and the environment
+    /// of [`Sandbox::command`] passed to every rank.
+    pub fn mpirun(&self, ranks: usize, args: &[&str]) -> Command {
+        let single = self.command(args);
+        let mut command = Command::new("mpirun");
+        command.args(["-np", &ranks.to_string(), "--oversubscribe"]);
+        if is_root() {
+            command.arg("--allow-run-as-root");
+        }
+        for (key, value) in single.get_envs() {
+            match value {
+                Some(value) => {
+                    command.env(key, value);
+                    command.args(["-x", &key.to_string_lossy()]);
+                }
+                None => {
+                    command.env_remove(key);
+                }
+            }
+        }
+        command
+            .arg(single.get_program())
+            .args(single.get_args())
+            .current_dir(&self.root);
+        command
+    }
+
     /// Runs the sandboxed host with `args` and waits for it.
     pub fn run(&self, args: &[&str]) -> Output {
         self.command(args).output().expect("the host starts")
@@ -188,6 +229,14 @@ impl Sandbox {
     pub fn path(&self, relative: &str) -> PathBuf {
         self.root.join(relative)
     }
+}
+
+/// Whether the tests run as root.
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
 impl Drop for Sandbox {

@@ -16,6 +16,7 @@ use std::process::{Command, ExitCode};
 use std::sync::OnceLock;
 
 mod cuda;
+mod mpi;
 mod wheel_metadata;
 
 use cuda::Variant;
@@ -75,6 +76,11 @@ usage: cargo xtask <command> [args...]
   env               print the environment variables the commands above set
   libtorch          only fetch libtorch into the cache and print where it is
 
+  --mpi             (with run, host, test, cargo) build the host's `mpi` feature, for
+                    data-parallel runs; installs an MPI library and libclang from the Debian
+                    packages (libopenmpi-dev openmpi-bin libclang-dev) when they are missing
+  --ranks N         (with run, host) launch N ranks with `mpirun -np N` (implies --mpi)
+
 libtorch: LIBTORCH=DIR or LIBTORCH_USE_PYTORCH=1 use your own; otherwise libtorch 2.13.0 is
 fetched once from PyPI into $FLOWGYM_CACHE (default: ~/.cache/flowgym): the CUDA 13.0 build
 with its NVIDIA runtime libraries on Linux with an NVIDIA driver (580 or newer), else the CPU
@@ -86,20 +92,40 @@ fn main() -> ExitCode {
         eprintln!("{USAGE}");
         return ExitCode::from(2);
     }
+    let mpi = match mpi::take_request(&mut args) {
+        Ok(request) => request,
+        Err(message) => {
+            eprintln!("xtask: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.is_empty() {
+        eprintln!("{USAGE}");
+        return ExitCode::from(2);
+    }
+    if mpi.enabled {
+        if let Err(message) = mpi::ensure_installed() {
+            eprintln!("xtask: {message}");
+            return ExitCode::FAILURE;
+        }
+    }
     let command = args.remove(0);
     let result = match command.to_str() {
         Some("run") => {
             let mut host_args = vec![OsString::from("run")];
             host_args.extend(args);
-            build_and_run_host(host_args)
+            build_and_run_host(host_args, &mpi)
         }
-        Some("host") => build_and_run_host(args),
+        Some("host") => build_and_run_host(args, &mpi),
         Some("test") => {
             let mut cargo_args: Vec<OsString> = ["test", "--release", "--workspace"]
                 .iter()
                 .map(OsString::from)
                 .collect();
             cargo_args.extend(excluding(TEST_PLUGINS));
+            if mpi.enabled {
+                cargo_args.extend(os_args(&["--features", MPI_TEST_FEATURES]));
+            }
             cargo_args.extend(args);
             cargo(&cargo_args).and_then(|()| cargo(&os_args(HOST_LIBRARY_ALONE)))
         }
@@ -143,11 +169,18 @@ fn shell_quote(value: &str) -> String {
     format!("'{}'", value.replace('\'', r"'\''"))
 }
 
-fn build_and_run_host(host_args: Vec<OsString>) -> Result<(), String> {
+/// The features `--mpi` adds to a workspace test: the host's MPI support, and the
+/// end-to-end tests that launch it with `mpirun`.
+const MPI_TEST_FEATURES: &str = "flowgym-host/mpi,flowgym-tests/mpi";
+
+fn build_and_run_host(host_args: Vec<OsString>, mpi: &mpi::MpiRequest) -> Result<(), String> {
     let mut build: Vec<OsString> = ["build", "--release", "--workspace"]
         .iter()
         .map(OsString::from)
         .collect();
+    if mpi.enabled {
+        build.extend(os_args(&["--features", "flowgym-host/mpi"]));
+    }
     build.extend(excluding(EXCLUDED_FROM_RUN_BUILD));
     build.extend(excluding(TEST_PLUGINS));
     build.extend(excluding(LIBTORCH_FREE_PLUGINS));
@@ -160,7 +193,15 @@ fn build_and_run_host(host_args: Vec<OsString>) -> Result<(), String> {
     }
     cargo(&free)?;
     let host = target_dir().join("release").join(exe("flowgym-host"));
-    let status = Command::new(&host)
+    let mut command = match mpi.ranks {
+        Some(ranks) => {
+            let mut mpirun = mpi::mpirun(ranks);
+            mpirun.arg(&host);
+            mpirun
+        }
+        None => Command::new(&host),
+    };
+    let status = command
         .args(&host_args)
         .envs(libtorch_env()?)
         .status()

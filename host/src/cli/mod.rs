@@ -109,6 +109,10 @@ pub fn main() -> ExitCode {
         std::env::set_var("HF_HUB_OFFLINE", "1");
     }
     explain_out_of_memory_panics();
+    if let Some(refusal) = only_run_is_data_parallel(&cli.command) {
+        eprintln!("error: {refusal}");
+        return ExitCode::FAILURE;
+    }
     let result = match &cli.command {
         Command::List(args) => list::run(&cli, args),
         Command::Check(args) => check::run(&cli, args),
@@ -130,6 +134,23 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Under an MPI launcher of several ranks only `run` shares its work; any other command would
+/// run once per rank, each writing the same files.
+fn only_run_is_data_parallel(command: &Command) -> Option<String> {
+    #[cfg(unix)]
+    if matches!(command, Command::RewardWorker) {
+        return None;
+    }
+    if matches!(command, Command::Run(_)) {
+        return None;
+    }
+    let launch = crate::distributed::launcher::detect().filter(|l| l.size > 1)?;
+    Some(format!(
+        "{} started this command as rank {} of {}, but only `run` runs on several ranks; start this one as a single process",
+        launch.launcher, launch.rank, launch.size
+    ))
 }
 
 /// libtorch reports a GPU out of memory as an error that tch's tensor operations turn into a

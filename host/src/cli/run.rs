@@ -191,7 +191,17 @@ fn default_run_dir(config: &RunConfig) -> PathBuf {
 
 /// Runs or resumes training and reports where everything is.
 pub fn run(cli: &Cli, args: &RunArgs) -> Result<ExitCode> {
-    let start = match &args.resume {
+    let team = crate::distributed::join()?;
+    match run_on(cli, args, &team) {
+        // Errors are agreed between the ranks: rank 0 reports them, naming the rank and cause.
+        Err(_) if !team.is_root() => Ok(ExitCode::FAILURE),
+        outcome => outcome,
+    }
+}
+
+/// Where a run starts, from the command line.
+fn start_of(args: &RunArgs) -> Result<Start> {
+    Ok(match &args.resume {
         Some(dir) => {
             let overrides = args.flags.overrides()?;
             let mut set: Vec<String> = overrides.keys().cloned().collect();
@@ -220,11 +230,23 @@ pub fn run(cli: &Cli, args: &RunArgs) -> Result<ExitCode> {
                 dir,
             }
         }
-    };
-    let registry = cli.registry()?;
-    warn_refused(&registry);
-    let mut run = Run::open(&registry, start)?;
+    })
+}
+
+fn run_on(cli: &Cli, args: &RunArgs, team: &crate::distributed::TeamRef) -> Result<ExitCode> {
+    let start = team.agree(start_of(args))?;
+    let registry = team.agree(cli.registry())?;
+    if team.is_root() {
+        warn_refused(&registry);
+    }
+    let mut run = Run::open_on(&registry, start, team.clone())?;
     let (end, summary) = run.execute()?;
+    if !team.is_root() {
+        return Ok(match end {
+            RunEnd::Finished => ExitCode::SUCCESS,
+            RunEnd::Interrupted => ExitCode::from(130),
+        });
+    }
     let dir = run.dir().root.clone();
     let describe = |s: &Option<RewardStats>| {
         s.map(|s| format!("{:.4} +- {:.4}", s.reward_mean, s.reward_std))
@@ -251,6 +273,14 @@ pub fn run(cli: &Cli, args: &RunArgs) -> Result<ExitCode> {
     }
     if let Some(s) = summary.seconds_per_iteration {
         println!("{s:.3} s per iteration, {:.1} s in all", summary.seconds);
+    }
+    if let Some(dp) = summary.data_parallel {
+        println!(
+            "{} ranks: {:.4} s per iteration in exchanges between them ({:.1}% of an iteration)",
+            dp.ranks,
+            dp.exchange_seconds_per_iteration,
+            100.0 * dp.exchange_share
+        );
     }
     if let Some(mib) = summary.peak_rss_mib {
         println!("peak resident memory: {mib:.0} MiB");

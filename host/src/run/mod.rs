@@ -14,6 +14,7 @@ pub mod dir;
 mod figures;
 pub mod metrics;
 mod progress;
+mod ranks;
 pub mod samples;
 pub mod summary;
 
@@ -32,10 +33,12 @@ pub use summary::Summary;
 
 use crate::compose::{check_pair, construct_context, open_model, open_reward};
 use crate::device::{intra_op_threads, parse_device};
+use crate::distributed::{self, TeamRef};
 use crate::interrupt;
 use crate::model::Model;
 use crate::reward::Reward;
-use crate::sde::{sample, Interrupted, SampleRequest, SamplerOptions, Trajectory};
+use crate::sde::sampler::sample_part;
+use crate::sde::{Interrupted, SampleRequest, SamplerOptions, Trajectory};
 use crate::seed::derive_seed;
 use crate::value;
 use crate::value_matching::{Diverged, IterationStats, ValueMatching, VmSettings};
@@ -92,14 +95,21 @@ pub struct Run {
     /// Samples drawn before and after training for the figures.
     eval_samples: usize,
     iterations_done: usize,
-    metrics: MetricsLog,
+    /// The metrics file (rank 0 alone writes the run directory).
+    metrics: Option<MetricsLog>,
     /// Every finished iteration's statistics, earlier sessions' included.
     history: Vec<IterationStats>,
     before: Option<EvalSamples>,
     after: Option<EvalSamples>,
+    /// Whether the samples before and after are drawn (on every rank; only rank 0 holds them).
+    drawn: [bool; 2],
+    /// The ranks sharing the run ([`distributed::Solo`] in a single process).
+    team: TeamRef,
     started: Instant,
     /// Seconds of each iteration of this session.
     session_seconds: Vec<f64>,
+    /// Seconds of this session's iterations spent in exchanges between ranks.
+    exchange_seconds: f64,
 }
 
 /// The sampler options of `config`.
@@ -204,55 +214,69 @@ impl Run {
     /// Opens a new or resumed run: resolves and checks the pair, constructs the model and the
     /// reward, builds the value network and restores the latest checkpoint.
     pub fn open(registry: &crate::plugins::Registry, start: Start) -> Result<Self> {
+        Self::open_on(registry, start, distributed::solo())
+    }
+
+    /// [`Run::open`] for one rank of a data-parallel run: every rank opens the same run (their
+    /// configurations and plugin files are compared first), each samples its share of every
+    /// batch, and rank 0 alone writes the run directory.
+    pub fn open_on(
+        registry: &crate::plugins::Registry,
+        start: Start,
+        team: TeamRef,
+    ) -> Result<Self> {
         let started = Instant::now();
-        let (config, dir, resume) = resolve(start)?;
-        check_pair(registry, &config.model, &config.reward)?;
-        let device = parse_device(&config.device)?;
-        let ctx = construct_context(device, &config.weights)?;
-        let (mut model, _) = open_model(registry, &config.model, &config.model_args_json()?, &ctx)?;
-        let reward = open_run_reward(registry, &config, &ctx)?;
-        crate::sde::sampler::check_stability(&sampler_options(&config), &model.interpolant)?;
-        let example = {
-            let _guard = tch::no_grad_guard();
-            tch::manual_seed(derive_seed(config.seed, "shape", 0) as i64);
-            model.sample_p0(2, 0)?.0
-        };
-        let threads = intra_op_threads(config.threads, device, config.batch_size, &example);
-        if let Some(threads) = threads {
-            tch::set_num_threads(threads as i32);
-        }
-        tch::manual_seed(derive_seed(config.seed, "init", 0) as i64);
-        let network = value::build(config.value_net, &example, device)?;
+        let start = ranks::same_directory(team.as_ref(), start)?;
+        let (config, dir, resume) = team.agree(resolve(start))?;
+        ranks::check_agreement(team.as_ref(), registry, &config)?;
+        let opened = team.agree(Self::construct(registry, &config, team.as_ref()));
+        let (device, model, reward, example, network) = opened?;
         let value_description = network.describe();
         let eval_samples = match config.eval_samples {
             0 => default_eval_samples(&example),
             n => n,
         };
+        ranks::check_shares(team.as_ref(), config.batch_size, eval_samples)?;
         let mut settings = trainer_settings(&config, device);
         if settings.replay == 0 {
             let cnn = value::resolve(config.value_net, &example)? == value::ValueArch::Cnn;
             settings.replay = if cnn { 1 } else { 4 };
         }
-        let mut trainer = ValueMatching::new(network, settings);
+        let mut trainer = ValueMatching::new(network, settings).with_team(team.clone());
         // The configuration is written once it has been checked against the plugins, so a
         // run that cannot start leaves no directory that looks like a run.
-        dir.create()?;
-        dir.write_config(&config)?;
-        let mut iterations_done = 0;
-        if resume {
-            iterations_done = restore(&dir, &mut trainer)?;
+        if team.is_root() {
+            team.agree(dir.create().and_then(|()| dir.write_config(&config)))?;
+        } else {
+            team.agree(Ok(()))?;
         }
-        let (metrics, history) = MetricsLog::open(&dir.metrics(), iterations_done)?;
-        let before = samples::load(&dir.samples_dir(), "before")?;
-        let after = samples::load(&dir.samples_dir(), "after")?;
-        eprintln!(
-            "model {} -> reward {} (scale {}), value network: {value_description}, {} libtorch thread(s), run directory: {}",
-            config.model,
-            config.reward,
-            config.reward_scale,
-            tch::get_num_threads(),
-            dir.root.display()
-        );
+        let iterations_done = match resume {
+            true => team.agree(restore(&dir, &mut trainer, team.is_root()))?,
+            false => 0,
+        };
+        let (metrics, history, before, after) = if team.is_root() {
+            let loaded = (|| {
+                let (metrics, history) = MetricsLog::open(&dir.metrics(), iterations_done)?;
+                let before = samples::load(&dir.samples_dir(), "before")?;
+                let after = samples::load(&dir.samples_dir(), "after")?;
+                Ok((Some(metrics), history, before, after))
+            })();
+            team.agree(loaded)?
+        } else {
+            team.agree(Ok((None, Vec::new(), None, None)))?
+        };
+        let drawn = team.broadcast(&[before.is_some(), after.is_some()])?;
+        if team.is_root() {
+            eprintln!(
+                "model {} -> reward {} (scale {}), value network: {value_description}, {} libtorch thread(s){}, run directory: {}",
+                config.model,
+                config.reward,
+                config.reward_scale,
+                tch::get_num_threads(),
+                ranks::describe(team.as_ref()),
+                dir.root.display()
+            );
+        }
         Ok(Self {
             config,
             dir,
@@ -267,9 +291,47 @@ impl Run {
             history,
             before,
             after,
+            drawn,
+            team,
             started,
             session_seconds: Vec::new(),
+            exchange_seconds: 0.0,
         })
+    }
+
+    /// What each rank builds alone: the device, the model and the reward, an example batch
+    /// and the value network (the same initial weights on every rank, from the run's seed).
+    #[allow(clippy::type_complexity)]
+    fn construct(
+        registry: &crate::plugins::Registry,
+        config: &RunConfig,
+        team: &dyn distributed::Team,
+    ) -> Result<(
+        Device,
+        Model,
+        Reward,
+        crate::state::State,
+        Box<dyn value::ValueNetwork>,
+    )> {
+        check_pair(registry, &config.model, &config.reward)?;
+        let device = ranks::device(team, parse_device(&config.device)?, &config.device);
+        let ctx = construct_context(device, &config.weights)?;
+        let (mut model, _) = open_model(registry, &config.model, &config.model_args_json()?, &ctx)?;
+        let reward = open_run_reward(registry, config, &ctx)?;
+        crate::sde::sampler::check_stability(&sampler_options(config), &model.interpolant)?;
+        let example = {
+            let _guard = tch::no_grad_guard();
+            tch::manual_seed(derive_seed(config.seed, "shape", 0) as i64);
+            model.sample_p0(2, 0)?.0
+        };
+        let threads = intra_op_threads(config.threads, device, config.batch_size, &example)
+            .or_else(|| ranks::threads_per_rank(config.threads));
+        if let Some(threads) = threads {
+            tch::set_num_threads(threads as i32);
+        }
+        tch::manual_seed(derive_seed(config.seed, "init", 0) as i64);
+        let network = value::build(config.value_net, &example, device)?;
+        Ok((device, model, reward, example, network))
     }
 
     /// Every phase in turn: samples before, training, samples after, figures and summary. An
@@ -278,10 +340,15 @@ impl Run {
     pub fn execute(&mut self) -> Result<(RunEnd, Summary)> {
         match self.phases() {
             Ok(done) => {
-                self.dir.clear_failure()?;
+                if self.team.is_root() {
+                    self.dir.clear_failure()?;
+                }
                 Ok(done)
             }
             Err(error) => {
+                if !self.team.is_root() {
+                    return Err(error);
+                }
                 if let Err(note) = self.dir.record_failure(&error) {
                     eprintln!(
                         "warning: could not record the failure in the run directory: {note:#}"
@@ -321,12 +388,13 @@ impl Run {
 
     /// Draws and saves the base model's samples, unless an earlier session did.
     pub fn sample_before(&mut self) -> Result<Phase> {
-        if self.before.is_some() {
+        if self.drawn[0] {
             return Ok(Phase::Done);
         }
         match self.evaluate(false, "base model samples") {
             Ok(before) => {
-                self.before = Some(self.save_samples("before", &before)?);
+                self.before = self.save_samples("before", before)?;
+                self.drawn[0] = true;
                 Ok(Phase::Done)
             }
             Err(e) if e.is::<Interrupted>() => Ok(Phase::Interrupted),
@@ -342,15 +410,19 @@ impl Run {
         if self.iterations_done >= total {
             return Ok(Phase::Done);
         }
-        if !self.dir.latest_checkpoint().exists() {
+        if self
+            .team
+            .broadcast(&!self.dir.latest_checkpoint().exists())?
+        {
             // The untrained state is the first good one: a run that fails or diverges before
             // its first checkpoint can still be resumed from it.
             self.checkpoint()?;
         }
-        let bar = Progress::iterations(total, self.iterations_done);
+        let bar = Progress::iterations(total, self.iterations_done, self.team.is_root());
         let mut phase = Phase::Done;
         while self.iterations_done < total {
             let done = self.iterations_done;
+            let exchanged = self.team.exchange_seconds();
             self.reward
                 .set_label(format!("the batch of iteration {}", done + 1));
             let result = self
@@ -369,7 +441,9 @@ impl Run {
                     return Err(self.stop_with(e));
                 }
             };
-            self.record(stats)?;
+            self.exchange_seconds += self.team.exchange_seconds() - exchanged;
+            let recorded = self.record(stats);
+            self.team.agree(recorded)?;
             bar.iteration_done(self.iterations_done, &stats);
             if self
                 .iterations_done
@@ -379,7 +453,7 @@ impl Run {
                 self.checkpoint()?;
                 bar.log_checkpoint(self.iterations_done, total, &stats);
             }
-            if interrupt::requested() {
+            if self.team.any(interrupt::requested()) {
                 phase = Phase::Interrupted;
                 break;
             }
@@ -396,7 +470,8 @@ impl Run {
         }
         match self.evaluate(true, "adapted samples") {
             Ok(after) => {
-                self.after = Some(self.save_samples("after", &after)?);
+                self.after = self.save_samples("after", after)?;
+                self.drawn[1] = true;
                 Ok(Phase::Done)
             }
             Err(e) if e.is::<Interrupted>() => Ok(Phase::Interrupted),
@@ -406,17 +481,21 @@ impl Run {
 
     /// Writes the figures and `summary.json` from what this run holds, and returns the summary.
     pub fn finish(&mut self) -> Result<Summary> {
-        self.write_figures()?;
         let summary = self.summary();
-        crate::atomic_file::write_bytes_atomically(
-            &self.dir.summary(),
-            serde_json::to_string_pretty(&summary)?.as_bytes(),
-        )?;
+        if self.team.is_root() {
+            self.write_figures()?;
+            crate::atomic_file::write_bytes_atomically(
+                &self.dir.summary(),
+                serde_json::to_string_pretty(&summary)?.as_bytes(),
+            )?;
+        }
         Ok(summary)
     }
 
     fn record(&mut self, stats: IterationStats) -> Result<()> {
-        self.metrics.append(&stats)?;
+        if let Some(metrics) = &mut self.metrics {
+            metrics.append(&stats)?;
+        }
         self.history.push(stats);
         self.session_seconds.push(stats.seconds);
         self.iterations_done += 1;
@@ -427,7 +506,9 @@ impl Run {
     /// diverged trainer's state is not saved: the checkpoint on disk is the last good one.
     fn stop_with(&mut self, error: anyhow::Error) -> anyhow::Error {
         if error.is::<Diverged>() {
-            let _ = self.write_figures();
+            if self.team.is_root() {
+                let _ = self.write_figures();
+            }
             let kept = checkpoint::load(&self.dir.latest_checkpoint())
                 .map(|(done, _)| {
                     format!(
@@ -445,7 +526,9 @@ impl Run {
         if let Err(e) = self.checkpoint() {
             return error.context(format!("the run stopped at iteration {done}, and its checkpoint could not be written: {e:#}"));
         }
-        let _ = self.write_figures();
+        if self.team.is_root() {
+            let _ = self.write_figures();
+        }
         error.context(format!(
             "the run stopped at iteration {done}; the last good state (after {done} iterations) is in {}; resume with `flowgym-host run --resume {}`",
             self.dir.latest_checkpoint().display(),
@@ -461,7 +544,8 @@ impl Run {
             0 => 1,
             size => n.div_ceil(size),
         };
-        let bar = Progress::steps(self.config.steps * chunks, what);
+        let part = self.team.share(n);
+        let bar = Progress::steps(self.config.steps * chunks, what, self.team.is_root());
         let stop = |_| {
             bar.inc();
             interrupt::requested()
@@ -479,28 +563,51 @@ impl Run {
             stop_after_step: &stop,
         };
         self.reward.set_label(format!("the {what}"));
-        let result = sample(&mut self.model, Some(&mut self.reward), &options, &request);
+        let result = sample_part(
+            &mut self.model,
+            Some(&mut self.reward),
+            &options,
+            &request,
+            part,
+        );
         bar.finish();
-        result
+        self.team.agree(result)
     }
 
-    fn save_samples(&self, name: &str, trajectory: &Trajectory) -> Result<EvalSamples> {
-        samples::save(
-            &self.dir.samples_dir(),
-            name,
-            trajectory,
-            Some(&self.dir.figure(name)),
-        )
+    /// Gathers the ranks' shares of evaluation samples on rank 0, which writes them; returns
+    /// what the figures and summary need of them there (`None` on the other ranks).
+    fn save_samples(&self, name: &str, trajectory: Trajectory) -> Result<Option<EvalSamples>> {
+        let saved = ranks::gather_samples(self.team.as_ref(), trajectory).and_then(|gathered| {
+            gathered
+                .map(|trajectory| {
+                    samples::save(
+                        &self.dir.samples_dir(),
+                        name,
+                        &trajectory,
+                        Some(&self.dir.figure(name)),
+                    )
+                })
+                .transpose()
+        });
+        self.team.agree(saved)
     }
 
+    /// Writes the latest checkpoint (and a numbered one every `checkpoint_every`). On a team
+    /// every rank takes part (the replayed batches are gathered) and rank 0 writes.
     fn checkpoint(&self) -> Result<()> {
         let done = self.iterations_done;
-        let state = self.trainer.state();
-        checkpoint::save(&self.dir.latest_checkpoint(), &state, done)?;
-        if done > 0 && done.is_multiple_of(self.config.checkpoint_every) {
-            checkpoint::save(&self.dir.checkpoint_at(done), &state, done)?;
+        let state = self.trainer.state()?;
+        if !self.team.is_root() {
+            return self.team.agree(Ok(()));
         }
-        Ok(())
+        let written = (|| {
+            checkpoint::save(&self.dir.latest_checkpoint(), &state, done)?;
+            if done > 0 && done.is_multiple_of(self.config.checkpoint_every) {
+                checkpoint::save(&self.dir.checkpoint_at(done), &state, done)?;
+            }
+            Ok(())
+        })();
+        self.team.agree(written)
     }
 
     fn summary(&self) -> Summary {
@@ -525,7 +632,22 @@ impl Run {
             }),
             seconds: self.started.elapsed().as_secs_f64(),
             peak_rss_mib: crate::memory::peak_rss_mib(),
+            data_parallel: self.data_parallel(),
         }
+    }
+
+    /// What exchanging cost this session's iterations, on a team.
+    fn data_parallel(&self) -> Option<summary::DataParallel> {
+        let iterations = self.session_seconds.len();
+        if self.team.size() == 1 || iterations == 0 {
+            return None;
+        }
+        let seconds: f64 = self.session_seconds.iter().sum();
+        Some(summary::DataParallel {
+            ranks: self.team.size(),
+            exchange_seconds_per_iteration: self.exchange_seconds / iterations as f64,
+            exchange_share: self.exchange_seconds / seconds.max(f64::MIN_POSITIVE),
+        })
     }
 
     #[cfg(feature = "figures")]
@@ -547,18 +669,23 @@ impl Run {
 
 /// Restores the newest readable checkpoint of `dir` into `trainer`; returns its finished
 /// iterations (0 when there is none). Unreadable newer files are named and passed over.
-fn restore(dir: &RunDir, trainer: &mut ValueMatching) -> Result<usize> {
+fn restore(dir: &RunDir, trainer: &mut ValueMatching, report: bool) -> Result<usize> {
     let Some(restored) = checkpoint::load_newest(&dir.checkpoints_newest_first()) else {
         return Ok(0);
     };
-    for (path, reason) in &restored.unreadable {
-        eprintln!("warning: passing over {}: {reason}", path.display());
+    if report {
+        for (path, reason) in &restored.unreadable {
+            eprintln!("warning: passing over {}: {reason}", path.display());
+        }
     }
     let path = restored.path.clone();
     trainer
         .load_state(restored.tensors)
         .with_context(|| format!("resuming from {}", path.display()))?;
     let done = restored.iterations_done;
+    if !report {
+        return Ok(done);
+    }
     if restored.unreadable.is_empty() {
         eprintln!("resuming {} after iteration {done}", dir.root.display());
     } else {

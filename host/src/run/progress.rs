@@ -7,41 +7,48 @@ use crate::value_matching::IterationStats;
 pub struct Progress {
     #[cfg(feature = "cli")]
     bar: indicatif::ProgressBar,
+    shown: bool,
 }
 
 impl Progress {
     /// A bar over `total` iterations, `done` of them already finished.
-    pub fn iterations(total: usize, done: usize) -> Self {
+    /// `shown`: false on the ranks of a data-parallel run other than rank 0.
+    pub fn iterations(total: usize, done: usize, shown: bool) -> Self {
         Self::new(
             total,
             "[{elapsed_precise}] {bar:32} {pos}/{len} iterations ({eta} left)  {msg}",
             done,
             "",
+            shown,
         )
     }
 
     /// A bar over `steps` sampling steps, labelled `what`.
-    pub fn steps(steps: usize, what: &str) -> Self {
+    pub fn steps(steps: usize, what: &str, shown: bool) -> Self {
         Self::new(
             steps,
             "{msg:>24} [{elapsed_precise}] {bar:32} {pos}/{len} steps",
             0,
             what,
+            shown,
         )
     }
 
     #[cfg(feature = "cli")]
-    fn new(total: usize, template: &str, position: usize, message: &str) -> Self {
+    fn new(total: usize, template: &str, position: usize, message: &str, shown: bool) -> Self {
         let bar = indicatif::ProgressBar::new(total as u64);
+        if !shown {
+            bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+        }
         bar.set_style(indicatif::ProgressStyle::with_template(template).expect("a valid template"));
         bar.set_position(position as u64);
         bar.set_message(message.to_string());
-        Self { bar }
+        Self { bar, shown }
     }
 
     #[cfg(not(feature = "cli"))]
-    fn new(_total: usize, _template: &str, _position: usize, _message: &str) -> Self {
-        Self {}
+    fn new(_total: usize, _template: &str, _position: usize, _message: &str, _shown: bool) -> Self {
+        Self { shown: _shown }
     }
 
     /// One more step.
@@ -66,7 +73,7 @@ impl Progress {
 
     /// A checkpoint was written: one line of progress where no bar is shown.
     pub fn log_checkpoint(&self, done: usize, total: usize, stats: &IterationStats) {
-        if self.is_hidden() {
+        if self.is_hidden() && self.shown {
             eprintln!(
                 "iteration {done}/{total}: loss {:.5}, reward {:.4} +- {:.4}, {:.3} s/iteration",
                 stats.loss, stats.reward_mean, stats.reward_std, stats.seconds

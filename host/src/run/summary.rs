@@ -61,6 +61,21 @@ pub struct Summary {
     pub seconds: f64,
     /// Peak resident memory of this session in MiB (where the system reports it).
     pub peak_rss_mib: Option<f64>,
+    /// How the ranks of a data-parallel run shared the work (absent for one process).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_parallel: Option<DataParallel>,
+}
+
+/// The ranks of a data-parallel session and what exchanging cost them.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DataParallel {
+    /// Number of ranks.
+    pub ranks: usize,
+    /// Rank 0's seconds per training iteration in exchanges with the other ranks (all-reduce
+    /// of gradients and statistics, gathers), waiting for the slowest rank included.
+    pub exchange_seconds_per_iteration: f64,
+    /// The same as a share of rank 0's seconds per iteration.
+    pub exchange_share: f64,
 }
 
 /// The optimum `p* ~ p_base exp(lambda r)` estimated by weighting the base samples, for any

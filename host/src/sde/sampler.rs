@@ -8,6 +8,8 @@
 //! `sample = postprocess(x_K)`, `(r, valid) = reward(sample, x_K)`, and the cost-to-go
 //! `C_k = sum_{j >= k} |u_j|^2 / 2 dt - lambda r`.
 
+use std::ops::Range;
+
 use anyhow::{anyhow, bail, Result};
 use tch::{Device, Kind, Tensor};
 
@@ -137,9 +139,24 @@ fn chunk_seed(seed: u64, chunk: usize) -> u64 {
 /// `reward` if given.
 pub fn sample(
     model: &mut Model,
+    reward: Option<&mut Reward>,
+    options: &SamplerOptions,
+    request: &SampleRequest<'_>,
+) -> Result<Trajectory> {
+    sample_part(model, reward, options, request, 0..request.n)
+}
+
+/// Samples the trajectories `part` of the `request.n` that [`sample`] would draw, with the
+/// same source samples and noise: chunk `i` of the whole request keeps its seed, and a chunk
+/// that `part` cuts is drawn whole and sliced before any model call. Data-parallel ranks each
+/// sample their part of one batch this way, so the batch does not depend on how many ranks
+/// share it.
+pub fn sample_part(
+    model: &mut Model,
     mut reward: Option<&mut Reward>,
     options: &SamplerOptions,
     request: &SampleRequest<'_>,
+    part: Range<usize>,
 ) -> Result<Trajectory> {
     if options.steps == 0 {
         bail!("the sampler needs at least one step");
@@ -150,12 +167,15 @@ pub fn sample(
         size => size,
     };
     let mut parts = Vec::new();
-    let mut start = 0;
-    while start < request.n {
-        let size = chunk.min(request.n - start);
+    for (index, start) in (0..request.n).step_by(chunk).enumerate() {
+        let end = (start + chunk).min(request.n);
+        let (from, to) = (start.max(part.start), end.min(part.end));
+        if from >= to {
+            continue;
+        }
         let part_request = SampleRequest {
-            n: size,
-            seed: chunk_seed(request.seed, parts.len()),
+            n: end - start,
+            seed: chunk_seed(request.seed, index),
             ..*request
         };
         parts.push(sample_chunk(
@@ -163,8 +183,8 @@ pub fn sample(
             reward.as_deref_mut(),
             options,
             &part_request,
+            from - start..to - start,
         )?);
-        start += size;
     }
     concatenate(parts)
 }
@@ -238,19 +258,48 @@ fn value_gradient(steering: Control<'_>, x: &State, t: f64) -> State {
     x.map_floating(|_| grads.next().expect("one gradient per floating leaf"))
 }
 
+/// A chunk cut to some of its samples: the whole chunk's source state (whose shape its noise
+/// takes) and the samples kept.
+struct Cut {
+    whole: State,
+    keep: Range<usize>,
+}
+
+impl Cut {
+    /// The noise of the whole chunk, sliced to the kept samples.
+    fn noise(&self) -> State {
+        self.whole
+            .map_floating(Tensor::randn_like)
+            .slice(self.keep.start, self.keep.end)
+    }
+}
+
+/// The samples `keep` of a chunk of `request.n`. A chunk kept whole draws its noise from its
+/// own state; a cut one draws the whole chunk's noise and keeps its slice, so each sample
+/// gets the same numbers either way.
 fn sample_chunk(
     model: &mut Model,
     reward: Option<&mut Reward>,
     options: &SamplerOptions,
     request: &SampleRequest<'_>,
+    keep: Range<usize>,
 ) -> Result<Trajectory> {
     let _no_grad = tch::no_grad_guard();
-    let (n, device) = (request.n, request.device);
+    let device = request.device;
     tch::manual_seed(request.seed as i64);
     let grid = time_grid(options.steps, options.t0, options.grid, &model.interpolant);
-    let (x0, kwargs) = model.sample_p0(n, request.seed)?;
-    let mut x = x0.to_device(device);
+    let (x0, kwargs) = model.sample_p0(request.n, request.seed)?;
+    let (x, kwargs, cut) = if keep.len() == request.n {
+        (x0.to_device(device), kwargs, None)
+    } else {
+        let x = x0.slice(keep.start, keep.end).to_device(device);
+        let kwargs = kwargs.slice(keep.start, keep.end);
+        let whole = x0.to_device(device);
+        (x, kwargs, Some(Cut { whole, keep }))
+    };
+    let n = x.len();
     let kwargs = model.preprocess(&x, &kwargs.to_device(device))?;
+    let mut x = x;
     let mut log = StepLog::new(options.steps, n, device);
     for k in 0..options.steps {
         let (t, dt) = (grid[k], grid[k + 1] - grid[k]);
@@ -259,7 +308,11 @@ fn sample_chunk(
         let next = if k + 1 == options.steps {
             endpoint_step(model, options, t, &x, &f, &mut log)
         } else {
-            euler_maruyama_step(model, options, request, (t, dt), &x, &f, &mut log)
+            let noise = match &cut {
+                None => x.map_floating(Tensor::randn_like),
+                Some(cut) => cut.noise(),
+            };
+            euler_maruyama_step(model, options, request, (t, dt), (&x, &f, &noise), &mut log)
         };
         if request.record {
             log.states.push(x);
@@ -315,8 +368,7 @@ fn euler_maruyama_step(
     options: &SamplerOptions,
     request: &SampleRequest<'_>,
     (t, dt): (f64, f64),
-    x: &State,
-    f: &State,
+    (x, f, noise): (&State, &State, &State),
     log: &mut StepLog,
 ) -> State {
     let c = sde_coefficients(&model.interpolant, options.diffusion, model.output_type, t);
@@ -336,10 +388,9 @@ fn euler_maruyama_step(
         }
         None => log.no_control(),
     }
-    let noise = x.map_floating(Tensor::randn_like);
     match (&gradient, request.record) {
         (Some((g, s_lambda)), true) => {
-            let products = g.zip_floating(&noise, |g, e| g * e);
+            let products = g.zip_floating(noise, |g, e| g * e);
             log.gradient_noise
                 .push(products.per_sample_sum(Tensor::shallow_clone));
             log.martingale_scales.push(-s_lambda * dt.sqrt());
@@ -348,7 +399,7 @@ fn euler_maruyama_step(
         (None, _) => {}
     }
     x.zip_floating(&drift, |x, d| x + d * dt)
-        .zip_floating(&noise, |y, e| y + e * (dt.sqrt() * c.s))
+        .zip_floating(noise, |y, e| y + e * (dt.sqrt() * c.s))
 }
 
 /// Refuses a constant diffusion level that the Euler-Maruyama steps cannot follow. With a

@@ -50,6 +50,28 @@ impl Adam {
         }
     }
 
+    /// Makes every parameter's gradient defined (zero where no loss reached it yet), so that
+    /// ranks without points in a step still take part in adding up the gradients.
+    pub fn define_gradients(&mut self) {
+        let zero = self
+            .params
+            .iter()
+            .map(|p| p.sum(Kind::Float) * 0.0)
+            .reduce(|a, b| a + b);
+        if let Some(zero) = zero {
+            zero.backward();
+        }
+    }
+
+    /// The parameters' gradients, sharing their memory (changing them changes the step).
+    pub fn gradients(&self) -> Vec<Tensor> {
+        self.params
+            .iter()
+            .map(|p| p.grad())
+            .filter(|g| g.defined())
+            .collect()
+    }
+
     /// The global gradient norm (before clipping).
     pub fn grad_norm(&self) -> Tensor {
         let squares: Vec<Tensor> = self

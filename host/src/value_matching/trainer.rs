@@ -14,9 +14,11 @@ use tch::{Device, Kind, Tensor};
 use super::adam::Adam;
 use super::guard::DivergenceGuard;
 use super::IterationStats;
+use crate::distributed::{self, TeamRef};
 use crate::model::Model;
-use crate::reward::Reward;
-use crate::sde::{sample, Control, SampleRequest, SamplerOptions, Trajectory};
+use crate::reward::{Reward, RewardStats};
+use crate::sde::sampler::sample_part;
+use crate::sde::{Control, SampleRequest, SamplerOptions, Trajectory};
 use crate::seed::derive_seed;
 use crate::state::State;
 use crate::value::{self, ValueNetwork};
@@ -148,6 +150,8 @@ pub struct ValueMatching {
     /// level (where the exponential loss is steep on one side and flat on the other, a start
     /// far below them overshoots). Constants do not change the control, which is a gradient.
     target_offset: Option<f64>,
+    /// The ranks sharing each batch ([`distributed::Solo`] in a single process).
+    team: TeamRef,
 }
 
 /// The checkpoint name of the target offset.
@@ -176,7 +180,15 @@ impl ValueMatching {
             guard: DivergenceGuard::default(),
             replayed: std::collections::VecDeque::new(),
             target_offset: None,
+            team: distributed::solo(),
         }
+    }
+
+    /// Shares every batch with the ranks of `team`: each samples its share, and the ranks add
+    /// up gradients and statistics, so every rank takes the same steps.
+    pub fn with_team(mut self, team: TeamRef) -> Self {
+        self.team = team;
+        self
     }
 
     /// Fits the value network to one batch of trajectories in `fit_steps` optimiser steps on
@@ -211,10 +223,23 @@ impl ValueMatching {
                 .repeat_interleave_self_int(n, 0, None)
         };
         let targets = (cost / lambda).detach();
-        let offset = *self
-            .target_offset
-            .get_or_insert_with(|| mean_target(&targets.get(0), &trajectory.scores.valid));
+        let offset = match self.target_offset {
+            Some(offset) => offset,
+            None => {
+                let first = self.team.gather_cat(&targets.get(0))?;
+                let valid = self.team.gather_cat(&trajectory.scores.valid)?;
+                *self.target_offset.insert(mean_target(&first, &valid))
+            }
+        };
+        let share = self.team.share(self.settings.batch_size);
+        let global_n = self.settings.batch_size as i64;
+        let index = (Tensor::arange(steps as i64, (Kind::Int64, device)).view([-1, 1]) * global_n
+            + Tensor::arange_start(share.start as i64, share.end as i64, (Kind::Int64, device))
+                .view([1, -1]))
+        .reshape([-1]);
         Ok(Points {
+            index,
+            global_len: steps * self.settings.batch_size,
             states: State::cat(
                 &trajectory
                     .states
@@ -242,19 +267,30 @@ impl ValueMatching {
             targets,
             weights,
             mask,
+            index,
+            global_len: total,
         } = points;
-        let total = states.len();
+        let total = *total;
         let chunk = match self.settings.train_chunk {
             0 if states.floating().any(|t| t.dim() == 4) => AUTO_IMAGE_CHUNK,
             0 => total,
             c => c,
         };
         let parts = self.settings.fit_steps.clamp(1, total.max(1));
+        // The shares are drawn over the points of the whole batch, from a seed of their own,
+        // so that they are the same on every rank and for any number of ranks.
         let order = if parts > 1 {
-            Tensor::randperm(total as i64, (Kind::Int64, device))
+            tch::manual_seed(derive_seed(self.settings.seed, "fit", iteration as u64) as i64);
+            Tensor::randperm(total as i64, (Kind::Int64, Device::Cpu)).to_device(device)
         } else {
             Tensor::arange(total as i64, (Kind::Int64, device))
         };
+        // Where each point of the whole batch is among this rank's points (-1: elsewhere).
+        let local = Tensor::full([total as i64], -1, (Kind::Int64, device)).index_put(
+            &[Some(index)],
+            &Tensor::arange(states.len() as i64, (Kind::Int64, device)),
+            false,
+        );
         self.adam.lr =
             self.settings
                 .lr_schedule
@@ -268,11 +304,29 @@ impl ValueMatching {
             mask,
             chunk,
         };
-        let target_variance = targets.var(false).double_value(&[]);
+        let target_variance = self.team.gather_cat(targets)?.var(false).double_value(&[]);
+        // Each step's share of the points, this rank's among them, and the valid points of
+        // the whole share (the loss's denominator), all exchanged at once.
+        let steps: Vec<(usize, Tensor)> = (0..total)
+            .step_by(share)
+            .map(|first| {
+                let picked = order.narrow(0, first as i64, share.min(total - first) as i64);
+                let mine = local.index_select(0, &picked);
+                (picked.size()[0] as usize, mine.masked_select(&mine.ge(0)))
+            })
+            .collect();
+        let mut denominators: Vec<f64> = steps
+            .iter()
+            .map(|(_, indices)| {
+                mask.index_select(0, indices)
+                    .sum(Kind::Float)
+                    .double_value(&[])
+            })
+            .collect();
+        self.team.sum_f64(&mut denominators);
         let (mut loss_sum, mut grad_norm) = (0.0, 0.0);
-        for first in (0..total).step_by(share) {
-            let indices = order.narrow(0, first as i64, share.min(total - first) as i64);
-            let loss = self.loss_and_gradient(&batch, &indices)?;
+        for ((picked, indices), denominator) in steps.iter().zip(denominators) {
+            let loss = self.loss_and_gradient(&batch, indices, denominator.max(1.0))?;
             if !loss.is_finite() {
                 bail!("the Value Matching loss became {loss} at iteration {iteration}");
             }
@@ -281,7 +335,7 @@ impl ValueMatching {
             if !grad_norm.is_finite() {
                 bail!("the value network's gradient became {grad_norm} at iteration {iteration}");
             }
-            loss_sum += loss * indices.size()[0] as f64;
+            loss_sum += loss * *picked as f64;
         }
         Ok((loss_sum / total as f64, grad_norm))
     }
@@ -294,6 +348,11 @@ struct Points {
     targets: Tensor,
     weights: Tensor,
     mask: Tensor,
+    /// Each point's place among the points of the whole batch (`step * batch_size + sample`),
+    /// and past those of the batches before it once joined.
+    index: Tensor,
+    /// Points of the whole batch (of all of them once joined), on every rank together.
+    global_len: usize,
 }
 
 /// Checkpoint names of replayed batches: `replay.<i>.<field>` and
@@ -366,12 +425,15 @@ impl Points {
             leaves.sort_by(|a, b| a.0.cmp(&b.0));
             let leaves = leaves.into_iter().map(|(_, leaf)| leaf).collect();
             let data_type = Vec::<u8>::try_from(&data_type).unwrap_or_default();
+            let len = times.size()[0];
             slots.push(Points {
                 states: State::new(String::from_utf8_lossy(&data_type), leaves),
                 times,
                 targets,
                 weights,
                 mask,
+                index: Tensor::arange(len, (Kind::Int64, device)),
+                global_len: len as usize,
             });
         }
         slots
@@ -392,7 +454,105 @@ impl Points {
             targets: join(|p| &p.targets),
             weights: join(|p| &p.weights),
             mask: join(|p| &p.mask),
+            index: Tensor::cat(
+                &parts
+                    .iter()
+                    .scan(0, |offset, p| {
+                        let shifted = &p.index + *offset as i64;
+                        *offset += p.global_len;
+                        Some(shifted)
+                    })
+                    .collect::<Vec<_>>(),
+                0,
+            ),
+            global_len: parts.iter().map(|p| p.global_len).sum(),
         })
+    }
+
+    /// The points of the whole batch, in its order, from every rank's share (on every rank).
+    fn gather(&self, team: &dyn distributed::Team) -> Result<Points> {
+        if team.size() == 1 {
+            return Ok(Points {
+                states: self.states.shallow_clone(),
+                times: self.times.shallow_clone(),
+                targets: self.targets.shallow_clone(),
+                weights: self.weights.shallow_clone(),
+                mask: self.mask.shallow_clone(),
+                index: self.index.shallow_clone(),
+                global_len: self.global_len,
+            });
+        }
+        let device = self.times.device();
+        let mut named = vec![
+            ("index".to_string(), self.index.shallow_clone()),
+            ("times".to_string(), self.times.shallow_clone()),
+            ("targets".to_string(), self.targets.shallow_clone()),
+            ("weights".to_string(), self.weights.shallow_clone()),
+            ("mask".to_string(), self.mask.shallow_clone()),
+        ];
+        named.extend(
+            self.states
+                .leaves
+                .iter()
+                .map(|(n, t)| (format!("leaf.{n}"), t.shallow_clone())),
+        );
+        let ranks = team.gather_named(&named)?;
+        let field = |i: usize| {
+            Tensor::cat(
+                &ranks
+                    .iter()
+                    .map(|r| r[i].1.to_device(device))
+                    .collect::<Vec<_>>(),
+                0,
+            )
+        };
+        let leaves = (0..self.states.leaves.len())
+            .map(|j| (self.states.leaves[j].0.clone(), field(5 + j)))
+            .collect();
+        let joined = Points {
+            index: field(0),
+            times: field(1),
+            targets: field(2),
+            weights: field(3),
+            mask: field(4),
+            states: State::new(self.states.data_type.clone(), leaves),
+            global_len: self.global_len,
+        };
+        Ok(joined.subset(&joined.index.argsort(0, false)))
+    }
+
+    /// The points at `rows`.
+    fn subset(&self, rows: &Tensor) -> Points {
+        let pick = |t: &Tensor| t.index_select(0, rows);
+        Points {
+            states: self.states.index_select(rows),
+            times: pick(&self.times),
+            targets: pick(&self.targets),
+            weights: pick(&self.weights),
+            mask: pick(&self.mask),
+            index: pick(&self.index),
+            global_len: self.global_len,
+        }
+    }
+
+    /// This rank's share of a whole batch's points (as [`Points::gather`] or a checkpoint
+    /// holds them) of `batch_size` trajectories.
+    fn share(self, team: &dyn distributed::Team, batch_size: usize) -> Result<Points> {
+        if !self.global_len.is_multiple_of(batch_size.max(1)) {
+            bail!(
+                "a replayed batch in the checkpoint has {} points, not a whole number of steps of {batch_size} trajectories",
+                self.global_len
+            );
+        }
+        if team.size() == 1 {
+            return Ok(self);
+        }
+        let share = team.share(batch_size);
+        let sample = self.index.remainder(batch_size as i64);
+        let mine = sample
+            .ge(share.start as i64)
+            .logical_and(&sample.lt(share.end as i64));
+        Ok(self.subset(&mine.nonzero().reshape([-1])))
     }
 }
 
@@ -409,14 +569,15 @@ struct FitBatch<'a> {
 
 impl ValueMatching {
     /// The loss of the points at `indices`, with its gradient accumulated in the network.
-    fn loss_and_gradient(&mut self, batch: &FitBatch<'_>, indices: &Tensor) -> Result<f64> {
+    /// On a team, the gradients and the loss are those of the whole share, added up over the
+    /// ranks; `denominator` counts its valid points on all of them.
+    fn loss_and_gradient(
+        &mut self,
+        batch: &FitBatch<'_>,
+        indices: &Tensor,
+        denominator: f64,
+    ) -> Result<f64> {
         let lambda = self.settings.reward_scale;
-        let denominator = batch
-            .mask
-            .index_select(0, indices)
-            .sum(Kind::Float)
-            .double_value(&[])
-            .max(1.0);
         self.adam.zero_grad();
         let mut loss = Tensor::zeros([], (Kind::Float, self.settings.device));
         let len = indices.size()[0];
@@ -435,7 +596,14 @@ impl ValueMatching {
             part.backward();
             loss += part.detach();
         }
-        Ok(loss.double_value(&[]))
+        let mut loss = [loss.double_value(&[])];
+        if self.team.size() > 1 {
+            if len == 0 {
+                self.adam.define_gradients();
+            }
+            self.team.sum_tensors(&mut self.adam.gradients(), &mut loss);
+        }
+        Ok(loss[0])
     }
 }
 
@@ -459,19 +627,26 @@ impl ValueMatching {
             device: self.settings.device,
             stop_after_step,
         };
-        let trajectory = sample(model, Some(reward), &self.settings.sampler, &request)?;
-        let control_cost = trajectory
-            .control_cost()
+        let part = self.team.share(self.settings.batch_size);
+        let sampled = sample_part(model, Some(reward), &self.settings.sampler, &request, part);
+        // Sampling and scoring are each rank's own work: the ranks agree on its outcome
+        // before they exchange anything else.
+        let trajectory = self.team.agree(sampled)?;
+        let control_cost = self
+            .team
+            .gather_cat(&trajectory.control_cost())?
             .mean(Kind::Float)
             .double_value(&[]);
+        let reward = self.team.gather_cat(&trajectory.scores.reward)?;
+        let valid = self.team.gather_cat(&trajectory.scores.valid)?;
         self.guard.check_control(
             iteration,
             control_cost,
-            reward_range(&trajectory),
+            reward_range(&reward, &valid),
             self.settings.reward_scale,
         )?;
         let (loss, grad_norm) = self.fit(&trajectory, iteration)?;
-        let stats = trajectory.scores.statistics();
+        let stats = RewardStats::of(&reward, &valid);
         Ok(IterationStats {
             iteration,
             loss,
@@ -493,8 +668,9 @@ impl ValueMatching {
     }
 
     /// Everything needed to resume, as named tensors: the value network's weights
-    /// (`value.*`) and the optimiser's state.
-    pub fn state(&self) -> Vec<(String, Tensor)> {
+    /// (`value.*`), the optimiser's state and the replayed batches, whole (on a team, every
+    /// rank must call it: the ranks' shares of the batches are gathered).
+    pub fn state(&self) -> Result<Vec<(String, Tensor)>> {
         let mut named: Vec<(String, Tensor)> = self
             .value
             .var_store()
@@ -505,12 +681,12 @@ impl ValueMatching {
         named.sort_by(|a, b| a.0.cmp(&b.0));
         named.extend(self.adam.state());
         for (i, points) in self.replayed.iter().enumerate() {
-            named.extend(points.named(i));
+            named.extend(points.gather(self.team.as_ref())?.named(i));
         }
         if let Some(offset) = self.target_offset {
             named.push((OFFSET_KEY.to_string(), Tensor::from_slice(&[offset])));
         }
-        named
+        Ok(named)
     }
 
     /// Restores what [`ValueMatching::state`] saved.
@@ -519,7 +695,8 @@ impl ValueMatching {
         self.adam.load_state(&tensors)?;
         self.replayed = Points::from_named(&tensors, self.settings.device)
             .into_iter()
-            .collect();
+            .map(|points| points.share(self.team.as_ref(), self.settings.batch_size))
+            .collect::<Result<_>>()?;
         self.target_offset = tensors
             .iter()
             .find(|(n, _)| n == OFFSET_KEY)
@@ -528,13 +705,12 @@ impl ValueMatching {
     }
 }
 
-/// The smallest and largest reward of the valid samples (0, 0 when none is valid).
-fn reward_range(trajectory: &Trajectory) -> (f64, f64) {
-    let valid = &trajectory.scores.valid;
+/// The smallest and largest of the rewards `valid` marks (0, 0 when none is valid).
+fn reward_range(reward: &Tensor, valid: &Tensor) -> (f64, f64) {
     if valid.sum(Kind::Int64).int64_value(&[]) == 0 {
         return (0.0, 0.0);
     }
-    let reward = trajectory.scores.reward.masked_select(valid);
+    let reward = reward.masked_select(valid);
     (
         reward.min().double_value(&[]),
         reward.max().double_value(&[]),

@@ -241,12 +241,14 @@ arguments! {
     /// Arguments of `1d/misbehave`.
     pub struct MisbehaveArgs {
         /// What to do: segfault, abort, hang, grow (allocate without bound), connect (open a
-        /// network connection), write (create the file `path`), or ok.
-        mode: String = "segfault".to_string() => one_of("segfault", "abort", "hang", "grow", "connect", "write", "ok");
+        /// network connection), write (create the file `path`), error (return an error), or ok.
+        mode: String = "segfault".to_string() => one_of("segfault", "abort", "hang", "grow", "connect", "write", "error", "ok");
         /// Calls that score normally (zeros) before it misbehaves.
         after: usize = 0;
         /// The file `write` creates.
         path: String = String::new();
+        /// Misbehave only in the process an MPI launcher started as this rank (-1: in any).
+        rank: i64 = -1;
     }
 }
 
@@ -285,6 +287,7 @@ impl Misbehave {
             }
             "write" => std::fs::write(&self.args.path, b"escaped")
                 .map_err(|e| PluginError::new(format!("write {}: {e}", self.args.path))),
+            "error" => Err(PluginError::new("the reward failed on purpose")),
             _ => Ok(()),
         }
     }
@@ -294,7 +297,12 @@ impl Reward for Misbehave {
     fn reward(&mut self, sample: Batch, _l: Batch, _k: Kwargs) -> PluginResult<RewardOutput> {
         let n = count(&sample)?;
         self.calls += 1;
-        if self.calls > self.args.after {
+        let rank = std::env::var("OMPI_COMM_WORLD_RANK")
+            .or_else(|_| std::env::var("PMI_RANK"))
+            .ok()
+            .and_then(|r| r.parse::<i64>().ok());
+        let this_rank = self.args.rank < 0 || rank == Some(self.args.rank);
+        if self.calls > self.args.after && this_rank {
             self.misbehave()?;
         }
         Ok(RewardOutput::all_valid(ManagedTensor::from_slice(
