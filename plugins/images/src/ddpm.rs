@@ -34,7 +34,7 @@ use crate::models::resnet::ConfigError;
 use crate::models::scheduler::{SchedulerConfig, SchedulerError};
 use crate::models::unet_2d::{SampleSize, UNet2DConfig, UNet2DModel};
 use crate::sources::{download_hint, find_or_fetch, in_folder, parse_repos, select_ddpm, Lookup};
-use crate::weights::Weights;
+use crate::weights::{Weights, WeightsError};
 
 /// The data type of the samples.
 const DATA_TYPE: &str = "images";
@@ -225,16 +225,37 @@ impl DdpmModel {
         device: Device,
     ) -> Result<Self, LoadError> {
         let scheduler = SchedulerConfig::from_file(&files.scheduler)?;
-        let (prediction, clip) = check_scheduler(&scheduler, options.clip_sample)?;
-        let alpha_bar = scheduler.alphas_cumprod()?;
         let config: UNet2DConfig = read_config(&files.unet.config)?;
+        Self::from_parts(
+            &config,
+            &scheduler,
+            &files.unet.config,
+            options,
+            device,
+            || Weights::from_files(&files.unet.weights, Kind::Float, device),
+        )
+    }
+
+    /// Builds the model from its configs (`config_path` names the UNet's in messages) and the
+    /// weights `weights` reads, once the configs are known to be usable.
+    pub fn from_parts(
+        config: &UNet2DConfig,
+        scheduler: &SchedulerConfig,
+        config_path: &Path,
+        options: &LoadOptions,
+        device: Device,
+        weights: impl FnOnce() -> Result<Weights, WeightsError>,
+    ) -> Result<Self, LoadError> {
+        let (prediction, clip) = check_scheduler(scheduler, options.clip_sample)?;
+        let alpha_bar = scheduler.alphas_cumprod()?;
         let architecture = |source| LoadError::Architecture {
-            path: files.unet.config.clone(),
+            path: config_path.to_path_buf(),
             source,
         };
-        let shape = sample_shape(&config, options.expect).map_err(architecture)?;
-        let weights = Weights::from_files(&files.unet.weights, Kind::Float, device)?;
-        let unet = UNet2DModel::new(&weights.root(), &config).map_err(architecture)?;
+        let shape = sample_shape(config, options.expect).map_err(architecture)?;
+        config.validate().map_err(architecture)?;
+        let weights = weights()?;
+        let unet = UNet2DModel::new(&weights.root(), config).map_err(architecture)?;
         weights.finish()?;
         Ok(Self {
             unet,
@@ -366,9 +387,12 @@ fn check_scheduler(
     Ok((prediction, clip.then_some(bound)))
 }
 
-/// The sample shape `[C, H, W]` of `config`: its channels and `sample_size`, which must be
+/// The sample shape `[C, H, W]` of `config` (refused naming the key otherwise): its channels and `sample_size`, which must be
 /// given, divisible by the UNet's down-sampling, and (for a preset) the one it serves.
-fn sample_shape(config: &UNet2DConfig, expect: Option<[i64; 3]>) -> Result<[i64; 3], ConfigError> {
+pub fn sample_shape(
+    config: &UNet2DConfig,
+    expect: Option<[i64; 3]>,
+) -> Result<[i64; 3], ConfigError> {
     let (h, w) = match &config.sample_size {
         Some(SampleSize::Square(side)) => (*side, *side),
         Some(SampleSize::Rect([h, w])) => (*h, *w),

@@ -19,11 +19,14 @@ flowgym_plugin_api::export_plugin!(libtorch);
 pub mod aesthetic;
 pub mod cifar;
 pub mod ddpm;
+pub mod digit;
+
 pub mod fetch;
 pub mod hub;
 pub mod preprocess;
 pub mod sd;
 pub mod sources;
+pub mod train;
 
 flowgym_plugin_api::register_data_type! {
     name: "images",
