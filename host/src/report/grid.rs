@@ -49,8 +49,13 @@ pub fn wrap(text: &str, width: usize, max_lines: usize) -> Vec<String> {
     lines
 }
 
-/// Writes `images` (`[n, 3, H, W]` in `[0, 1]`, any device) as a grid of `columns` columns,
-/// with `captions[i]` under image `i` when given.
+/// Images smaller than this many pixels a side are enlarged (nearest neighbour, by a whole
+/// factor) so that their pixels can be seen.
+const MIN_SIDE: i64 = 64;
+
+/// Writes `images` (`[n, 3, H, W]` RGB or `[n, 1, H, W]` grey, in `[0, 1]`, any device) as a
+/// grid of `columns` columns, with `captions[i]` under image `i` when given. Images under
+/// 64 pixels a side are enlarged by a whole factor.
 pub fn image_grid(
     path: &Path,
     images: &Tensor,
@@ -58,9 +63,23 @@ pub fn image_grid(
     columns: usize,
 ) -> Result<()> {
     let size = images.size();
-    if size.len() != 4 || size[1] != 3 {
-        bail!("an image grid needs [n, 3, H, W] samples, got {size:?}");
+    if size.len() != 4 || !matches!(size[1], 1 | 3) {
+        bail!("an image grid needs [n, 3, H, W] or [n, 1, H, W] samples, got {size:?}");
     }
+    let images = images.detach().to_device(Device::Cpu).to_kind(Kind::Float);
+    let images = if size[1] == 1 {
+        images.expand([size[0], 3, size[2], size[3]], false)
+    } else {
+        images
+    };
+    let side = size[2].min(size[3]).max(1);
+    let factor = ((MIN_SIDE + side - 1) / side).max(1);
+    let images = if factor > 1 {
+        images.upsample_nearest2d([size[2] * factor, size[3] * factor], None, None)
+    } else {
+        images
+    };
+    let size = images.size();
     let (n, h, w) = (size[0] as u32, size[2] as u32, size[3] as u32);
     if n == 0 {
         bail!("no images to draw");

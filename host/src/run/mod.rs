@@ -10,6 +10,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod dir;
+pub mod evaluation;
 #[cfg(feature = "figures")]
 mod figures;
 pub mod metrics;
@@ -97,6 +98,8 @@ pub struct Run {
     history: Vec<IterationStats>,
     before: Option<EvalSamples>,
     after: Option<EvalSamples>,
+    /// The evaluation reward (`eval_reward_args`), if any.
+    evaluation: Option<evaluation::Evaluation>,
     started: Instant,
     /// Seconds of each iteration of this session.
     session_seconds: Vec<f64>,
@@ -190,11 +193,20 @@ fn trainer_settings(config: &RunConfig, device: Device) -> VmSettings {
     }
 }
 
-/// Samples for the figures when the configuration leaves it to the data: 16 images, or
+/// Samples for the figures when the configuration leaves it to the data: 16 images (256 of
+/// small images, 16 pixels a side or less, which are cheap and shown 64 to a grid), or
 /// 10,000 points of flat data.
 fn default_eval_samples(example: &crate::state::State) -> usize {
     if samples::is_image(example) {
-        16
+        let small = example
+            .floating()
+            .next()
+            .is_some_and(|x| x.size()[2].max(x.size()[3]) <= 16);
+        if small {
+            256
+        } else {
+            16
+        }
     } else {
         10_000
     }
@@ -211,6 +223,7 @@ impl Run {
         let ctx = construct_context(device, &config.weights)?;
         let (mut model, _) = open_model(registry, &config.model, &config.model_args_json()?, &ctx)?;
         let reward = open_run_reward(registry, &config, &ctx)?;
+        let evaluation = evaluation::Evaluation::open(registry, &config, &ctx, &dir.samples_dir())?;
         crate::sde::sampler::check_stability(&sampler_options(&config), &model.interpolant)?;
         let example = {
             let _guard = tch::no_grad_guard();
@@ -267,6 +280,7 @@ impl Run {
             history,
             before,
             after,
+            evaluation,
             started,
             session_seconds: Vec::new(),
         })
@@ -327,6 +341,7 @@ impl Run {
         match self.evaluate(false, "base model samples") {
             Ok(before) => {
                 self.before = Some(self.save_samples("before", &before)?);
+                self.score_evaluation("before", &before)?;
                 Ok(Phase::Done)
             }
             Err(e) if e.is::<Interrupted>() => Ok(Phase::Interrupted),
@@ -397,6 +412,7 @@ impl Run {
         match self.evaluate(true, "adapted samples") {
             Ok(after) => {
                 self.after = Some(self.save_samples("after", &after)?);
+                self.score_evaluation("after", &after)?;
                 Ok(Phase::Done)
             }
             Err(e) if e.is::<Interrupted>() => Ok(Phase::Interrupted),
@@ -493,6 +509,14 @@ impl Run {
         )
     }
 
+    /// Scores samples with the evaluation reward, when the run has one.
+    fn score_evaluation(&mut self, name: &str, trajectory: &Trajectory) -> Result<()> {
+        match &mut self.evaluation {
+            Some(evaluation) => evaluation.score(name, trajectory, self.device),
+            None => Ok(()),
+        }
+    }
+
     fn checkpoint(&self) -> Result<()> {
         let done = self.iterations_done;
         let state = self.trainer.state();
@@ -519,6 +543,7 @@ impl Run {
                 self.after.as_ref(),
                 self.config.reward_scale,
             ),
+            evaluation: self.evaluation.as_ref().map(|e| e.summary()),
             final_loss: self.history.last().map(|r| r.loss),
             seconds_per_iteration: (!self.session_seconds.is_empty()).then(|| {
                 self.session_seconds.iter().sum::<f64>() / self.session_seconds.len() as f64

@@ -20,7 +20,7 @@ pub mod aesthetic;
 pub mod cifar;
 pub mod ddpm;
 pub mod digit;
-
+pub mod digits;
 pub mod fetch;
 pub mod hub;
 pub mod preprocess;

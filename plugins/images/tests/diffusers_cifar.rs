@@ -21,7 +21,7 @@ use flowgym_host::sde::{
 };
 use flowgym_host::state::State;
 use flowgym_images::cifar::{self, CifarArgs};
-use flowgym_images::ddpm::{DdpmFiles, DdpmModel};
+use flowgym_images::ddpm::DdpmModel;
 use flowgym_images::fetch::HubSettings;
 use flowgym_images::hub::{HubCache, LoadError};
 use flowgym_images::models::scheduler::SchedulerConfig;

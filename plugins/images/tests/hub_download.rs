@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use common::{fixture, TempDir};
 use flowgym_images::cifar::{self, CifarArgs};
-use flowgym_images::ddpm::{DdpmFiles, DdpmModel};
+use flowgym_images::ddpm::DdpmFiles;
 use flowgym_images::fetch::HubSettings;
 use flowgym_images::hub::HubCache;
 use hub_server::{sha256, TinyHub, COMMIT};
