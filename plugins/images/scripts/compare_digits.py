@@ -70,6 +70,7 @@ def flowgym(n, steps, out):
          "--seed", "1", "--out", str(out)],
         check=True,
         stdout=subprocess.DEVNULL,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
     )
     return load_file(out / "samples.safetensors")["sample.x"]
 

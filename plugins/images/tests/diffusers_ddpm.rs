@@ -160,7 +160,7 @@ fn edited(tmp: &TempDir, name: &str, file: &str, from: &str, to: &str) -> PathBu
 }
 
 fn load_error(folder: &Path) -> String {
-    load(folder).err().expect("refused").to_string()
+    load(folder).expect_err("refused").to_string()
 }
 
 #[test]

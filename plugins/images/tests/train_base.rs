@@ -144,8 +144,7 @@ fn training_lowers_the_loss_and_resumes_exactly() {
         false,
         Device::Cpu,
     )
-    .err()
-    .expect("a folder with a checkpoint needs --resume")
+    .expect_err("a folder with a checkpoint needs --resume")
     .to_string();
     assert!(err.contains("--resume"), "{err}");
     let (second, _) = run(&tmp.path().join("parts"), None, true);
@@ -165,8 +164,7 @@ fn training_lowers_the_loss_and_resumes_exactly() {
     let mut other = settings(data);
     other.lr = 5e-4;
     let err = BaseTrainer::new(other, &tmp.path().join("parts"), true, Device::Cpu)
-        .err()
-        .expect("other settings")
+        .expect_err("other settings")
         .to_string();
     assert!(err.contains("lr"), "{err}");
 }
@@ -174,8 +172,7 @@ fn training_lowers_the_loss_and_resumes_exactly() {
 fn trainer_error(settings: BaseSettings) -> String {
     let tmp = TempDir::new("train-bad");
     BaseTrainer::new(settings, &tmp.path().join("out"), false, Device::Cpu)
-        .err()
-        .expect("refused")
+        .expect_err("refused")
         .to_string()
 }
 

@@ -213,7 +213,11 @@ impl BaseTrainer {
                 )));
             }
             on_step(self.step, loss);
-            if self.step % self.settings.checkpoint_every.max(1) == 0 || stop() {
+            if self
+                .step
+                .is_multiple_of(self.settings.checkpoint_every.max(1))
+                || stop()
+            {
                 self.save()?;
             }
             if stop() {
@@ -370,7 +374,7 @@ fn check_settings(s: &BaseSettings) -> Result<(), TrainError> {
             "steps, batch size and checkpoint interval must be positive".to_string(),
         ));
     }
-    if !(s.lr.is_finite() && s.lr > 0.0) || !(0.0..1.0).contains(&s.ema_decay) {
+    if !(s.lr.is_finite() && s.lr > 0.0 && (0.0..1.0).contains(&s.ema_decay)) {
         return Err(TrainError::Config(format!(
             "learning rate {} must be positive and the EMA decay {} in [0, 1)",
             s.lr, s.ema_decay

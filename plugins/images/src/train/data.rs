@@ -73,7 +73,7 @@ impl ImageData {
                     .to_string(),
             ));
         };
-        if data.len() == 0 {
+        if data.is_empty() {
             return Err(DataError::Empty(path.to_path_buf()));
         }
         Ok(data)
