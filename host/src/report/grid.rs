@@ -177,15 +177,23 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("flowgym-grid-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("grid.png");
-        // Image 0 red, image 1 green, 8x8 each, two columns.
-        let images = Tensor::zeros([2, 3, 8, 8], (Kind::Float, Device::Cpu));
+        // Image 0 red, image 1 green, 64x64 each, two columns.
+        let images = Tensor::zeros([2, 3, 64, 64], (Kind::Float, Device::Cpu));
         let _ = images.get(0).get(0).fill_(1.0);
         let _ = images.get(1).get(1).fill_(1.0);
         image_grid(&path, &images, None, 2).unwrap();
         let png = image::open(&path).unwrap().to_rgb8();
-        assert_eq!(png.dimensions(), (2 * (8 + GAP) + GAP, 8 + 2 * GAP));
+        assert_eq!(png.dimensions(), (2 * (64 + GAP) + GAP, 64 + 2 * GAP));
         assert_eq!(png.get_pixel(GAP + 1, GAP + 1).0, [255, 0, 0]);
-        assert_eq!(png.get_pixel(GAP + 8 + GAP + 1, GAP + 1).0, [0, 255, 0]);
+        assert_eq!(png.get_pixel(GAP + 64 + GAP + 1, GAP + 1).0, [0, 255, 0]);
+        // Grey 8x8 images are drawn grey and enlarged 8 times: a white pixel is an 8x8 block.
+        let grey = Tensor::zeros([1, 1, 8, 8], (Kind::Float, Device::Cpu));
+        let _ = grey.get(0).get(0).get(1).get(2).fill_(1.0);
+        image_grid(&path, &grey, None, 1).unwrap();
+        let png = image::open(&path).unwrap().to_rgb8();
+        assert_eq!(png.dimensions(), (64 + 2 * GAP, 64 + 2 * GAP));
+        assert_eq!(png.get_pixel(GAP + 2 * 8 + 7, GAP + 8).0, [255, 255, 255]);
+        assert_eq!(png.get_pixel(GAP + 2 * 8 - 1, GAP + 8).0, [0, 0, 0]);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
