@@ -18,6 +18,7 @@
 mod isolation;
 mod memory;
 mod quality;
+pub mod reference;
 mod sampling;
 mod vm;
 

@@ -78,6 +78,15 @@ pub enum Which {
         /// A directory the plugin may look for weights in (repeatable).
         #[arg(long = "weights", value_name = "DIR")]
         weights: Vec<PathBuf>,
+        /// A diffusers folder of the same weights: also time diffusers' DDPMPipeline on it
+        /// (100 steps, same batch and threads) and print both, e.g.
+        /// `--reference plugins/images/weights/digits` for images/digits.
+        #[arg(long, value_name = "DIR")]
+        reference: Option<PathBuf>,
+        /// The Python with torch and diffusers for --reference [default: $FLOWGYM_PYTHON, else
+        /// ~/.cache/flowgym/pyref/bin/python, else python3].
+        #[arg(long, value_name = "FILE")]
+        python: Option<PathBuf>,
     },
     /// Peak resident memory of loading a model and a reward (default: the headline pair,
     /// images/sd2 and images/aesthetic, at their default settings).
@@ -468,6 +477,8 @@ pub fn run(cli: &Cli, args: &BenchArgs) -> Result<ExitCode> {
             threads,
             device,
             weights,
+            reference,
+            python,
         } => {
             let device = parse_device(device)?;
             let ctx = construct_context(device, weights)?;
@@ -491,6 +502,35 @@ pub fn run(cli: &Cli, args: &BenchArgs) -> Result<ExitCode> {
                 f.images_per_second_at_100_steps
             );
             println!("json: {}", serde_json::to_string(&f)?);
+            if let Some(folder) = reference {
+                let python = bench::reference::python(python.as_deref());
+                let r = bench::reference::ddpm_pipeline(
+                    &python,
+                    folder,
+                    *batch_size,
+                    100,
+                    f.threads.max(0) as usize,
+                    (*steps).clamp(1, 3),
+                )?;
+                println!(
+                    "diffusers {} on {} (torch {}), batch {}, {} thread(s):",
+                    r.pipeline,
+                    folder.display(),
+                    r.torch,
+                    r.batch_size,
+                    r.threads
+                );
+                println!("  seconds per denoising step: {:.4}", r.seconds_per_step);
+                println!(
+                    "  images per second at 100 steps: {:.4}",
+                    r.images_per_second
+                );
+                println!(
+                    "  Flow Gym / diffusers images per second: {:.2}",
+                    f.images_per_second_at_100_steps / r.images_per_second
+                );
+                println!("json: {}", serde_json::to_string(&r)?);
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

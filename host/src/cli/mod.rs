@@ -7,6 +7,7 @@ mod doctor;
 mod list;
 mod run;
 mod sample;
+mod train;
 mod trust;
 
 use std::path::PathBuf;
@@ -65,6 +66,14 @@ pub enum Command {
     #[cfg(unix)]
     #[command(name = "reward-worker", hide = true)]
     RewardWorker,
+    /// Train a diffusers UNet2DModel as a DDPM on an image dataset and write a diffusers
+    /// folder, with checkpoints and --resume (`train-base --help` lists the options).
+    #[command(name = "train-base", disable_help_flag = true)]
+    TrainBase(train::TrainArgs),
+    /// Train the digit classifier of `images/digit` on a labelled image dataset and report its
+    /// held-out accuracy (`train-classifier --help` lists the options).
+    #[command(name = "train-classifier", disable_help_flag = true)]
+    TrainClassifier(train::TrainArgs),
     /// Report the libtorch build, the devices it sees, the NVIDIA driver, and why CUDA is
     /// unavailable when it is.
     Doctor(doctor::DoctorArgs),
@@ -123,6 +132,8 @@ pub fn main() -> ExitCode {
         #[cfg(unix)]
         Command::RewardWorker => crate::isolate::worker::main().map(|()| ExitCode::SUCCESS),
         Command::Doctor(args) => doctor::run(&cli, args),
+        Command::TrainBase(args) => train::run("base", args),
+        Command::TrainClassifier(args) => train::run("classifier", args),
     };
     match result {
         Ok(code) => code,

@@ -53,6 +53,11 @@ pub struct ConfigFlags {
     #[arg(long, value_name = "JSON", value_parser = args::json_object)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reward_args: Option<toml::Table>,
+    /// Arguments of a second instance of the reward that only scores the samples before and
+    /// after training for summary.json, e.g. '{"digit": 3, "form": "hit"}' for images/digit.
+    #[arg(long, value_name = "JSON", value_parser = args::json_object)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eval_reward_args: Option<toml::Table>,
     /// Value Matching iterations [default: 300].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -132,7 +137,7 @@ pub struct ConfigFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub device: Option<String>,
-    /// libtorch threads (0: one for small batches of flat data on the CPU, libtorch's default otherwise).
+    /// libtorch threads (0: one for small batches on the CPU, libtorch's default otherwise).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub threads: Option<usize>,
@@ -178,6 +183,56 @@ impl ConfigFlags {
     }
 }
 
+/// The run settings for models of small images (both sides of 16 pixels or less, such as
+/// `images/digits`) where neither the config file nor a flag sets them: such models sample in
+/// milliseconds a step, and these make a run of a few minutes on two CPU cores.
+pub const SMALL_IMAGE_DEFAULTS: [(&str, i64); 3] =
+    [("iterations", 40), ("batch_size", 64), ("steps", 50)];
+
+/// Whether the base model `id` declares images of both sides at most 16 pixels.
+fn small_images(registry: &crate::plugins::Registry, id: &str) -> bool {
+    use flowgym_plugin_api::{Dim, EntryKind};
+    let Ok(entry) = registry.resolve(id, EntryKind::BaseModel) else {
+        return false;
+    };
+    let small = |d: &Dim| matches!(d, Dim::Fixed(side) if *side <= 16);
+    entry.meta.leaves.iter().any(|leaf| {
+        let dims = leaf.shape.as_slice();
+        dims.len() == 4 && small(&dims[2]) && small(&dims[3])
+    })
+}
+
+/// `config` with [`SMALL_IMAGE_DEFAULTS`] for the keys neither `file` nor `flags` set, when the
+/// model makes small images.
+fn with_model_defaults(
+    registry: &crate::plugins::Registry,
+    config: RunConfig,
+    file: Option<&Path>,
+    flags: &toml::Table,
+) -> Result<RunConfig> {
+    if !small_images(registry, &config.model) {
+        return Ok(config);
+    }
+    let in_file: toml::Table = match file {
+        Some(path) => toml::from_str(&std::fs::read_to_string(path)?)?,
+        None => toml::Table::new(),
+    };
+    let defaults: toml::Table = SMALL_IMAGE_DEFAULTS
+        .iter()
+        .filter(|(key, _)| !in_file.contains_key(*key) && !flags.contains_key(*key))
+        .map(|(key, value)| (key.to_string(), toml::Value::Integer(*value)))
+        .collect();
+    if !defaults.is_empty() {
+        let list: Vec<String> = defaults.iter().map(|(k, v)| format!("{k} = {v}")).collect();
+        eprintln!(
+            "{} makes small images: {} (set them to change)",
+            config.model,
+            list.join(", ")
+        );
+    }
+    config.with_overrides(defaults)
+}
+
 /// `runs/<date>-<time>-<model>-<reward>` with `/` in ids replaced.
 fn default_run_dir(config: &RunConfig) -> PathBuf {
     let stamp = chrono::Local::now().format("%Y%m%d-%H%M%S");
@@ -199,8 +254,8 @@ pub fn run(cli: &Cli, args: &RunArgs) -> Result<ExitCode> {
     }
 }
 
-/// Where a run starts, from the command line.
-fn start_of(args: &RunArgs) -> Result<Start> {
+/// Where a run starts, from the command line (a new run's defaults may come from its model).
+fn start_of(args: &RunArgs, registry: &crate::plugins::Registry) -> Result<Start> {
     Ok(match &args.resume {
         Some(dir) => {
             let overrides = args.flags.overrides()?;
@@ -224,6 +279,12 @@ fn start_of(args: &RunArgs) -> Result<Start> {
         }
         None => {
             let config = args.flags.resolve(args.config.as_deref())?;
+            let config = with_model_defaults(
+                registry,
+                config,
+                args.config.as_deref(),
+                &args.flags.overrides()?,
+            )?;
             let dir = args.out.clone().unwrap_or_else(|| default_run_dir(&config));
             Start::New {
                 config: Box::new(config),
@@ -234,11 +295,11 @@ fn start_of(args: &RunArgs) -> Result<Start> {
 }
 
 fn run_on(cli: &Cli, args: &RunArgs, team: &crate::distributed::TeamRef) -> Result<ExitCode> {
-    let start = team.agree(start_of(args))?;
     let registry = team.agree(cli.registry())?;
     if team.is_root() {
         warn_refused(&registry);
     }
+    let start = team.agree(start_of(args, &registry))?;
     let mut run = Run::open_on(&registry, start, team.clone())?;
     let (end, summary) = run.execute()?;
     if !team.is_root() {

@@ -49,8 +49,13 @@ pub fn wrap(text: &str, width: usize, max_lines: usize) -> Vec<String> {
     lines
 }
 
-/// Writes `images` (`[n, 3, H, W]` in `[0, 1]`, any device) as a grid of `columns` columns,
-/// with `captions[i]` under image `i` when given.
+/// Images smaller than this many pixels a side are enlarged (nearest neighbour, by a whole
+/// factor) so that their pixels can be seen.
+const MIN_SIDE: i64 = 64;
+
+/// Writes `images` (`[n, 3, H, W]` RGB or `[n, 1, H, W]` grey, in `[0, 1]`, any device) as a
+/// grid of `columns` columns, with `captions[i]` under image `i` when given. Images under
+/// 64 pixels a side are enlarged by a whole factor.
 pub fn image_grid(
     path: &Path,
     images: &Tensor,
@@ -58,9 +63,23 @@ pub fn image_grid(
     columns: usize,
 ) -> Result<()> {
     let size = images.size();
-    if size.len() != 4 || size[1] != 3 {
-        bail!("an image grid needs [n, 3, H, W] samples, got {size:?}");
+    if size.len() != 4 || !matches!(size[1], 1 | 3) {
+        bail!("an image grid needs [n, 3, H, W] or [n, 1, H, W] samples, got {size:?}");
     }
+    let images = images.detach().to_device(Device::Cpu).to_kind(Kind::Float);
+    let images = if size[1] == 1 {
+        images.expand([size[0], 3, size[2], size[3]], false)
+    } else {
+        images
+    };
+    let side = size[2].min(size[3]).max(1);
+    let factor = ((MIN_SIDE + side - 1) / side).max(1);
+    let images = if factor > 1 {
+        images.upsample_nearest2d([size[2] * factor, size[3] * factor], None, None)
+    } else {
+        images
+    };
+    let size = images.size();
     let (n, h, w) = (size[0] as u32, size[2] as u32, size[3] as u32);
     if n == 0 {
         bail!("no images to draw");
@@ -158,15 +177,23 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("flowgym-grid-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("grid.png");
-        // Image 0 red, image 1 green, 8x8 each, two columns.
-        let images = Tensor::zeros([2, 3, 8, 8], (Kind::Float, Device::Cpu));
+        // Image 0 red, image 1 green, 64x64 each, two columns.
+        let images = Tensor::zeros([2, 3, 64, 64], (Kind::Float, Device::Cpu));
         let _ = images.get(0).get(0).fill_(1.0);
         let _ = images.get(1).get(1).fill_(1.0);
         image_grid(&path, &images, None, 2).unwrap();
         let png = image::open(&path).unwrap().to_rgb8();
-        assert_eq!(png.dimensions(), (2 * (8 + GAP) + GAP, 8 + 2 * GAP));
+        assert_eq!(png.dimensions(), (2 * (64 + GAP) + GAP, 64 + 2 * GAP));
         assert_eq!(png.get_pixel(GAP + 1, GAP + 1).0, [255, 0, 0]);
-        assert_eq!(png.get_pixel(GAP + 8 + GAP + 1, GAP + 1).0, [0, 255, 0]);
+        assert_eq!(png.get_pixel(GAP + 64 + GAP + 1, GAP + 1).0, [0, 255, 0]);
+        // Grey 8x8 images are drawn grey and enlarged 8 times: a white pixel is an 8x8 block.
+        let grey = Tensor::zeros([1, 1, 8, 8], (Kind::Float, Device::Cpu));
+        let _ = grey.get(0).get(0).get(1).get(2).fill_(1.0);
+        image_grid(&path, &grey, None, 1).unwrap();
+        let png = image::open(&path).unwrap().to_rgb8();
+        assert_eq!(png.dimensions(), (64 + 2 * GAP, 64 + 2 * GAP));
+        assert_eq!(png.get_pixel(GAP + 2 * 8 + 7, GAP + 8).0, [255, 255, 255]);
+        assert_eq!(png.get_pixel(GAP + 2 * 8 - 1, GAP + 8).0, [0, 0, 0]);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -22,6 +22,10 @@ pub struct RunConfig {
     pub model_args: toml::Table,
     /// Arguments of the reward.
     pub reward_args: toml::Table,
+    /// Arguments of a second instance of the reward that only scores the samples drawn before
+    /// and after training, for `summary.json` (`evaluation`); empty: none. For example
+    /// `{digit = 3, form = "hit"}` reports the share of samples `images/digit` classifies as 3.
+    pub eval_reward_args: toml::Table,
     /// Value Matching iterations.
     pub iterations: usize,
     /// Trajectories per iteration.
@@ -61,7 +65,7 @@ pub struct RunConfig {
     /// data, 256 for images).
     pub train_chunk: usize,
     /// Samples drawn before and after training for the figures (0: 10000 for flat data,
-    /// 16 for images).
+    /// 16 for images, 256 for images of 16 pixels a side or less).
     pub eval_samples: usize,
     /// Iterations between checkpoints (one is also written at the end and on Ctrl-C).
     pub checkpoint_every: usize,
@@ -69,7 +73,7 @@ pub struct RunConfig {
     pub seed: u64,
     /// `cpu`, `cuda` or `cuda:N`.
     pub device: String,
-    /// libtorch intra-op threads (0: one for small batches of flat data on the CPU, where more
+    /// libtorch intra-op threads (0: one for small batches on the CPU, where more
     /// only wait on each other, and libtorch's default otherwise).
     pub threads: usize,
     /// Directories plugins may look for weights in.
@@ -92,6 +96,7 @@ impl Default for RunConfig {
             reward: "1d/binary".into(),
             model_args: toml::Table::new(),
             reward_args: toml::Table::new(),
+            eval_reward_args: toml::Table::new(),
             iterations: 300,
             batch_size: 128,
             steps: 100,
@@ -167,6 +172,14 @@ impl RunConfig {
     /// The model's arguments as the JSON document plugins read.
     pub fn model_args_json(&self) -> Result<String> {
         Ok(serde_json::to_string(&self.model_args)?)
+    }
+
+    /// The evaluation reward's arguments as the JSON document plugins read, if there is one.
+    pub fn eval_reward_args_json(&self) -> Result<Option<String>> {
+        if self.eval_reward_args.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(serde_json::to_string(&self.eval_reward_args)?))
     }
 
     /// The reward's arguments as the JSON document plugins read.

@@ -10,6 +10,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod dir;
+pub mod evaluation;
 #[cfg(feature = "figures")]
 mod figures;
 pub mod metrics;
@@ -105,6 +106,8 @@ pub struct Run {
     drawn: [bool; 2],
     /// The ranks sharing the run ([`distributed::Solo`] in a single process).
     team: TeamRef,
+    /// The evaluation reward (`eval_reward_args`), if any; rank 0 alone scores with it.
+    evaluation: Option<evaluation::Evaluation>,
     started: Instant,
     /// Seconds of each iteration of this session.
     session_seconds: Vec<f64>,
@@ -200,11 +203,20 @@ fn trainer_settings(config: &RunConfig, device: Device) -> VmSettings {
     }
 }
 
-/// Samples for the figures when the configuration leaves it to the data: 16 images, or
+/// Samples for the figures when the configuration leaves it to the data: 16 images (256 of
+/// small images, 16 pixels a side or less, which are cheap and shown 64 to a grid), or
 /// 10,000 points of flat data.
 fn default_eval_samples(example: &crate::state::State) -> usize {
     if samples::is_image(example) {
-        16
+        let small = example
+            .floating()
+            .next()
+            .is_some_and(|x| x.size()[2].max(x.size()[3]) <= 16);
+        if small {
+            256
+        } else {
+            16
+        }
     } else {
         10_000
     }
@@ -231,6 +243,13 @@ impl Run {
         ranks::check_agreement(team.as_ref(), registry, &config)?;
         let opened = team.agree(Self::construct(registry, &config, team.as_ref()));
         let (device, model, reward, example, network) = opened?;
+        let evaluation = team.agree(if team.is_root() {
+            construct_context(device, &config.weights).and_then(|ctx| {
+                evaluation::Evaluation::open(registry, &config, &ctx, &dir.samples_dir())
+            })
+        } else {
+            Ok(None)
+        })?;
         let value_description = network.describe();
         let eval_samples = match config.eval_samples {
             0 => default_eval_samples(&example),
@@ -293,6 +312,7 @@ impl Run {
             after,
             drawn,
             team,
+            evaluation,
             started,
             session_seconds: Vec::new(),
             exchange_seconds: 0.0,
@@ -574,18 +594,23 @@ impl Run {
         self.team.agree(result)
     }
 
-    /// Gathers the ranks' shares of evaluation samples on rank 0, which writes them; returns
-    /// what the figures and summary need of them there (`None` on the other ranks).
-    fn save_samples(&self, name: &str, trajectory: Trajectory) -> Result<Option<EvalSamples>> {
+    /// Gathers the ranks' shares of evaluation samples on rank 0, which writes them and scores
+    /// them with the evaluation reward, if the run has one; returns what the figures and
+    /// summary need of them there (`None` on the other ranks).
+    fn save_samples(&mut self, name: &str, trajectory: Trajectory) -> Result<Option<EvalSamples>> {
         let saved = ranks::gather_samples(self.team.as_ref(), trajectory).and_then(|gathered| {
             gathered
                 .map(|trajectory| {
-                    samples::save(
+                    let saved = samples::save(
                         &self.dir.samples_dir(),
                         name,
                         &trajectory,
                         Some(&self.dir.figure(name)),
-                    )
+                    )?;
+                    if let Some(evaluation) = &mut self.evaluation {
+                        evaluation.score(name, &trajectory, self.device)?;
+                    }
+                    Ok(saved)
                 })
                 .transpose()
         });
@@ -626,6 +651,7 @@ impl Run {
                 self.after.as_ref(),
                 self.config.reward_scale,
             ),
+            evaluation: self.evaluation.as_ref().map(|e| e.summary()),
             final_loss: self.history.last().map(|r| r.loss),
             seconds_per_iteration: (!self.session_seconds.is_empty()).then(|| {
                 self.session_seconds.iter().sum::<f64>() / self.session_seconds.len() as f64

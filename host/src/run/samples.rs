@@ -12,10 +12,10 @@ use crate::reward::RewardStats;
 use crate::sde::Trajectory;
 use crate::state::State;
 
-/// Whether samples are RGB images `[n, 3, H, W]`.
+/// Whether samples are RGB or grey images `[n, 3, H, W]`, `[n, 1, H, W]`.
 pub fn is_image(state: &State) -> bool {
     let floating: Vec<&Tensor> = state.floating().collect();
-    floating.len() == 1 && floating[0].dim() == 4 && floating[0].size()[1] == 3
+    floating.len() == 1 && floating[0].dim() == 4 && matches!(floating[0].size()[1], 1 | 3)
 }
 
 /// The prompts of the samples, if their keyword arguments carry any.
@@ -25,8 +25,12 @@ pub fn prompts_of(trajectory: &Trajectory) -> Option<Vec<String>> {
         .find_map(|name| trajectory.kwargs.strings(name).map(|s| s.to_vec()))
 }
 
-/// Images shown in a grid.
+/// Images shown in a grid (and its columns); small images (16 pixels a side or less) show
+/// [`SMALL_GRID_IMAGES`].
 pub const GRID_IMAGES: i64 = 16;
+
+/// Images shown in a grid of small images, 8 columns.
+pub const SMALL_GRID_IMAGES: i64 = 64;
 
 /// Writes `dir/NAME.safetensors` (and prompts), plus `figure` as an image grid when the samples
 /// are images; returns what the figures and the summary need of them.
@@ -74,9 +78,16 @@ pub fn save(
             .floating()
             .next()
             .expect("is_image checked");
-        let shown = images.narrow(0, 0, images.size()[0].min(GRID_IMAGES));
+        let size = images.size();
+        let small = size[2].max(size[3]) <= 16 && prompts.is_none();
+        let (count, columns) = if small {
+            (SMALL_GRID_IMAGES, 8)
+        } else {
+            (GRID_IMAGES, 4)
+        };
+        let shown = images.narrow(0, 0, size[0].min(count));
         let captions = prompts.map(|p| p[..shown.size()[0] as usize].to_vec());
-        crate::report::grid::image_grid(figure, &shown, captions.as_deref(), 4)?;
+        crate::report::grid::image_grid(figure, &shown, captions.as_deref(), columns)?;
     }
     #[cfg(not(feature = "figures"))]
     let _ = (figure, prompts);

@@ -53,6 +53,8 @@ pub struct Summary {
     pub after: Option<RewardStats>,
     /// The optimum estimated from the base samples, and the distances to it.
     pub optimum: Option<OptimumStats>,
+    /// The evaluation reward's statistics before and after (`eval_reward_args`), if any.
+    pub evaluation: Option<super::evaluation::EvaluationSummary>,
     /// Loss of the last iteration.
     pub final_loss: Option<f64>,
     /// Mean seconds per iteration in this session.

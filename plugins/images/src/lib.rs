@@ -18,14 +18,18 @@ pub mod weights;
 flowgym_plugin_api::export_plugin!(libtorch);
 pub mod aesthetic;
 pub mod cifar;
+pub mod ddpm;
+pub mod digit;
+pub mod digits;
 pub mod fetch;
 pub mod hub;
 pub mod preprocess;
 pub mod sd;
 pub mod sources;
+pub mod train;
 
 flowgym_plugin_api::register_data_type! {
     name: "images",
     version: "1.0.0",
-    description: "Images: leaf `x`, [n, 3, H, W] float32 in [0, 1] after postprocess (latents before)",
+    description: "Images: leaf `x`, [n, C, H, W] float32 in [0, 1] after postprocess (latents before); C is 3 (RGB) or 1 (grey)",
 }

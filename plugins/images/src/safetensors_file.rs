@@ -93,6 +93,20 @@ pub fn read(path: &Path) -> Result<Vec<(String, Tensor)>, String> {
     }
     let mut file = File::open(path).map_err(|e| e.to_string())?;
     let file_len = file.metadata().map_err(|e| e.to_string())?.len();
+    read_from(&mut file, file_len)
+}
+
+/// Every tensor of safetensors data held in memory (weights compiled into the plugin), on the
+/// CPU.
+pub fn read_bytes(bytes: &[u8]) -> Result<Vec<(String, Tensor)>, String> {
+    if cfg!(target_endian = "big") {
+        return Err("safetensors data in memory is read on little-endian machines only".into());
+    }
+    read_from(&mut std::io::Cursor::new(bytes), bytes.len() as u64)
+}
+
+/// Every tensor of the safetensors data `file` (`file_len` bytes) holds.
+fn read_from<R: Read + Seek>(file: &mut R, file_len: u64) -> Result<Vec<(String, Tensor)>, String> {
     let mut len = [0u8; 8];
     file.read_exact(&mut len)
         .map_err(|_| "not a safetensors file (shorter than its header length)".to_string())?;

@@ -80,6 +80,8 @@ struct State {
     shape_mismatches: Vec<(String, Vec<i64>, Vec<i64>)>,
     kind: Kind,
     device: Device,
+    /// Create missing tensors with PyTorch's default initialisation (for training from scratch).
+    initialise: bool,
 }
 
 /// The tensors of a set of weight files, handed out by name.
@@ -127,8 +129,29 @@ impl Weights {
                 shape_mismatches: Vec::new(),
                 kind,
                 device,
+                initialise: false,
             })),
         }
+    }
+
+    /// Fresh parameters for training from scratch: every tensor a module asks for is created
+    /// with PyTorch's default initialisation (convolution and linear weights uniform in
+    /// `+-1/sqrt(fan_in)`, biases zero, norm scales one), as a leaf that requires gradients,
+    /// drawn from libtorch's global generator (seed it first for reproducible weights).
+    pub fn initialising(kind: Kind, device: Device) -> Self {
+        let weights = Self::from_tensors("fresh initialisation", BTreeMap::new(), kind, device);
+        weights.state.borrow_mut().initialise = true;
+        weights
+    }
+
+    /// Every tensor held, by name (after [`Weights::initialising`]: the parameters to train).
+    pub fn tensors(&self) -> Vec<(String, Tensor)> {
+        self.state
+            .borrow()
+            .tensors
+            .iter()
+            .map(|(name, t)| (name.clone(), t.shallow_clone()))
+            .collect()
     }
 
     /// The root of the names (no prefix).
@@ -233,6 +256,12 @@ impl WeightPath {
                 state.shape_mismatches.push((full, size, shape.to_vec()));
                 Tensor::zeros(shape, (kind, device))
             }
+            None if state.initialise => {
+                let tensor = initial_value(name, shape, kind, device).set_requires_grad(true);
+                state.used.insert(full.clone());
+                state.tensors.insert(full, tensor.shallow_clone());
+                tensor
+            }
             None => {
                 state.missing.push(full);
                 Tensor::zeros(shape, (kind, device))
@@ -248,6 +277,21 @@ impl WeightPath {
     /// The device weights are moved to.
     pub fn device(&self) -> Device {
         self.weights.state.borrow().device
+    }
+}
+
+/// PyTorch's default initial value of parameter `name` with `shape`: weights of two or more
+/// dimensions uniform in `+-1/sqrt(fan_in)` (`kaiming_uniform_(a=sqrt(5))`), other weights
+/// (norm scales) one, biases zero.
+fn initial_value(name: &str, shape: &[i64], kind: Kind, device: Device) -> Tensor {
+    if shape.len() >= 2 {
+        let fan_in: i64 = shape[1..].iter().product();
+        let bound = 1.0 / (fan_in.max(1) as f64).sqrt();
+        Tensor::empty(shape, (kind, device)).uniform_(-bound, bound)
+    } else if name == "weight" {
+        Tensor::ones(shape, (kind, device))
+    } else {
+        Tensor::zeros(shape, (kind, device))
     }
 }
 

@@ -20,7 +20,8 @@ use flowgym_host::sde::{
     never_stop, sample, Diffusion, Interpolant, SampleRequest, SamplerOptions, TimeGrid,
 };
 use flowgym_host::state::State;
-use flowgym_images::cifar::{CifarArgs, CifarFiles, CifarModel};
+use flowgym_images::cifar::{self, CifarArgs};
+use flowgym_images::ddpm::DdpmModel;
 use flowgym_images::fetch::HubSettings;
 use flowgym_images::hub::{HubCache, LoadError};
 use flowgym_images::models::scheduler::SchedulerConfig;
@@ -38,25 +39,34 @@ fn args(weights: &str) -> CifarArgs {
     }
 }
 
+/// `images/cifar` without clipping: the raw UNet output, as the fixtures recorded it (the
+/// fixture's scheduler config, google/ddpm-cifar10-32's, sets `clip_sample`).
+fn unclipped() -> CifarArgs {
+    CifarArgs {
+        clip_sample: "false".to_string(),
+        ..CifarArgs::default()
+    }
+}
+
 fn tiny_dir() -> PathBuf {
     fixture("cifar-tiny")
 }
 
-fn load(dir: &std::path::Path) -> Result<CifarModel, LoadError> {
-    let files = CifarFiles::locate(
+fn load(dir: &std::path::Path) -> Result<DdpmModel, LoadError> {
+    let files = cifar::locate(
         &args(dir.to_str().unwrap()),
         &[],
         &HubSettings::offline(HubCache::at("/nonexistent")),
     )?;
-    CifarModel::load(&files, Device::Cpu)
+    cifar::load(&files, &unclipped(), Device::Cpu)
 }
 
-fn tiny() -> CifarModel {
+fn tiny() -> DdpmModel {
     load(&tiny_dir()).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// The forward error of `model` on `cifar_forward.safetensors`.
-fn forward_error(model: &CifarModel) -> f64 {
+fn forward_error(model: &DdpmModel) -> f64 {
     let io = read_tensors(&fixture("io/cifar_forward.safetensors"));
     let eps = model.predict(get(&io, "x"), get(&io, "timesteps")).unwrap();
     max_abs_diff(&eps, get(&io, "eps"))
@@ -65,7 +75,7 @@ fn forward_error(model: &CifarModel) -> f64 {
 /// The largest forward error rounding explains (see [`rounding_tolerance`]): the UNet's longest
 /// chain of sums on the fixture's 32 x 32 samples, at the magnitude of the reference's noise
 /// predictions.
-fn forward_tolerance(model: &CifarModel) -> f64 {
+fn forward_tolerance(model: &DdpmModel) -> f64 {
     let io = read_tensors(&fixture("io/cifar_forward.safetensors"));
     let c = model.unet().config();
     let groups = c.norm_num_groups.unwrap();
@@ -157,10 +167,9 @@ fn pipeline_layout_and_hub_cache_load() {
     std::fs::create_dir_all(repo.join("snapshots/older")).unwrap();
     std::fs::create_dir_all(repo.join("refs")).unwrap();
     std::fs::write(repo.join("refs/main"), "0123abc").unwrap();
-    let files =
-        CifarFiles::locate(&args(""), &[], &HubSettings::offline(HubCache::at(&hub))).unwrap();
+    let files = cifar::locate(&args(""), &[], &HubSettings::offline(HubCache::at(&hub))).unwrap();
     assert_eq!(files.unet.dir, repo.join("snapshots/0123abc"));
-    let model = CifarModel::load(&files, Device::Cpu).unwrap();
+    let model = cifar::load(&files, &unclipped(), Device::Cpu).unwrap();
     let error = forward_error(&model);
     assert!(
         error < forward_tolerance(&model),
@@ -170,7 +179,7 @@ fn pipeline_layout_and_hub_cache_load() {
     // A host weight directory holding `ddpm-cifar10-32/` is searched before the cache.
     let weights_dir = tmp.path().join("weights");
     copy_dir(&tiny_dir(), &weights_dir.join("ddpm-cifar10-32"));
-    let files = CifarFiles::locate(
+    let files = cifar::locate(
         &args(""),
         std::slice::from_ref(&weights_dir),
         &HubSettings::offline(HubCache::at(&hub)),
@@ -254,7 +263,7 @@ fn weight_mismatches_are_all_listed() {
 fn missing_weights_say_where_and_how() {
     let tmp = TempDir::new("cifar-missing");
     let folder = tmp.path().join("no-such-folder");
-    let err = CifarFiles::locate(
+    let err = cifar::locate(
         &args(folder.to_str().unwrap()),
         &[],
         &HubSettings::offline(HubCache::at("/x")),
@@ -281,7 +290,7 @@ fn missing_weights_say_where_and_how() {
     // No argument: the host's weight directories, then the cache, are all listed.
     let hub = tmp.path().join("hub");
     let dirs = [tmp.path().join("weights")];
-    let err = CifarFiles::locate(&args(""), &dirs, &HubSettings::offline(HubCache::at(&hub)))
+    let err = cifar::locate(&args(""), &dirs, &HubSettings::offline(HubCache::at(&hub)))
         .unwrap_err()
         .to_string();
     for place in [
@@ -300,7 +309,7 @@ fn missing_weights_say_where_and_how() {
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::copy(tiny_dir().join("config.json"), dir.join("config.json")).unwrap();
     let offline = HubSettings::offline(HubCache::at("/x"));
-    let err = CifarFiles::locate(&args(dir.to_str().unwrap()), &[], &offline)
+    let err = cifar::locate(&args(dir.to_str().unwrap()), &[], &offline)
         .unwrap_err()
         .to_string();
     assert!(
@@ -319,8 +328,8 @@ fn missing_weights_say_where_and_how() {
     .unwrap();
     let bin = dir.join("diffusion_pytorch_model.bin");
     std::fs::write(&bin, b"").unwrap();
-    let files = CifarFiles::locate(&args(dir.to_str().unwrap()), &[], &offline).unwrap();
-    let err = CifarModel::load(&files, Device::Cpu)
+    let files = cifar::locate(&args(dir.to_str().unwrap()), &[], &offline).unwrap();
+    let err = cifar::load(&files, &unclipped(), Device::Cpu)
         .unwrap_err()
         .to_string();
     assert!(
@@ -365,7 +374,8 @@ fn construct_tiny() -> Box<dyn BaseModel> {
     let Constructor::BaseModel(construct) = registration().constructor else {
         panic!("images/cifar is not a base model");
     };
-    let json = serde_json::json!({ "weights": tiny_dir() }).to_string();
+    // The reference path is the unclipped SDE of docs/mathematics.md.
+    let json = serde_json::json!({ "weights": tiny_dir(), "clip_sample": "false" }).to_string();
     construct(&json, &ConstructContext::cpu()).unwrap_or_else(|e| panic!("{e}"))
 }
 
@@ -508,7 +518,7 @@ fn entry_runs_through_the_plugin_contract() {
     assert_eq!(meta.leaves.len(), 1);
     assert_eq!(meta.leaves[0].name.as_str(), "x");
     let names: Vec<String> = meta.arguments.iter().map(|a| a.name.to_string()).collect();
-    assert_eq!(names, ["weights", "repo_id"]);
+    assert_eq!(names, ["weights", "repo_id", "clip_sample"]);
     assert_eq!(
         CifarArgs::from_json("").unwrap().repo_id,
         "google/ddpm-cifar10-32"

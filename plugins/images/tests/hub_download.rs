@@ -13,7 +13,8 @@ mod hub_server;
 use std::path::{Path, PathBuf};
 
 use common::{fixture, TempDir};
-use flowgym_images::cifar::{CifarArgs, CifarFiles, CifarModel};
+use flowgym_images::cifar::{self, CifarArgs};
+use flowgym_images::ddpm::DdpmFiles;
 use flowgym_images::fetch::HubSettings;
 use flowgym_images::hub::HubCache;
 use hub_server::{sha256, TinyHub, COMMIT};
@@ -44,16 +45,25 @@ fn args(repos: &str) -> CifarArgs {
     CifarArgs {
         weights: String::new(),
         repo_id: repos.to_string(),
+        ..CifarArgs::default()
     }
 }
 
-fn locate(repos: &str, settings: &HubSettings) -> Result<CifarFiles, String> {
-    CifarFiles::locate(&args(repos), &[], settings).map_err(|e| e.to_string())
+/// `images/cifar` without clipping: the raw UNet output, as the fixture recorded it.
+fn unclipped() -> CifarArgs {
+    CifarArgs {
+        clip_sample: "false".to_string(),
+        ..CifarArgs::default()
+    }
+}
+
+fn locate(repos: &str, settings: &HubSettings) -> Result<DdpmFiles, String> {
+    cifar::locate(&args(repos), &[], settings).map_err(|e| e.to_string())
 }
 
 /// The noise prediction of `files` on a fixed input.
-fn predict(files: &CifarFiles) -> Tensor {
-    let model = CifarModel::load(files, Device::Cpu).unwrap_or_else(|e| panic!("{e}"));
+fn predict(files: &DdpmFiles) -> Tensor {
+    let model = cifar::load(files, &unclipped(), Device::Cpu).unwrap_or_else(|e| panic!("{e}"));
     // Not from the global generator, which the tests running in parallel share.
     let x = Tensor::arange(2 * 3 * 32 * 32, (Kind::Float, Device::Cpu))
         .reshape([2, 3, 32, 32])
@@ -65,7 +75,7 @@ fn predict(files: &CifarFiles) -> Tensor {
 /// What the fixture folder itself computes.
 fn reference() -> Tensor {
     let folder = fixture("cifar-tiny");
-    let files = CifarFiles::in_root(&folder, &mut Default::default()).unwrap();
+    let files = DdpmFiles::in_root(&folder, &mut Default::default()).unwrap();
     predict(&files)
 }
 

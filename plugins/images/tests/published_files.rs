@@ -8,7 +8,7 @@ mod common;
 use std::path::Path;
 
 use common::{fixture, TempDir};
-use flowgym_images::cifar::{CifarArgs, CifarFiles, CifarModel};
+use flowgym_images::cifar::{self, CifarArgs};
 use flowgym_images::fetch::HubSettings;
 use flowgym_images::hub::{read_config, HubCache};
 use flowgym_images::models::scheduler::SchedulerConfig;
@@ -183,8 +183,8 @@ fn a_ddpm_checkpoint_with_only_a_bin_file_loads() {
             ..CifarArgs::default()
         };
         let hub = HubSettings::offline(HubCache::at("/nonexistent"));
-        let files = CifarFiles::locate(&args, &[], &hub).unwrap_or_else(|e| panic!("{e}"));
-        let model = CifarModel::load(&files, Device::Cpu).unwrap_or_else(|e| panic!("{e}"));
+        let files = cifar::locate(&args, &[], &hub).unwrap_or_else(|e| panic!("{e}"));
+        let model = cifar::load(&files, &args, Device::Cpu).unwrap_or_else(|e| panic!("{e}"));
         let x = Tensor::arange(3 * 32 * 32, (Kind::Float, Device::Cpu))
             .reshape([1, 3, 32, 32])
             .cos();

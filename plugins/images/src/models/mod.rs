@@ -3,6 +3,7 @@ pub mod aesthetic;
 pub mod attention;
 pub mod clip;
 pub mod clip_tokenizer;
+pub mod digit_classifier;
 pub mod embeddings;
 pub mod nullable;
 pub mod resnet;

@@ -59,6 +59,15 @@ pub struct SchedulerConfig {
     pub rescale_betas_zero_snr: bool,
     /// What the model predicts: `epsilon`, `sample` or `v_prediction`.
     pub prediction_type: String,
+    /// Clip the predicted clean sample to `[-clip_sample_range, clip_sample_range]` at every
+    /// step (diffusers' DDPM and DDIM schedulers; their default is `true`).
+    #[serde(deserialize_with = "crate::models::nullable::bool")]
+    pub clip_sample: bool,
+    /// The bound of `clip_sample`.
+    pub clip_sample_range: f64,
+    /// Dynamic thresholding (Imagen); not supported by the DDPM entries.
+    #[serde(deserialize_with = "crate::models::nullable::bool")]
+    pub thresholding: bool,
 }
 
 impl Default for SchedulerConfig {
@@ -72,6 +81,9 @@ impl Default for SchedulerConfig {
             trained_betas: None,
             rescale_betas_zero_snr: false,
             prediction_type: "epsilon".to_string(),
+            clip_sample: true,
+            clip_sample_range: 1.0,
+            thresholding: false,
         }
     }
 }

@@ -1,7 +1,7 @@
 //! diffusers' `UNet2DModel`: the unconditional UNet of the DDPM checkpoints
 //! (`google/ddpm-cifar10-32` and relatives).
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
 use crate::models::embeddings::{TimestepEmbedding, Timesteps};
@@ -15,7 +15,7 @@ use crate::nn::{Conv2d, GroupNorm};
 use crate::weights::WeightPath;
 
 /// `sample_size` of a config: one side, or `[height, width]`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(untagged)]
 pub enum SampleSize {
     /// A square sample.
@@ -26,7 +26,7 @@ pub enum SampleSize {
 
 /// The published `config.json` of a `UNet2DModel`, with diffusers' defaults for absent keys.
 /// Other keys (`_class_name`, `_diffusers_version`, ...) are ignored.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default)]
 pub struct UNet2DConfig {
     /// Height and width of the samples it was trained on.
