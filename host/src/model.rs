@@ -5,7 +5,10 @@ use anyhow::{anyhow, bail, Result};
 use flowgym_plugin_api::{BaseModelBox, ManagedTensor, OutputType};
 use tch::{Kind, Tensor};
 
+use std::sync::Arc;
+
 use crate::kwargs::HostKwargs;
+use crate::layout::CustomLayout;
 use crate::sde::Interpolant;
 use crate::state::State;
 
@@ -19,6 +22,8 @@ pub struct Model {
     pub output_type: OutputType,
     /// Its interpolant `x_t = alpha(t) x_1 + beta(t) x_0`.
     pub interpolant: Interpolant,
+    /// The data type's layout when its plugin lays out batches itself; `None` for plain data.
+    pub layout: Option<Arc<CustomLayout>>,
     inner: BaseModelBox,
 }
 
@@ -33,6 +38,7 @@ impl Model {
             data_type: data_type.to_string(),
             output_type,
             interpolant,
+            layout: None,
             inner,
         })
     }
@@ -49,7 +55,7 @@ impl Model {
             .sample_p0(n as u64, seed, flowgym_plugin_api::Kwargs::new())
             .into_result()
             .map_err(|e| anyhow!("{what}: {e}"))?;
-        let state = State::from_batch(out.0).map_err(|e| anyhow!("{what}: {e}"))?;
+        let state = State::import(out.0, self.layout.as_ref(), &what)?;
         if state.data_type != self.data_type {
             bail!(
                 "{what} returned data type `{}`, but the entry declares `{}`",
@@ -95,7 +101,14 @@ impl Model {
             .forward(x.to_batch()?, t, kwargs.to_plugin()?)
             .into_result()
             .map_err(|e| anyhow!("{what}: {e}"))?;
-        let out = State::from_batch(out).map_err(|e| anyhow!("{what}: {e}"))?;
+        let out = match x.layout() {
+            // Checked leaf by leaf against `x`, which the layout has checked.
+            Some(_) => State::new(
+                out.data_type.to_string(),
+                out.into_tch().map_err(|e| anyhow!("{what}: {e}"))?,
+            ),
+            None => State::from_batch(out).map_err(|e| anyhow!("{what}: {e}"))?,
+        };
         x.with_floating_from(out, &what)
     }
 
@@ -110,7 +123,7 @@ impl Model {
         match out.into_option() {
             None => Ok(x.shallow_clone()),
             Some(batch) => {
-                let sample = State::from_batch(batch).map_err(|e| anyhow!("{what}: {e}"))?;
+                let sample = State::import(batch, self.layout.as_ref(), &what)?;
                 if sample.len() != x.len() {
                     bail!("{what} returned {} samples for {}", sample.len(), x.len());
                 }

@@ -265,6 +265,35 @@ pub struct DataTypeMeta {
     pub description: RString,
     /// Who implements the batch operations.
     pub layout: DataLayout,
+    /// For a custom layout whose samples are sets of elements (points, atoms): which leaves
+    /// run over the elements of all samples and which leaf says whose each element is. The
+    /// host builds its set value network from it; without it a custom layout cannot be
+    /// trained with the built-in value networks.
+    pub set: ROption<SetLeaves>,
+}
+
+/// The leaves of a set-valued custom layout that the host's set value network reads.
+///
+/// Every leaf in `elements` has the elements of all samples on dimension 0 (`[m, ...]`, `m`
+/// the total number of elements); `sample_index` names an int64 leaf `[m]` holding the sample
+/// (`0..n`) each element belongs to, in non-decreasing order.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, PartialEq, Eq)]
+pub struct SetLeaves {
+    /// Per-element leaves (`"positions"`).
+    pub elements: RVec<RString>,
+    /// The int64 leaf `[m]` that maps each element to its sample.
+    pub sample_index: RString,
+}
+
+impl SetLeaves {
+    /// Per-element leaves `elements`, with the sample of each element in `sample_index`.
+    pub fn new<'a>(elements: impl IntoIterator<Item = &'a str>, sample_index: &str) -> Self {
+        Self {
+            elements: elements.into_iter().map(RString::from).collect(),
+            sample_index: sample_index.into(),
+        }
+    }
 }
 
 /// Whether a per-sample aggregate sums or averages.

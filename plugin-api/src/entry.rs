@@ -201,7 +201,20 @@ macro_rules! register_reward {
 }
 
 /// Registers a data type. Plain data (batch on dimension 0 of every leaf) needs only its name,
-/// version and description; a custom layout also gives a constructor of its [`DataType`] ops.
+/// version and description; a custom layout also gives a constructor of its [`DataType`] ops,
+/// and, when its samples are sets of elements, the per-element leaves and the sample-index
+/// leaf ([`crate::SetLeaves`]) that the host's set value network reads:
+///
+/// ```ignore
+/// flowgym_plugin_api::register_data_type! {
+///     name: "points", version: "1.0.0",
+///     description: "Sets of points in the plane",
+///     ops: Points,
+///     elements: ["x"], sample_index: "sample",
+/// }
+/// ```
+///
+/// Plain data:
 ///
 /// ```ignore
 /// flowgym_plugin_api::register_data_type! {
@@ -215,7 +228,8 @@ macro_rules! register_data_type {
         name: $name:expr,
         version: $version:expr,
         description: $description:expr
-        $(, ops: $ops:expr)? $(,)?
+        $(, ops: $ops:expr)?
+        $(, elements: [$($element:expr),* $(,)?], sample_index: $sample_index:expr)? $(,)?
     ) => {
         const _: () = {
             #[allow(unused_assignments)]
@@ -230,6 +244,16 @@ macro_rules! register_data_type {
                     id: $crate::DataTypeRef::new($name, $version),
                     description: $description.into(),
                     layout,
+                    set: {
+                        #[allow(unused_mut)]
+                        let mut set = $crate::abi_stable::std_types::ROption::RNone;
+                        $(
+                            set = $crate::abi_stable::std_types::ROption::RSome(
+                                $crate::SetLeaves::new([$($element),*], $sample_index),
+                            );
+                        )?
+                        set
+                    },
                 }
             }
             #[allow(unused_mut, unused_assignments)]

@@ -224,7 +224,7 @@ fn sample_chunk(
         let next = if k + 1 == options.steps {
             endpoint_step(model, options, t, &x, &f, &mut log)
         } else {
-            euler_maruyama_step(model, options, request, (t, dt), &x, &f, &mut log)
+            euler_maruyama_step(model, options, request, (t, dt), &x, &f, &mut log)?
         };
         if request.record {
             log.states.push(x);
@@ -283,7 +283,7 @@ fn euler_maruyama_step(
     x: &State,
     f: &State,
     log: &mut StepLog,
-) -> State {
+) -> Result<State> {
     let c = sde_coefficients(&model.interpolant, options.diffusion, model.output_type, t);
     log.diffusion.push(c.s);
     let mut drift = x.zip_floating(f, |x, f| x * c.drift.a + f * c.drift.b);
@@ -293,7 +293,7 @@ fn euler_maruyama_step(
     match &control {
         Some(u) => {
             log.control_ok.push(u.all_finite());
-            log.costs.push(u.per_sample_sum(|u| u.square() * 0.5));
+            log.costs.push(u.per_sample_sum(|u| u.square() * 0.5)?);
             drift = drift.zip_floating(u, |d, u| d + u * c.s);
         }
         None => log.costs.push(log.zeros.shallow_clone()),
@@ -303,12 +303,12 @@ fn euler_maruyama_step(
         (Some(u), true) => {
             let products = u.zip_floating(&noise, |u, e| u * e);
             log.martingale
-                .push(products.per_sample_sum(Tensor::shallow_clone) * dt.sqrt());
+                .push(products.per_sample_sum(Tensor::shallow_clone)? * dt.sqrt());
         }
         _ => log.martingale.push(log.zeros.shallow_clone()),
     }
-    x.zip_floating(&drift, |x, d| x + d * dt)
-        .zip_floating(&noise, |y, e| y + e * (dt.sqrt() * c.s))
+    Ok(x.zip_floating(&drift, |x, d| x + d * dt)
+        .zip_floating(&noise, |y, e| y + e * (dt.sqrt() * c.s)))
 }
 
 /// Refuses a constant diffusion level that the Euler-Maruyama steps cannot follow. With a

@@ -250,10 +250,33 @@ impl ValueMatching {
             c => c,
         };
         let parts = self.settings.fit_steps.clamp(1, total.max(1));
-        let order = if parts > 1 {
+        let mut order = if parts > 1 {
             Tensor::randperm(total as i64, (Kind::Int64, device))
         } else {
             Tensor::arange(total as i64, (Kind::Int64, device))
+        };
+        // A custom layout reorders its points once, through its plugin, so that every share
+        // is one contiguous slice.
+        let shuffled;
+        let (states, times, targets, weights, mask) = if states.layout().is_some() && parts > 1 {
+            let pick = |t: &Tensor| t.index_select(0, &order);
+            shuffled = (
+                states.index_select(&order)?,
+                pick(times),
+                pick(targets),
+                pick(weights),
+                pick(mask),
+            );
+            order = Tensor::arange(total as i64, (Kind::Int64, device));
+            (
+                &shuffled.0,
+                &shuffled.1,
+                &shuffled.2,
+                &shuffled.3,
+                &shuffled.4,
+            )
+        } else {
+            (states, times, targets, weights, mask)
         };
         self.adam.lr =
             self.settings
@@ -425,7 +448,7 @@ impl ValueMatching {
             let pick = |t: &Tensor| t.index_select(0, &rows);
             let prediction = self
                 .value
-                .forward(&batch.states.index_select(&rows), &pick(batch.times));
+                .forward(&batch.states.index_select(&rows)?, &pick(batch.times));
             let per_point =
                 self.settings
                     .value_loss
