@@ -84,7 +84,7 @@ pub fn open_isolated_reward(
 /// The batch operations of data type `data_type` when its plugin lays out batches itself
 /// (`None` for plain data, with every leaf's batch on dimension 0).
 pub fn custom_layout(registry: &Registry, data_type: &str) -> Result<Option<Arc<CustomLayout>>> {
-    let Some((plugin, meta)) = registry.data_type(data_type) else {
+    let Some((plugin, meta)) = registry.declared_data_type(data_type)? else {
         return Ok(None);
     };
     if meta.layout != DataLayout::Custom {

@@ -296,6 +296,40 @@ impl SetLeaves {
     }
 }
 
+/// A plain data type's declaration, as [`standard`] holds them for the data types many plugins
+/// share: every plugin that uses one registers it with
+/// `register_data_type! { standard: flowgym_plugin_api::standard::IMAGES }`, so that all
+/// declarations of it are identical (the host refuses two files that declare one name
+/// differently).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Declaration {
+    /// Name.
+    pub name: &'static str,
+    /// Version.
+    pub version: &'static str,
+    /// One line for `flowgym-host list`.
+    pub description: &'static str,
+}
+
+/// The standard data types: declared here once, registered by every plugin that uses them.
+pub mod standard {
+    use super::Declaration;
+
+    /// `1d` 1.0.0: points on the real line.
+    pub const ONE_D: Declaration = Declaration {
+        name: "1d",
+        version: "1.0.0",
+        description: "Points on the real line: one leaf `x`, [n, 1] float32",
+    };
+
+    /// `images` 1.0.0: RGB images (a model's latents before its postprocess).
+    pub const IMAGES: Declaration = Declaration {
+        name: "images",
+        version: "1.0.0",
+        description: "RGB images: leaf `x`, [n, 3, H, W] float32 in [0, 1] after postprocess (latents before)",
+    };
+}
+
 /// Whether a per-sample aggregate sums or averages.
 #[repr(u8)]
 #[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq)]
@@ -314,8 +348,10 @@ pub trait DataType: Send + Sync {
     fn slice(&self, batch: &Batch, start: usize, end: usize) -> PluginResult<Batch>;
     /// The batches, one after the other.
     fn collate(&self, parts: &[Batch]) -> PluginResult<Batch>;
-    /// Per-sample sum or mean of `values`, a batch with the leaves of `batch` and their shapes:
-    /// returns a float tensor of shape `[len(batch)]`.
+    /// Per-sample sum or mean of `values`, a batch with the leaves of `batch` and their shapes
+    /// (the host's elementwise results, such as `|u|^2 / 2` for the control's running cost),
+    /// over every floating leaf's entries that belong to each sample: returns a float tensor
+    /// of shape `[len(batch)]` (checked by the host).
     fn aggregate(
         &self,
         batch: &Batch,

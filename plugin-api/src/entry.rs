@@ -214,6 +214,13 @@ macro_rules! register_reward {
 /// }
 /// ```
 ///
+/// A standard data type ([`crate::standard`]), declared identically by every plugin that
+/// uses it:
+///
+/// ```ignore
+/// flowgym_plugin_api::register_data_type! { standard: flowgym_plugin_api::standard::ONE_D }
+/// ```
+///
 /// Plain data:
 ///
 /// ```ignore
@@ -224,6 +231,13 @@ macro_rules! register_reward {
 /// ```
 #[macro_export]
 macro_rules! register_data_type {
+    (standard: $declaration:expr $(,)?) => {
+        $crate::register_data_type! {
+            name: $declaration.name,
+            version: $declaration.version,
+            description: $declaration.description,
+        }
+    };
     (
         name: $name:expr,
         version: $version:expr,

@@ -74,8 +74,8 @@ pub use serde_json;
 
 pub use args::{ArgSpec, ArgsError, Arguments, NoArguments};
 pub use data::{
-    Aggregate, Batch, DataLayout, DataType, DataTypeMeta, DataTypeOps, DataTypeOpsBox, DataTypeRef,
-    Dim, Leaf, LeafSpec, SetLeaves,
+    standard, Aggregate, Batch, DataLayout, DataType, DataTypeMeta, DataTypeOps, DataTypeOpsBox,
+    DataTypeRef, Declaration, Dim, Leaf, LeafSpec, SetLeaves,
 };
 pub use entry::{
     BaseModelConstructor, Constructor, DataTypeRegistration, EntryKind, EntryMeta,

@@ -452,7 +452,10 @@ mod tests {
     #[test]
     fn the_model_moves_every_point_by_the_exact_flow_and_the_reward_averages() {
         let ctx = ConstructContext::cpu();
-        let args = PointsGmmArgs::from_json(r#"{"counts": [1, 3], "weights": [1], "means": [[1, 2]], "stds": [0.5]}"#).unwrap();
+        let args = PointsGmmArgs::from_json(
+            r#"{"counts": [1, 3], "weights": [1], "means": [[1, 2]], "stds": [0.5]}"#,
+        )
+        .unwrap();
         let mut model = PointsGmm::new(args, &ctx).unwrap();
         let (x0, _) = model.sample_p0(50, 7, Kwargs::new()).unwrap();
         let counts: Vec<i64> = x0.require("counts").unwrap().to_vec().unwrap();

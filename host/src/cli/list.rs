@@ -46,18 +46,24 @@ pub fn render(registry: &Registry) -> String {
         ));
     }
     out.push_str("\nData types:\n");
-    let mut seen = Vec::new();
+    let mut seen: Vec<&str> = Vec::new();
     for plugin in &registry.plugins {
         for dt in &plugin.data_types {
-            let key = (dt.id.name.to_string(), dt.id.version.to_string());
-            if seen.contains(&key) {
+            let name = dt.id.name.as_str();
+            if seen.contains(&name) {
                 continue;
             }
-            seen.push(key);
-            out.push_str(&format!(
-                "  {}  {:?} layout  {}\n",
-                dt.id, dt.layout, dt.description
-            ));
+            seen.push(name);
+            match registry.declared_data_type(name) {
+                Ok(_) => out.push_str(&format!(
+                    "  {}  {:?} layout  {}  ({})\n",
+                    dt.id,
+                    dt.layout,
+                    dt.description,
+                    plugin.path.display()
+                )),
+                Err(e) => out.push_str(&format!("  {name}: refused: {e}\n")),
+            }
         }
     }
     for (title, kind) in [

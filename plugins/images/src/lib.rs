@@ -24,8 +24,4 @@ pub mod preprocess;
 pub mod sd;
 pub mod sources;
 
-flowgym_plugin_api::register_data_type! {
-    name: "images",
-    version: "1.0.0",
-    description: "Images: leaf `x`, [n, 3, H, W] float32 in [0, 1] after postprocess (latents before)",
-}
+flowgym_plugin_api::register_data_type! { standard: flowgym_plugin_api::standard::IMAGES }
