@@ -1,8 +1,8 @@
 //! Base models and rewards whose tilted optimum `p*(x) ∝ p_base(x) exp(lambda r(x))` is known
 //! exactly or to high precision: the problems of the host's quality suite (`bench quality`).
 //!
-//! Built the way a third party would build a plugin: it depends only on `flowgym-plugin-api`
-//! and `abi_stable`, links no libtorch, and computes in plain `f64` Rust on the CPU.
+//! Built the way a third party would build a plugin: it depends on `flowgym-plugin-api`
+//! alone, links no libtorch, and computes in plain `f64` Rust on the CPU.
 //!
 //! Data type `vec` (1.0.0): points in `R^d`, one leaf `x` of shape `[n, d]`, float32; `d` comes
 //! from the model's arguments.

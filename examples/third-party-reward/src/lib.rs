@@ -1,5 +1,5 @@
-//! A reward plugin written the way a third party would: it depends only on
-//! `flowgym-plugin-api` and `abi_stable`, links no libtorch, and builds in seconds.
+//! A reward plugin written the way a third party would: it depends on
+//! `flowgym-plugin-api` alone, links no libtorch, and builds in seconds.
 //!
 //! `1d/closeness` scores points on the line by how close they are to a target:
 //! `exp(-|x - target| / width)`.
