@@ -153,7 +153,7 @@ macro_rules! register_base_model {
 }
 
 /// Registers a reward. Like [`register_base_model!`](crate::register_base_model), plus its
-/// [`Capabilities`] (optional; default: no batch limit, CPU only, no gradient).
+/// [`Capabilities`] (optional; default: no batch limit, CPU only).
 #[macro_export]
 macro_rules! register_reward {
     (

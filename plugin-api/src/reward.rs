@@ -43,17 +43,14 @@ pub struct Capabilities {
     /// Whether the reward reads tensors only from CPU memory (true for plugins that do not use
     /// a GPU library): the host then moves samples to the CPU before the call.
     pub cpu_only: bool,
-    /// Whether [`Reward::gradient`] is implemented.
-    pub gradient: bool,
 }
 
 impl Default for Capabilities {
-    /// No batch limit, CPU only, no gradient: what a plain-Rust reward can do.
+    /// No batch limit, CPU only: what a plain-Rust reward can do.
     fn default() -> Self {
         Self {
             max_batch: 0,
             cpu_only: true,
-            gradient: false,
         }
     }
 }
@@ -68,28 +65,20 @@ pub trait Reward: Send {
         latent: Batch,
         kwargs: Kwargs,
     ) -> PluginResult<RewardOutput>;
-
-    /// The gradient of the reward with respect to the sample leaves, for rewards that declare
-    /// [`Capabilities::gradient`]. The default reports that there is none.
-    fn gradient(&mut self, sample: Batch, kwargs: Kwargs) -> PluginResult<Batch> {
-        drop((sample, kwargs));
-        Err(PluginError::new("this reward declares no gradient"))
-    }
 }
 
 /// FFI-safe form of [`Reward`]; built by the registration macro, called by the host.
 #[sabi_trait]
 pub trait FfiReward: Send {
-    /// See [`Reward::reward`].
+    /// See [`Reward::reward`]. Methods added in later 1.x versions go after this one, so a
+    /// host can tell whether a plugin built against an older 1.x has them.
+    #[sabi(last_prefix_field)]
     fn reward(
         &mut self,
         sample: Batch,
         latent: Batch,
         kwargs: Kwargs,
     ) -> RResult<RewardOutput, PluginError>;
-    /// See [`Reward::gradient`].
-    #[sabi(last_prefix_field)]
-    fn gradient(&mut self, sample: Batch, kwargs: Kwargs) -> RResult<Batch, PluginError>;
 }
 
 /// A boxed [`FfiReward`] trait object, as the host holds it.
@@ -130,9 +119,5 @@ impl FfiReward for RewardAdapter {
         kwargs: Kwargs,
     ) -> RResult<RewardOutput, PluginError> {
         guard("the call", || self.inner.reward(sample, latent, kwargs))
-    }
-
-    fn gradient(&mut self, sample: Batch, kwargs: Kwargs) -> RResult<Batch, PluginError> {
-        guard("the call", || self.inner.gradient(sample, kwargs))
     }
 }

@@ -35,7 +35,7 @@ fn list_shows_plugins_entries_versions_and_arguments() {
         "{text}"
     );
     assert!(
-        text.contains("      capabilities: any batch, CPU only, no gradient"),
+        text.contains("      capabilities: any batch, CPU only"),
         "{text}"
     );
 }

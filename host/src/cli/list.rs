@@ -114,13 +114,8 @@ fn render_entry(out: &mut String, meta: &EntryMeta, file: &str) {
             format!("batches up to {}", c.max_batch)
         };
         out.push_str(&format!(
-            "      capabilities: {batch}, {}, {}\n",
+            "      capabilities: {batch}, {}\n",
             if c.cpu_only { "CPU only" } else { "any device" },
-            if c.gradient {
-                "gradient"
-            } else {
-                "no gradient"
-            }
         ));
     }
     if meta.arguments.is_empty() {
