@@ -99,7 +99,30 @@ inventory::collect!(DataTypeRegistration);
 /// Registers a base model. The constructor receives the parsed arguments and the
 /// [`ConstructContext`] and returns something that implements [`BaseModel`].
 ///
-/// ```ignore
+/// ```
+/// # use flowgym_plugin_api::*;
+/// # arguments! {
+/// #     /// Arguments.
+/// #     pub struct GmmArgs {
+/// #         /// Mean of the second component.
+/// #         mean: f64 = 3.0;
+/// #     }
+/// # }
+/// # struct GmmModel;
+/// # impl GmmModel {
+/// #     fn new(_args: GmmArgs, _ctx: &ConstructContext) -> PluginResult<Self> { Ok(GmmModel) }
+/// # }
+/// # impl BaseModel for GmmModel {
+/// #     fn output_type(&self) -> OutputType { OutputType::Velocity }
+/// #     fn schedule(&self) -> ScheduleSpec { ScheduleSpec::OptimalTransport }
+/// #     fn sample_p0(&mut self, n: usize, _seed: u64, kwargs: Kwargs) -> PluginResult<(Batch, Kwargs)> {
+/// #         let x = ManagedTensor::from_vec(vec![0.0f32; n], &[n, 1])?;
+/// #         Ok((Batch::single("1d", "x", x), kwargs))
+/// #     }
+/// #     fn forward(&mut self, x: Batch, _t: ManagedTensor, _kwargs: Kwargs) -> PluginResult<Batch> {
+/// #         Ok(x)
+/// #     }
+/// # }
 /// flowgym_plugin_api::register_base_model! {
 ///     id: "1d/gmm",
 ///     version: "1.0.0",
@@ -109,6 +132,7 @@ inventory::collect!(DataTypeRegistration);
 ///     leaves: vec![LeafSpec::new("x", DType::F32, [Dim::Batch, Dim::Fixed(1)])],
 ///     construct: GmmModel::new,
 /// }
+/// # fn main() {}
 /// ```
 #[macro_export]
 macro_rules! register_base_model {
@@ -205,29 +229,50 @@ macro_rules! register_reward {
 /// and, when its samples are sets of elements, the per-element leaves and the sample-index
 /// leaf ([`crate::SetLeaves`]) that the host's set value network reads:
 ///
-/// ```ignore
+/// ```
+/// # use flowgym_plugin_api::*;
+/// # /// Sets of points: `x` `[m, 2]`, `sample` `[m]`, `counts` `[n]` (see the repository's
+/// # /// `examples/exact-problems` for the whole implementation).
+/// # struct Points;
+/// # impl DataType for Points {
+/// #     fn len(&self, batch: &Batch) -> PluginResult<usize> {
+/// #         Ok(batch.require("counts")?.len())
+/// #     }
+/// #     fn slice(&self, _: &Batch, _: usize, _: usize) -> PluginResult<Batch> {
+/// #         Err(PluginError::new("not in this example"))
+/// #     }
+/// #     fn collate(&self, _: &[Batch]) -> PluginResult<Batch> {
+/// #         Err(PluginError::new("not in this example"))
+/// #     }
+/// #     fn aggregate(&self, _: &Batch, _: &Batch, _: Aggregate) -> PluginResult<ManagedTensor> {
+/// #         Err(PluginError::new("not in this example"))
+/// #     }
+/// # }
 /// flowgym_plugin_api::register_data_type! {
 ///     name: "points", version: "1.0.0",
 ///     description: "Sets of points in the plane",
 ///     ops: Points,
 ///     elements: ["x"], sample_index: "sample",
 /// }
+/// # fn main() {}
 /// ```
 ///
 /// A standard data type ([`crate::standard`]), declared identically by every plugin that
 /// uses it:
 ///
-/// ```ignore
+/// ```
 /// flowgym_plugin_api::register_data_type! { standard: flowgym_plugin_api::standard::ONE_D }
+/// # fn main() {}
 /// ```
 ///
 /// Plain data:
 ///
-/// ```ignore
+/// ```
 /// flowgym_plugin_api::register_data_type! {
 ///     name: "1d", version: "1.0.0",
 ///     description: "Points on the real line, [n, 1] float32",
 /// }
+/// # fn main() {}
 /// ```
 #[macro_export]
 macro_rules! register_data_type {

@@ -163,10 +163,13 @@ pub fn plugin_module(libtorch_version: ROption<RStr<'static>>) -> PluginModuleRe
 /// Exports the plugin's root module. Call it once, at the root of the plugin crate (a
 /// `cdylib`; it needs no dependency but this crate):
 ///
-/// ```ignore
-/// flowgym_plugin_api::export_plugin!();          // a plugin without libtorch
-/// flowgym_plugin_api::export_plugin!(libtorch);  // a plugin that links libtorch (feature `tch`)
 /// ```
+/// flowgym_plugin_api::export_plugin!(); // a plugin without libtorch
+/// # fn main() {}
+/// ```
+///
+/// A plugin that links libtorch (feature `tch`) writes `export_plugin!(libtorch)` instead, so
+/// that the host can refuse it when its libtorch release differs.
 #[macro_export]
 macro_rules! export_plugin {
     () => {
