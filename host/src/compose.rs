@@ -35,9 +35,22 @@ pub fn open_model(
 ) -> Result<(Model, EntryMeta)> {
     let entry = registry.resolve(id, EntryKind::BaseModel)?;
     let layout = custom_layout(registry, &entry.meta.data_type.name)?;
+    // A model that computes on the CPU only is built there; the host moves tensors around it.
+    let cpu_only = entry.meta.capabilities.cpu_only;
+    let cpu_ctx;
+    let ctx = if cpu_only {
+        cpu_ctx = ConstructContext {
+            device: flowgym_plugin_api::DLDevice::CPU,
+            ..ctx.clone()
+        };
+        &cpu_ctx
+    } else {
+        ctx
+    };
     let inner = registry.construct_model(entry, args_json, ctx)?;
     let mut model = Model::new(id, &entry.meta.data_type.name, inner)?;
     model.layout = layout;
+    model.cpu_only = cpu_only;
     Ok((model, entry.meta.clone()))
 }
 

@@ -3,7 +3,7 @@
 
 use anyhow::{anyhow, bail, Result};
 use flowgym_plugin_api::{BaseModelBox, ManagedTensor, OutputType};
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 use std::sync::Arc;
 
@@ -24,6 +24,9 @@ pub struct Model {
     pub interpolant: Interpolant,
     /// The data type's layout when its plugin lays out batches itself; `None` for plain data.
     pub layout: Option<Arc<CustomLayout>>,
+    /// Whether the model reads and writes CPU memory only: tensors are moved to the CPU
+    /// before each call and back to the samples' device after it.
+    pub cpu_only: bool,
     inner: BaseModelBox,
 }
 
@@ -39,6 +42,7 @@ impl Model {
             output_type,
             interpolant,
             layout: None,
+            cpu_only: false,
             inner,
         })
     }
@@ -73,15 +77,26 @@ impl Model {
         Ok((state, kwargs))
     }
 
+    /// The samples and keyword arguments as the model reads them: on the CPU for a CPU-only
+    /// model, else as they are.
+    fn inputs(&self, x: &State, kwargs: &HostKwargs) -> (State, HostKwargs) {
+        if self.cpu_only {
+            (x.to_device(Device::Cpu), kwargs.to_device(Device::Cpu))
+        } else {
+            (x.shallow_clone(), kwargs.slice(0, x.len()))
+        }
+    }
+
     /// The model's once-per-batch preparation of the keyword arguments.
     pub fn preprocess(&mut self, x: &State, kwargs: &HostKwargs) -> Result<HostKwargs> {
         let what = self.what("preprocess");
+        let (input, input_kwargs) = self.inputs(x, kwargs);
         let out = self
             .inner
-            .preprocess(x.to_batch()?, kwargs.to_plugin()?)
+            .preprocess(input.to_batch()?, input_kwargs.to_plugin()?)
             .into_result()
             .map_err(|e| anyhow!("{what}: {e}"))?;
-        HostKwargs::from_plugin(out, x.len(), &what)
+        Ok(HostKwargs::from_plugin(out, x.len(), &what)?.to_device(x.device()))
     }
 
     /// The network's prediction at `x` and sampler time `t` in `[0, 1]`. The model receives
@@ -90,15 +105,16 @@ impl Model {
     pub fn forward(&mut self, x: &State, t: f64, kwargs: &HostKwargs) -> Result<State> {
         let what = self.what("forward");
         let device = x.device();
+        let (input, input_kwargs) = self.inputs(x, kwargs);
         let model_time = Tensor::full(
             [x.len() as i64],
             self.interpolant.model_time(t),
-            (Kind::Float, device),
+            (Kind::Float, input.device()),
         );
         let t = ManagedTensor::from_tch(&model_time).map_err(|e| anyhow!("{what}: {e}"))?;
         let out = self
             .inner
-            .forward(x.to_batch()?, t, kwargs.to_plugin()?)
+            .forward(input.to_batch()?, t, input_kwargs.to_plugin()?)
             .into_result()
             .map_err(|e| anyhow!("{what}: {e}"))?;
         let out = match x.layout() {
@@ -109,21 +125,23 @@ impl Model {
             ),
             None => State::from_batch(out).map_err(|e| anyhow!("{what}: {e}"))?,
         };
-        x.with_floating_from(out, &what)
+        x.with_floating_from(out.to_device(device), &what)
     }
 
     /// The samples a reward reads, from final states.
     pub fn postprocess(&mut self, x: &State, kwargs: &HostKwargs) -> Result<State> {
         let what = self.what("postprocess");
+        let (input, input_kwargs) = self.inputs(x, kwargs);
         let out = self
             .inner
-            .postprocess(x.to_batch()?, kwargs.to_plugin()?)
+            .postprocess(input.to_batch()?, input_kwargs.to_plugin()?)
             .into_result()
             .map_err(|e| anyhow!("{what}: {e}"))?;
         match out.into_option() {
             None => Ok(x.shallow_clone()),
             Some(batch) => {
-                let sample = State::import(batch, self.layout.as_ref(), &what)?;
+                let sample =
+                    State::import(batch, self.layout.as_ref(), &what)?.to_device(x.device());
                 if sample.len() != x.len() {
                     bail!("{what} returned {} samples for {}", sample.len(), x.len());
                 }

@@ -97,7 +97,9 @@ pub struct DataTypeRegistration {
 inventory::collect!(DataTypeRegistration);
 
 /// Registers a base model. The constructor receives the parsed arguments and the
-/// [`ConstructContext`] and returns something that implements [`BaseModel`].
+/// [`ConstructContext`] and returns something that implements [`BaseModel`]. Optional
+/// `capabilities:` (before `construct:`) declare a model that computes on the CPU only
+/// ([`Capabilities::cpu_only`]); the default is a model that runs on the device it is given.
 ///
 /// ```
 /// # use flowgym_plugin_api::*;
@@ -143,10 +145,14 @@ macro_rules! register_base_model {
         description: $description:expr,
         arguments: $args:ty,
         leaves: $leaves:expr,
+        $(capabilities: $capabilities:expr,)?
         construct: $construct:expr $(,)?
     ) => {
         const _: () = {
             fn __flowgym_meta() -> $crate::EntryMeta {
+                #[allow(unused_mut)]
+                let mut capabilities = $crate::Capabilities::any_device();
+                $(capabilities = $capabilities;)?
                 $crate::EntryMeta {
                     kind: $crate::EntryKind::BaseModel,
                     id: $id.into(),
@@ -155,7 +161,7 @@ macro_rules! register_base_model {
                     description: $description.into(),
                     arguments: <$args as $crate::Arguments>::specs().into(),
                     leaves: ::core::convert::Into::into($leaves),
-                    capabilities: ::core::default::Default::default(),
+                    capabilities,
                 }
             }
             fn __flowgym_construct(

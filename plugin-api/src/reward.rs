@@ -34,15 +34,29 @@ impl RewardOutput {
     }
 }
 
-/// What a reward declares about itself.
+/// What a reward or a base model declares about itself.
 #[repr(C)]
 #[derive(StableAbi, Debug, Clone, PartialEq, Eq)]
 pub struct Capabilities {
-    /// The largest batch one call accepts (0: no limit); the host splits larger batches.
+    /// Rewards: the largest batch one call accepts (0: no limit); the host splits larger
+    /// batches. Models: unused.
     pub max_batch: u64,
-    /// Whether the reward reads tensors only from CPU memory (true for plugins that do not use
-    /// a GPU library): the host then moves samples to the CPU before the call.
+    /// Whether the entry reads and writes tensors only in CPU memory (true for plugins that do
+    /// not use a GPU library). For a reward the host moves samples to the CPU before each call;
+    /// a model is constructed on the CPU ([`crate::ConstructContext::device`]) and under
+    /// `--device cuda` the host moves every tensor to the CPU before each call and the results
+    /// back to the device after it, so a plain-Rust model runs under any host.
     pub cpu_only: bool,
+}
+
+impl Capabilities {
+    /// No batch limit, on any device: a model's default.
+    pub fn any_device() -> Self {
+        Self {
+            max_batch: 0,
+            cpu_only: false,
+        }
+    }
 }
 
 impl Default for Capabilities {

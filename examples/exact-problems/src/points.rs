@@ -331,6 +331,7 @@ register_base_model! {
     description: "Sets of points, each following the exact flow of vec/gmm independently; the number of points per sample drawn from `counts`",
     arguments: PointsGmmArgs,
     leaves: set_leaves(),
+    capabilities: flowgym_plugin_api::Capabilities { max_batch: 0, cpu_only: true },
     construct: PointsGmm::new,
 }
 

@@ -106,6 +106,11 @@ fn render_entry(out: &mut String, meta: &EntryMeta, file: &str) {
     };
     let leaves: Vec<String> = meta.leaves.iter().map(|l| l.to_string()).collect();
     out.push_str(&format!("      {verb}: {}\n", leaves.join(", ")));
+    if meta.kind == EntryKind::BaseModel && meta.capabilities.cpu_only {
+        out.push_str(
+            "      capabilities: CPU only (on other devices the host moves its tensors)\n",
+        );
+    }
     if meta.kind == EntryKind::Reward {
         let c = &meta.capabilities;
         let batch = if c.max_batch == 0 {
