@@ -1,13 +1,16 @@
 //! Composing the environment: resolving a model and a reward, checking they fit before either
 //! is constructed, then constructing them on the chosen device.
 
+use abi_stable::std_types::RStr;
 use anyhow::{bail, Result};
 use flowgym_plugin_api::tch_interop::dl_device_of;
 use flowgym_plugin_api::{ConstructContext, DataLayout, EntryKind, EntryMeta};
 use std::path::PathBuf;
+use std::sync::Arc;
 use tch::Device;
 
 use crate::compat::pair_problems;
+use crate::layout::CustomLayout;
 use crate::model::Model;
 use crate::plugins::Registry;
 use crate::reward::Reward;
@@ -31,9 +34,23 @@ pub fn open_model(
     ctx: &ConstructContext,
 ) -> Result<(Model, EntryMeta)> {
     let entry = registry.resolve(id, EntryKind::BaseModel)?;
-    require_plain_layout(registry, &entry.meta.data_type.name)?;
+    let layout = custom_layout(registry, &entry.meta.data_type.name)?;
+    // A model that computes on the CPU only is built there; the host moves tensors around it.
+    let cpu_only = entry.meta.capabilities.cpu_only;
+    let cpu_ctx;
+    let ctx = if cpu_only {
+        cpu_ctx = ConstructContext {
+            device: flowgym_plugin_api::DLDevice::CPU,
+            ..ctx.clone()
+        };
+        &cpu_ctx
+    } else {
+        ctx
+    };
     let inner = registry.construct_model(entry, args_json, ctx)?;
-    let model = Model::new(id, &entry.meta.data_type.name, inner)?;
+    let mut model = Model::new(id, &entry.meta.data_type.name, inner)?;
+    model.layout = layout;
+    model.cpu_only = cpu_only;
     Ok((model, entry.meta.clone()))
 }
 
@@ -77,20 +94,31 @@ pub fn open_isolated_reward(
     ))
 }
 
-/// Refuses data types whose plugins lay out batches themselves: the sampler, the value
-/// networks and the figures of this host work on plain data (every leaf with the batch on
-/// dimension 0). The plugin contract carries custom layouts already; sampling them is future
-/// work.
-pub fn require_plain_layout(registry: &Registry, data_type: &str) -> Result<()> {
-    if let Some((plugin, meta)) = registry.data_type(data_type) {
-        if meta.layout == DataLayout::Custom {
-            bail!(
-                "data type `{data_type}` (from {}) lays out its batches itself; this host samples only plain data, with every leaf's batch on dimension 0",
-                plugin.path.display()
-            );
-        }
+/// The batch operations of data type `data_type` when its plugin lays out batches itself
+/// (`None` for plain data, with every leaf's batch on dimension 0).
+pub fn custom_layout(registry: &Registry, data_type: &str) -> Result<Option<Arc<CustomLayout>>> {
+    let Some((plugin, meta)) = registry.declared_data_type(data_type)? else {
+        return Ok(None);
+    };
+    if meta.layout != DataLayout::Custom {
+        return Ok(None);
     }
-    Ok(())
+    let what = format!("data type `{data_type}` (from {})", plugin.path.display());
+    let ops = (plugin.module.data_type_ops())(RStr::from_str(data_type))
+        .into_result()
+        .map_err(|e| anyhow::anyhow!("{what}: {e}"))?
+        .into_option()
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "{what} declares a custom layout but its plugin serves no operations for it"
+            )
+        })?;
+    Ok(Some(Arc::new(CustomLayout::new(
+        data_type,
+        plugin.path.clone(),
+        meta.set.clone().into_option(),
+        ops,
+    ))))
 }
 
 /// Refuses a model and a reward that cannot run together, from their metadata alone.

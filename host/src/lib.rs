@@ -36,6 +36,7 @@ pub mod interrupt;
 #[cfg(unix)]
 pub mod isolate;
 pub mod kwargs;
+pub mod layout;
 pub(crate) mod memory;
 pub mod model;
 pub mod optimum;

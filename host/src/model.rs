@@ -3,9 +3,12 @@
 
 use anyhow::{anyhow, bail, Result};
 use flowgym_plugin_api::{BaseModelBox, ManagedTensor, OutputType};
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
+
+use std::sync::Arc;
 
 use crate::kwargs::HostKwargs;
+use crate::layout::CustomLayout;
 use crate::sde::Interpolant;
 use crate::state::State;
 
@@ -19,6 +22,11 @@ pub struct Model {
     pub output_type: OutputType,
     /// Its interpolant `x_t = alpha(t) x_1 + beta(t) x_0`.
     pub interpolant: Interpolant,
+    /// The data type's layout when its plugin lays out batches itself; `None` for plain data.
+    pub layout: Option<Arc<CustomLayout>>,
+    /// Whether the model reads and writes CPU memory only: tensors are moved to the CPU
+    /// before each call and back to the samples' device after it.
+    pub cpu_only: bool,
     inner: BaseModelBox,
 }
 
@@ -33,6 +41,8 @@ impl Model {
             data_type: data_type.to_string(),
             output_type,
             interpolant,
+            layout: None,
+            cpu_only: false,
             inner,
         })
     }
@@ -49,7 +59,7 @@ impl Model {
             .sample_p0(n as u64, seed, flowgym_plugin_api::Kwargs::new())
             .into_result()
             .map_err(|e| anyhow!("{what}: {e}"))?;
-        let state = State::from_batch(out.0).map_err(|e| anyhow!("{what}: {e}"))?;
+        let state = State::import(out.0, self.layout.as_ref(), &what)?;
         if state.data_type != self.data_type {
             bail!(
                 "{what} returned data type `{}`, but the entry declares `{}`",
@@ -67,15 +77,26 @@ impl Model {
         Ok((state, kwargs))
     }
 
+    /// The samples and keyword arguments as the model reads them: on the CPU for a CPU-only
+    /// model, else as they are.
+    fn inputs(&self, x: &State, kwargs: &HostKwargs) -> (State, HostKwargs) {
+        if self.cpu_only {
+            (x.to_device(Device::Cpu), kwargs.to_device(Device::Cpu))
+        } else {
+            (x.shallow_clone(), kwargs.slice(0, x.len()))
+        }
+    }
+
     /// The model's once-per-batch preparation of the keyword arguments.
     pub fn preprocess(&mut self, x: &State, kwargs: &HostKwargs) -> Result<HostKwargs> {
         let what = self.what("preprocess");
+        let (input, input_kwargs) = self.inputs(x, kwargs);
         let out = self
             .inner
-            .preprocess(x.to_batch()?, kwargs.to_plugin()?)
+            .preprocess(input.to_batch()?, input_kwargs.to_plugin()?)
             .into_result()
             .map_err(|e| anyhow!("{what}: {e}"))?;
-        HostKwargs::from_plugin(out, x.len(), &what)
+        Ok(HostKwargs::from_plugin(out, x.len(), &what)?.to_device(x.device()))
     }
 
     /// The network's prediction at `x` and sampler time `t` in `[0, 1]`. The model receives
@@ -84,33 +105,43 @@ impl Model {
     pub fn forward(&mut self, x: &State, t: f64, kwargs: &HostKwargs) -> Result<State> {
         let what = self.what("forward");
         let device = x.device();
+        let (input, input_kwargs) = self.inputs(x, kwargs);
         let model_time = Tensor::full(
             [x.len() as i64],
             self.interpolant.model_time(t),
-            (Kind::Float, device),
+            (Kind::Float, input.device()),
         );
         let t = ManagedTensor::from_tch(&model_time).map_err(|e| anyhow!("{what}: {e}"))?;
         let out = self
             .inner
-            .forward(x.to_batch()?, t, kwargs.to_plugin()?)
+            .forward(input.to_batch()?, t, input_kwargs.to_plugin()?)
             .into_result()
             .map_err(|e| anyhow!("{what}: {e}"))?;
-        let out = State::from_batch(out).map_err(|e| anyhow!("{what}: {e}"))?;
-        x.with_floating_from(out, &what)
+        let out = match x.layout() {
+            // Checked leaf by leaf against `x`, which the layout has checked.
+            Some(_) => State::new(
+                out.data_type.to_string(),
+                out.into_tch().map_err(|e| anyhow!("{what}: {e}"))?,
+            ),
+            None => State::from_batch(out).map_err(|e| anyhow!("{what}: {e}"))?,
+        };
+        x.with_floating_from(out.to_device(device), &what)
     }
 
     /// The samples a reward reads, from final states.
     pub fn postprocess(&mut self, x: &State, kwargs: &HostKwargs) -> Result<State> {
         let what = self.what("postprocess");
+        let (input, input_kwargs) = self.inputs(x, kwargs);
         let out = self
             .inner
-            .postprocess(x.to_batch()?, kwargs.to_plugin()?)
+            .postprocess(input.to_batch()?, input_kwargs.to_plugin()?)
             .into_result()
             .map_err(|e| anyhow!("{what}: {e}"))?;
         match out.into_option() {
             None => Ok(x.shallow_clone()),
             Some(batch) => {
-                let sample = State::from_batch(batch).map_err(|e| anyhow!("{what}: {e}"))?;
+                let sample =
+                    State::import(batch, self.layout.as_ref(), &what)?.to_device(x.device());
                 if sample.len() != x.len() {
                     bail!("{what} returned {} samples for {}", sample.len(), x.len());
                 }

@@ -158,8 +158,8 @@ impl Reward {
         while start < n {
             let end = (start + chunk).min(n);
             let scores = self.score_chunk(
-                &sample.slice(start, end),
-                &latent.slice(start, end),
+                &sample.slice(start, end)?,
+                &latent.slice(start, end)?,
                 &kwargs.slice(start, end),
                 start,
             )?;

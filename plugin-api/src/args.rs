@@ -20,6 +20,32 @@
 //! let err = JpegArgs::from_json(r#"{"qualty": 50}"#).unwrap_err();
 //! assert_eq!(err.to_string(), "unknown argument `qualty`; accepted: quality, subsampling");
 //! ```
+//!
+//! Open and closed bounds, list lengths and a plugin's own checks (all shown by `list`):
+//!
+//! ```
+//! fn sorted(v: &Vec<f64>) -> Result<(), String> {
+//!     if v.windows(2).all(|w| w[0] <= w[1]) { Ok(()) } else { Err("is not sorted".into()) }
+//! }
+//! flowgym_plugin_api::arguments! {
+//!     /// Arguments of a bump reward.
+//!     pub struct BumpArgs {
+//!         /// Width, positive.
+//!         width: f64 = 1.0 => greater_than(0);
+//!         /// Centre, a point in the plane.
+//!         center: Vec<f64> = vec![0.0, 0.0] => len(2);
+//!         /// Thresholds, in increasing order.
+//!         steps: Vec<f64> = vec![] => satisfies(sorted, "numbers in increasing order");
+//!     }
+//! }
+//! use flowgym_plugin_api::Arguments;
+//! let refuse = |json| BumpArgs::from_json(json).unwrap_err().to_string();
+//! assert_eq!(refuse(r#"{"width": 0}"#), "argument `width` is 0, out of range (accepted: greater than 0)");
+//! assert_eq!(refuse(r#"{"center": [1]}"#), "argument `center` has 1 values (accepted: exactly 2 values)");
+//! assert_eq!(refuse(r#"{"steps": [2, 1]}"#), "argument `steps` is not sorted (accepted: numbers in increasing order)");
+//! let accepted: Vec<String> = BumpArgs::specs().iter().map(|s| s.accepted.to_string()).collect();
+//! assert_eq!(accepted, ["greater than 0", "exactly 2 values", "numbers in increasing order"]);
+//! ```
 
 use std::fmt;
 
@@ -192,8 +218,15 @@ pub fn spec<T: Serialize>(
     }
 }
 
-/// Declares an argument struct: fields with types, defaults, doc comments, and optional
-/// `=> range(low, high)` (numbers, inclusive) or `=> one_of("a", "b")` (strings) checks.
+/// Declares an argument struct: fields with types, defaults, doc comments, and one optional
+/// check per field, which `flowgym-host list` shows as what is accepted:
+///
+/// - numbers: `=> range(low, high)` (both ends included), `=> greater_than(x)`,
+///   `=> less_than(x)` (open), `=> at_least(x)`, `=> at_most(x)` (closed);
+/// - strings: `=> one_of("a", "b")`;
+/// - lists: `=> len(n)` (exactly `n` values);
+/// - anything: `=> satisfies(check, "what is accepted")`, with `check: Fn(&T) -> Result<(),
+///   String>` returning why a value is refused.
 ///
 /// See the [module documentation](crate::args) for an example.
 #[macro_export]
@@ -204,8 +237,7 @@ macro_rules! arguments {
             $(
                 $(#[doc = $doc:literal])*
                 $field:ident : $ty:ty = $default:expr
-                $(=> range($low:expr, $high:expr))?
-                $(=> one_of($($choice:literal),+ $(,)?))?
+                $(=> $check:ident ( $($arg:expr),* $(,)? ))?
                 ;
             )*
         }
@@ -234,8 +266,7 @@ macro_rules! arguments {
                         stringify!($ty),
                         &defaults.$field,
                         concat!($($doc, " ",)* ""),
-                        $crate::arguments!(@accepted
-                            $(range($low, $high))? $(one_of($($choice),+))?).into_owned(),
+                        $crate::arguments!(@accepted $($check($($arg),*))?).into_owned(),
                     ),
                 )*]
             }
@@ -250,18 +281,13 @@ macro_rules! arguments {
                         parsed.$field = $crate::args::parse_value::<$ty>(
                             stringify!($field),
                             stringify!($ty),
-                            &$crate::arguments!(@accepted
-                                $(range($low, $high))? $(one_of($($choice),+))?),
+                            &$crate::arguments!(@accepted $($check($($arg),*))?),
                             value,
                         )?;
                     }
                     $(
-                        $crate::args::check_range(
-                            stringify!($field), parsed.$field as f64, $low as f64, $high as f64)?;
-                    )?
-                    $(
-                        $crate::args::check_choice(
-                            stringify!($field), &parsed.$field, &[$($choice),+])?;
+                        $crate::arguments!(@check stringify!($field), &parsed.$field,
+                            $check($($arg),*));
                     )?
                 )*
                 Ok(parsed)
@@ -271,12 +297,99 @@ macro_rules! arguments {
     (@accepted range($low:expr, $high:expr)) => {
         ::std::borrow::Cow::<'static, str>::Owned($crate::args::range_text($low as f64, $high as f64))
     };
-    (@accepted one_of($($choice:literal),+)) => {
+    (@accepted greater_than($low:expr)) => {
+        ::std::borrow::Cow::<'static, str>::Owned(::std::format!("greater than {}", $low as f64))
+    };
+    (@accepted at_least($low:expr)) => {
+        ::std::borrow::Cow::<'static, str>::Owned(::std::format!("at least {}", $low as f64))
+    };
+    (@accepted less_than($high:expr)) => {
+        ::std::borrow::Cow::<'static, str>::Owned(::std::format!("less than {}", $high as f64))
+    };
+    (@accepted at_most($high:expr)) => {
+        ::std::borrow::Cow::<'static, str>::Owned(::std::format!("at most {}", $high as f64))
+    };
+    (@accepted len($n:expr)) => {
+        ::std::borrow::Cow::<'static, str>::Owned(::std::format!("exactly {} values", $n))
+    };
+    (@accepted one_of($($choice:expr),+)) => {
         ::std::borrow::Cow::<'static, str>::Owned($crate::args::choices_text(&[$($choice),+]))
+    };
+    (@accepted satisfies($check:expr, $text:expr)) => {
+        ::std::borrow::Cow::<'static, str>::Borrowed($text)
     };
     (@accepted) => {
         ::std::borrow::Cow::<'static, str>::Borrowed("")
     };
+    (@check $name:expr, $value:expr, range($low:expr, $high:expr)) => {
+        $crate::args::check_range($name, *$value as f64, $low as f64, $high as f64)?
+    };
+    (@check $name:expr, $value:expr, one_of($($choice:expr),+)) => {
+        $crate::args::check_choice($name, $value, &[$($choice),+])?
+    };
+    (@check $name:expr, $value:expr, len($n:expr)) => {
+        $crate::args::check_len($name, $value.len(), $n)?
+    };
+    (@check $name:expr, $value:expr, satisfies($check:expr, $text:expr)) => {
+        $crate::args::check_with($name, $value, $check, $text)?
+    };
+    (@check $name:expr, $value:expr, $bound:ident($limit:expr)) => {
+        $crate::args::check_bound(
+            $name,
+            *$value as f64,
+            $crate::args::Bound::$bound,
+            $limit as f64,
+        )?
+    };
+}
+
+/// A one-sided bound of [`arguments!`](crate::arguments): `=> greater_than(0)` and the like.
+#[allow(non_camel_case_types, missing_docs)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bound {
+    greater_than,
+    at_least,
+    less_than,
+    at_most,
+}
+
+/// Checks a numeric argument against a one-sided bound (open or closed).
+pub fn check_bound(name: &str, value: f64, bound: Bound, limit: f64) -> Result<(), ArgsError> {
+    let (fits, text) = match bound {
+        Bound::greater_than => (value > limit, "greater than"),
+        Bound::at_least => (value >= limit, "at least"),
+        Bound::less_than => (value < limit, "less than"),
+        Bound::at_most => (value <= limit, "at most"),
+    };
+    if fits {
+        Ok(())
+    } else {
+        Err(ArgsError::new(format!(
+            "argument `{name}` is {value}, out of range (accepted: {text} {limit})"
+        )))
+    }
+}
+
+/// Checks the number of values of a list argument.
+pub fn check_len(name: &str, len: usize, want: usize) -> Result<(), ArgsError> {
+    if len == want {
+        Ok(())
+    } else {
+        Err(ArgsError::new(format!(
+            "argument `{name}` has {len} values (accepted: exactly {want} values)"
+        )))
+    }
+}
+
+/// Runs a plugin's own check of an argument, `check(value) -> Result<(), why>`.
+pub fn check_with<T: ?Sized>(
+    name: &str,
+    value: &T,
+    check: impl Fn(&T) -> Result<(), String>,
+    accepted: &str,
+) -> Result<(), ArgsError> {
+    check(value)
+        .map_err(|why| ArgsError::new(format!("argument `{name}` {why} (accepted: {accepted})")))
 }
 
 #[cfg(test)]

@@ -265,6 +265,69 @@ pub struct DataTypeMeta {
     pub description: RString,
     /// Who implements the batch operations.
     pub layout: DataLayout,
+    /// For a custom layout whose samples are sets of elements (points, atoms): which leaves
+    /// run over the elements of all samples and which leaf says whose each element is. The
+    /// host builds its set value network from it; without it a custom layout cannot be
+    /// trained with the built-in value networks.
+    pub set: ROption<SetLeaves>,
+}
+
+/// The leaves of a set-valued custom layout that the host's set value network reads.
+///
+/// Every leaf in `elements` has the elements of all samples on dimension 0 (`[m, ...]`, `m`
+/// the total number of elements); `sample_index` names an int64 leaf `[m]` holding the sample
+/// (`0..n`) each element belongs to, in non-decreasing order.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, PartialEq, Eq)]
+pub struct SetLeaves {
+    /// Per-element leaves (`"positions"`).
+    pub elements: RVec<RString>,
+    /// The int64 leaf `[m]` that maps each element to its sample.
+    pub sample_index: RString,
+}
+
+impl SetLeaves {
+    /// Per-element leaves `elements`, with the sample of each element in `sample_index`.
+    pub fn new<'a>(elements: impl IntoIterator<Item = &'a str>, sample_index: &str) -> Self {
+        Self {
+            elements: elements.into_iter().map(RString::from).collect(),
+            sample_index: sample_index.into(),
+        }
+    }
+}
+
+/// A plain data type's declaration, as [`standard`] holds them for the data types many plugins
+/// share: every plugin that uses one registers it with
+/// `register_data_type! { standard: flowgym_plugin_api::standard::IMAGES }`, so that all
+/// declarations of it are identical (the host refuses two files that declare one name
+/// differently).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Declaration {
+    /// Name.
+    pub name: &'static str,
+    /// Version.
+    pub version: &'static str,
+    /// One line for `flowgym-host list`.
+    pub description: &'static str,
+}
+
+/// The standard data types: declared here once, registered by every plugin that uses them.
+pub mod standard {
+    use super::Declaration;
+
+    /// `1d` 1.0.0: points on the real line.
+    pub const ONE_D: Declaration = Declaration {
+        name: "1d",
+        version: "1.0.0",
+        description: "Points on the real line: one leaf `x`, [n, 1] float32",
+    };
+
+    /// `images` 1.0.0: RGB or grey images (a model's latents before its postprocess).
+    pub const IMAGES: Declaration = Declaration {
+        name: "images",
+        version: "1.0.0",
+        description: "Images: leaf `x`, [n, C, H, W] float32 in [0, 1] after postprocess (latents before); C is 3 (RGB) or 1 (grey)",
+    };
 }
 
 /// Whether a per-sample aggregate sums or averages.
@@ -285,8 +348,10 @@ pub trait DataType: Send + Sync {
     fn slice(&self, batch: &Batch, start: usize, end: usize) -> PluginResult<Batch>;
     /// The batches, one after the other.
     fn collate(&self, parts: &[Batch]) -> PluginResult<Batch>;
-    /// Per-sample sum or mean of `values`, a batch with the leaves of `batch` and their shapes:
-    /// returns a float tensor of shape `[len(batch)]`.
+    /// Per-sample sum or mean of `values`, a batch with the leaves of `batch` and their shapes
+    /// (the host's elementwise results, such as `|u|^2 / 2` for the control's running cost),
+    /// over every floating leaf's entries that belong to each sample: returns a float tensor
+    /// of shape `[len(batch)]` (checked by the host).
     fn aggregate(
         &self,
         batch: &Batch,

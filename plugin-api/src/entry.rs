@@ -97,9 +97,34 @@ pub struct DataTypeRegistration {
 inventory::collect!(DataTypeRegistration);
 
 /// Registers a base model. The constructor receives the parsed arguments and the
-/// [`ConstructContext`] and returns something that implements [`BaseModel`].
+/// [`ConstructContext`] and returns something that implements [`BaseModel`]. Optional
+/// `capabilities:` (before `construct:`) declare a model that computes on the CPU only
+/// ([`Capabilities::cpu_only`]); the default is a model that runs on the device it is given.
 ///
-/// ```ignore
+/// ```
+/// # use flowgym_plugin_api::*;
+/// # arguments! {
+/// #     /// Arguments.
+/// #     pub struct GmmArgs {
+/// #         /// Mean of the second component.
+/// #         mean: f64 = 3.0;
+/// #     }
+/// # }
+/// # struct GmmModel;
+/// # impl GmmModel {
+/// #     fn new(_args: GmmArgs, _ctx: &ConstructContext) -> PluginResult<Self> { Ok(GmmModel) }
+/// # }
+/// # impl BaseModel for GmmModel {
+/// #     fn output_type(&self) -> OutputType { OutputType::Velocity }
+/// #     fn schedule(&self) -> ScheduleSpec { ScheduleSpec::OptimalTransport }
+/// #     fn sample_p0(&mut self, n: usize, _seed: u64, kwargs: Kwargs) -> PluginResult<(Batch, Kwargs)> {
+/// #         let x = ManagedTensor::from_vec(vec![0.0f32; n], &[n, 1])?;
+/// #         Ok((Batch::single("1d", "x", x), kwargs))
+/// #     }
+/// #     fn forward(&mut self, x: Batch, _t: ManagedTensor, _kwargs: Kwargs) -> PluginResult<Batch> {
+/// #         Ok(x)
+/// #     }
+/// # }
 /// flowgym_plugin_api::register_base_model! {
 ///     id: "1d/gmm",
 ///     version: "1.0.0",
@@ -109,6 +134,7 @@ inventory::collect!(DataTypeRegistration);
 ///     leaves: vec![LeafSpec::new("x", DType::F32, [Dim::Batch, Dim::Fixed(1)])],
 ///     construct: GmmModel::new,
 /// }
+/// # fn main() {}
 /// ```
 #[macro_export]
 macro_rules! register_base_model {
@@ -119,10 +145,14 @@ macro_rules! register_base_model {
         description: $description:expr,
         arguments: $args:ty,
         leaves: $leaves:expr,
+        $(capabilities: $capabilities:expr,)?
         construct: $construct:expr $(,)?
     ) => {
         const _: () = {
             fn __flowgym_meta() -> $crate::EntryMeta {
+                #[allow(unused_mut)]
+                let mut capabilities = $crate::Capabilities::any_device();
+                $(capabilities = $capabilities;)?
                 $crate::EntryMeta {
                     kind: $crate::EntryKind::BaseModel,
                     id: $id.into(),
@@ -131,7 +161,7 @@ macro_rules! register_base_model {
                     description: $description.into(),
                     arguments: <$args as $crate::Arguments>::specs().into(),
                     leaves: ::core::convert::Into::into($leaves),
-                    capabilities: ::core::default::Default::default(),
+                    capabilities,
                 }
             }
             fn __flowgym_construct(
@@ -153,7 +183,7 @@ macro_rules! register_base_model {
 }
 
 /// Registers a reward. Like [`register_base_model!`](crate::register_base_model), plus its
-/// [`Capabilities`] (optional; default: no batch limit, CPU only, no gradient).
+/// [`Capabilities`] (optional; default: no batch limit, CPU only).
 #[macro_export]
 macro_rules! register_reward {
     (
@@ -201,21 +231,70 @@ macro_rules! register_reward {
 }
 
 /// Registers a data type. Plain data (batch on dimension 0 of every leaf) needs only its name,
-/// version and description; a custom layout also gives a constructor of its [`DataType`] ops.
+/// version and description; a custom layout also gives a constructor of its [`DataType`] ops,
+/// and, when its samples are sets of elements, the per-element leaves and the sample-index
+/// leaf ([`crate::SetLeaves`]) that the host's set value network reads:
 ///
-/// ```ignore
+/// ```
+/// # use flowgym_plugin_api::*;
+/// # /// Sets of points: `x` `[m, 2]`, `sample` `[m]`, `counts` `[n]` (see the repository's
+/// # /// `examples/exact-problems` for the whole implementation).
+/// # struct Points;
+/// # impl DataType for Points {
+/// #     fn len(&self, batch: &Batch) -> PluginResult<usize> {
+/// #         Ok(batch.require("counts")?.len())
+/// #     }
+/// #     fn slice(&self, _: &Batch, _: usize, _: usize) -> PluginResult<Batch> {
+/// #         Err(PluginError::new("not in this example"))
+/// #     }
+/// #     fn collate(&self, _: &[Batch]) -> PluginResult<Batch> {
+/// #         Err(PluginError::new("not in this example"))
+/// #     }
+/// #     fn aggregate(&self, _: &Batch, _: &Batch, _: Aggregate) -> PluginResult<ManagedTensor> {
+/// #         Err(PluginError::new("not in this example"))
+/// #     }
+/// # }
+/// flowgym_plugin_api::register_data_type! {
+///     name: "points", version: "1.0.0",
+///     description: "Sets of points in the plane",
+///     ops: Points,
+///     elements: ["x"], sample_index: "sample",
+/// }
+/// # fn main() {}
+/// ```
+///
+/// A standard data type ([`crate::standard`]), declared identically by every plugin that
+/// uses it:
+///
+/// ```
+/// flowgym_plugin_api::register_data_type! { standard: flowgym_plugin_api::standard::ONE_D }
+/// # fn main() {}
+/// ```
+///
+/// Plain data:
+///
+/// ```
 /// flowgym_plugin_api::register_data_type! {
 ///     name: "1d", version: "1.0.0",
 ///     description: "Points on the real line, [n, 1] float32",
 /// }
+/// # fn main() {}
 /// ```
 #[macro_export]
 macro_rules! register_data_type {
+    (standard: $declaration:expr $(,)?) => {
+        $crate::register_data_type! {
+            name: $declaration.name,
+            version: $declaration.version,
+            description: $declaration.description,
+        }
+    };
     (
         name: $name:expr,
         version: $version:expr,
         description: $description:expr
-        $(, ops: $ops:expr)? $(,)?
+        $(, ops: $ops:expr)?
+        $(, elements: [$($element:expr),* $(,)?], sample_index: $sample_index:expr)? $(,)?
     ) => {
         const _: () = {
             #[allow(unused_assignments)]
@@ -230,6 +309,16 @@ macro_rules! register_data_type {
                     id: $crate::DataTypeRef::new($name, $version),
                     description: $description.into(),
                     layout,
+                    set: {
+                        #[allow(unused_mut)]
+                        let mut set = $crate::abi_stable::std_types::ROption::RNone;
+                        $(
+                            set = $crate::abi_stable::std_types::ROption::RSome(
+                                $crate::SetLeaves::new([$($element),*], $sample_index),
+                            );
+                        )?
+                        set
+                    },
                 }
             }
             #[allow(unused_mut, unused_assignments)]

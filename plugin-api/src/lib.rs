@@ -4,10 +4,11 @@
 //! `.dylib`) that provide base models and rewards. It does not link libtorch: a reward can be
 //! written in plain Rust, built in seconds and run under any host of a compatible version.
 //!
-//! A plugin crate is a `cdylib` that depends on this crate and on `abi_stable`, registers its
-//! entries and exports its root module:
+//! A plugin crate is a `cdylib` that depends on this crate alone (its macros reach
+//! `abi_stable`, `inventory` and `serde_json` through re-exports), registers its entries and
+//! exports its root module:
 //!
-//! ```ignore
+//! ```
 //! use flowgym_plugin_api::*;
 //!
 //! arguments! {
@@ -28,6 +29,9 @@
 //!     }
 //! }
 //!
+//! // `1d` is a standard data type: registered from its one declaration here.
+//! register_data_type! { standard: standard::ONE_D }
+//!
 //! register_reward! {
 //!     id: "1d/step",
 //!     version: "1.0.0",
@@ -39,11 +43,42 @@
 //! }
 //!
 //! export_plugin!();
+//! # fn main() {}
 //! ```
+//!
+//! ## Data types
+//!
+//! Every entry names its data type (the part of its id before the `/`), and some loaded
+//! plugin must declare it with [`register_data_type!`]; the host refuses an entry whose data
+//! type nobody declares, and a data type that two files declare differently (it names both).
+//! A data type has one owner: the standard ones are declared in [`standard`] and every plugin
+//! that uses them registers that declaration (`register_data_type! { standard:
+//! standard::IMAGES }`); a new one is declared by the plugin (or a small crate its models and
+//! rewards share) that defines it.
+//!
+//! Plain data has the batch on dimension 0 of every leaf. A data type whose samples are not
+//! rows (sets of points, molecules with a varying number of atoms) declares a custom layout:
+//! it implements [`DataType`] (length, slice, collate, per-sample aggregate), which the host
+//! calls to chunk, join, shuffle and sum per sample, checking every answer; and when its
+//! samples are sets it names its per-element leaves and sample-index leaf ([`SetLeaves`]),
+//! from which the host builds a DeepSets value network. The `points` data type of the
+//! repository's `examples/exact-problems` is a complete example.
+//!
+//! ## Compatibility within 1.x
+//!
+//! A plugin records the plugin-api version it was built against and the host accepts it when
+//! the two are semver-compatible (`^1`), refusing any other major with both versions named.
+//! Within 1.x only additions are made, in ways abi_stable's layout check accepts: new fields at
+//! the end of the root module (a prefix type, so an older plugin's module lacks them and the
+//! host treats them as absent), new methods after the last prefix field of the trait objects,
+//! new items (functions, types, macros) in this crate. Changing or removing a field, a method
+//! or a variant, or the layout of a type that crosses the boundary (a [`Batch`], a
+//! [`DataTypeMeta`], an [`EntryMeta`]), is a new major version.
 //!
 //! The pieces:
 //! - [`tensor`]: [`ManagedTensor`], an owning handle in the DLPack layout.
-//! - [`data`]: [`Batch`]es of named leaves, data types and their declared [`LeafSpec`]s.
+//! - [`data`]: [`Batch`]es of named leaves, data types (plain or custom layouts, [`standard`]
+//!   declarations) and their declared [`LeafSpec`]s.
 //! - [`kwargs`]: per-batch keyword arguments ([`Kwargs`]).
 //! - [`args`]: JSON entry arguments and the [`arguments!`] macro.
 //! - [`model`] and [`reward`]: the [`BaseModel`] and [`Reward`] traits.
@@ -74,8 +109,8 @@ pub use serde_json;
 
 pub use args::{ArgSpec, ArgsError, Arguments, NoArguments};
 pub use data::{
-    Aggregate, Batch, DataLayout, DataType, DataTypeMeta, DataTypeOps, DataTypeOpsBox, DataTypeRef,
-    Dim, Leaf, LeafSpec,
+    standard, Aggregate, Batch, DataLayout, DataType, DataTypeMeta, DataTypeOps, DataTypeOpsBox,
+    DataTypeRef, Declaration, Dim, Leaf, LeafSpec, SetLeaves,
 };
 pub use entry::{
     BaseModelConstructor, Constructor, DataTypeRegistration, EntryKind, EntryMeta,

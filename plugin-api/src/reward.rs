@@ -34,26 +34,37 @@ impl RewardOutput {
     }
 }
 
-/// What a reward declares about itself.
+/// What a reward or a base model declares about itself.
 #[repr(C)]
 #[derive(StableAbi, Debug, Clone, PartialEq, Eq)]
 pub struct Capabilities {
-    /// The largest batch one call accepts (0: no limit); the host splits larger batches.
+    /// Rewards: the largest batch one call accepts (0: no limit); the host splits larger
+    /// batches. Models: unused.
     pub max_batch: u64,
-    /// Whether the reward reads tensors only from CPU memory (true for plugins that do not use
-    /// a GPU library): the host then moves samples to the CPU before the call.
+    /// Whether the entry reads and writes tensors only in CPU memory (true for plugins that do
+    /// not use a GPU library). For a reward the host moves samples to the CPU before each call;
+    /// a model is constructed on the CPU ([`crate::ConstructContext::device`]) and under
+    /// `--device cuda` the host moves every tensor to the CPU before each call and the results
+    /// back to the device after it, so a plain-Rust model runs under any host.
     pub cpu_only: bool,
-    /// Whether [`Reward::gradient`] is implemented.
-    pub gradient: bool,
+}
+
+impl Capabilities {
+    /// No batch limit, on any device: a model's default.
+    pub fn any_device() -> Self {
+        Self {
+            max_batch: 0,
+            cpu_only: false,
+        }
+    }
 }
 
 impl Default for Capabilities {
-    /// No batch limit, CPU only, no gradient: what a plain-Rust reward can do.
+    /// No batch limit, CPU only: what a plain-Rust reward can do.
     fn default() -> Self {
         Self {
             max_batch: 0,
             cpu_only: true,
-            gradient: false,
         }
     }
 }
@@ -68,28 +79,20 @@ pub trait Reward: Send {
         latent: Batch,
         kwargs: Kwargs,
     ) -> PluginResult<RewardOutput>;
-
-    /// The gradient of the reward with respect to the sample leaves, for rewards that declare
-    /// [`Capabilities::gradient`]. The default reports that there is none.
-    fn gradient(&mut self, sample: Batch, kwargs: Kwargs) -> PluginResult<Batch> {
-        drop((sample, kwargs));
-        Err(PluginError::new("this reward declares no gradient"))
-    }
 }
 
 /// FFI-safe form of [`Reward`]; built by the registration macro, called by the host.
 #[sabi_trait]
 pub trait FfiReward: Send {
-    /// See [`Reward::reward`].
+    /// See [`Reward::reward`]. Methods added in later 1.x versions go after this one, so a
+    /// host can tell whether a plugin built against an older 1.x has them.
+    #[sabi(last_prefix_field)]
     fn reward(
         &mut self,
         sample: Batch,
         latent: Batch,
         kwargs: Kwargs,
     ) -> RResult<RewardOutput, PluginError>;
-    /// See [`Reward::gradient`].
-    #[sabi(last_prefix_field)]
-    fn gradient(&mut self, sample: Batch, kwargs: Kwargs) -> RResult<Batch, PluginError>;
 }
 
 /// A boxed [`FfiReward`] trait object, as the host holds it.
@@ -130,9 +133,5 @@ impl FfiReward for RewardAdapter {
         kwargs: Kwargs,
     ) -> RResult<RewardOutput, PluginError> {
         guard("the call", || self.inner.reward(sample, latent, kwargs))
-    }
-
-    fn gradient(&mut self, sample: Batch, kwargs: Kwargs) -> RResult<Batch, PluginError> {
-        guard("the call", || self.inner.gradient(sample, kwargs))
     }
 }

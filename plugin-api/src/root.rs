@@ -160,13 +160,16 @@ pub fn plugin_module(libtorch_version: ROption<RStr<'static>>) -> PluginModuleRe
     .leak_into_prefix()
 }
 
-/// Exports the plugin's root module. Call it once, at the root of the plugin crate (which must
-/// be a `cdylib` and depend on `abi_stable`, as in abi_stable's own examples):
+/// Exports the plugin's root module. Call it once, at the root of the plugin crate (a
+/// `cdylib`; it needs no dependency but this crate):
 ///
-/// ```ignore
-/// flowgym_plugin_api::export_plugin!();          // a plugin without libtorch
-/// flowgym_plugin_api::export_plugin!(libtorch);  // a plugin that links libtorch (feature `tch`)
 /// ```
+/// flowgym_plugin_api::export_plugin!(); // a plugin without libtorch
+/// # fn main() {}
+/// ```
+///
+/// A plugin that links libtorch (feature `tch`) writes `export_plugin!(libtorch)` instead, so
+/// that the host can refuse it when its libtorch release differs.
 #[macro_export]
 macro_rules! export_plugin {
     () => {
@@ -181,17 +184,50 @@ macro_rules! export_plugin {
         #[doc(hidden)]
         mod __flowgym_plugin_root {
             /// The root module of this Flow Gym plugin.
-            #[::abi_stable::export_root_module]
             pub fn flowgym_plugin_root_module() -> $crate::PluginModuleRef {
                 $crate::root::plugin_module($libtorch)
             }
+
+            // What `#[abi_stable::export_root_module]` expands to, written with paths through
+            // this crate, so that a plugin needs no dependency on `abi_stable` of its own. The
+            // symbol is abi_stable 0.11's `ROOT_MODULE_LOADER_NAME` (checked by a test).
+            #[doc(hidden)]
+            #[unsafe(no_mangle)]
+            #[allow(non_upper_case_globals)]
+            pub static _1as_0lib_1header_0root_bmodule_bloader:
+                $crate::abi_stable::library::LibHeader = {
+                pub extern "C" fn erased() -> $crate::abi_stable::library::RootModuleResult {
+                    $crate::abi_stable::library::__call_root_module_loader(
+                        flowgym_plugin_root_module,
+                    )
+                }
+                // SAFETY: the constructor returns the root module type it is declared with,
+                // and the layout check stays on, as `export_root_module` does by default.
+                unsafe {
+                    $crate::abi_stable::library::LibHeader::from_constructor::<
+                        $crate::PluginModuleRef,
+                    >(erased, $crate::abi_stable::library::CheckTypeLayout::Yes)
+                }
+            };
         }
     };
 }
 
+/// The symbol [`export_plugin!`] exports, as abi_stable's loader looks for it.
+#[doc(hidden)]
+pub const EXPORTED_SYMBOL: &str = "_1as_0lib_1header_0root_bmodule_bloader";
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_exported_symbol_is_the_one_abi_stable_loads() {
+        assert_eq!(
+            EXPORTED_SYMBOL,
+            abi_stable::library::ROOT_MODULE_LOADER_NAME
+        );
+    }
     use crate::data::{Aggregate, Batch, DataType};
     use crate::error::PluginResult;
     use crate::tensor::ManagedTensor;

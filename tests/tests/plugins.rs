@@ -9,11 +9,11 @@ fn list_shows_plugins_entries_versions_and_arguments() {
     assert_exit(&out, 0);
     let text = stdout(&out);
     assert!(
-        text.contains("libflowgym_toy.so  (plugin-api 0.1.0, libtorch 2.13.0, 1 entries)"),
+        text.contains("libflowgym_toy.so  (plugin-api 1.0.0, libtorch 2.13.0, 1 entries)"),
         "{text}"
     );
     assert!(
-        text.contains("(plugin-api 0.1.0, no libtorch, 2 entries)"),
+        text.contains("(plugin-api 1.0.0, no libtorch, 2 entries)"),
         "{text}"
     );
     assert!(text.contains("1d 1.0.0  Plain layout"), "{text}");
@@ -35,7 +35,7 @@ fn list_shows_plugins_entries_versions_and_arguments() {
         "{text}"
     );
     assert!(
-        text.contains("      capabilities: any batch, CPU only, no gradient"),
+        text.contains("      capabilities: any batch, CPU only"),
         "{text}"
     );
 }
@@ -140,7 +140,7 @@ fn an_incompatible_plugin_api_version_is_refused_naming_both_versions() {
     let manifest = root.join("plugin-api/Cargo.toml");
     let text = std::fs::read_to_string(&manifest).unwrap();
     let text = text
-        .replace("version = \"0.1.0\"", "version = \"9.0.0\"")
+        .replace("version = \"1.0.0\"", "version = \"9.0.0\"")
         .replace("edition.workspace = true", "edition = \"2021\"")
         .replace("license.workspace = true", "")
         .replace("abi_stable.workspace = true", "abi_stable = \"0.11.3\"")
@@ -165,7 +165,7 @@ fn an_incompatible_plugin_api_version_is_refused_naming_both_versions() {
     std::fs::write(&manifest, text).unwrap();
     let plugin_manifest = root.join("plugin/Cargo.toml");
     let text = std::fs::read_to_string(&plugin_manifest).unwrap().replace(
-        "path = \"../../plugin-api\", version = \"0.1\" }",
+        "path = \"../../plugin-api\", version = \"1\" }",
         "path = \"../plugin-api\", version = \"9\" }",
     );
     // Its own package name, so its file does not collide with the other test's build of the
@@ -194,7 +194,7 @@ fn an_incompatible_plugin_api_version_is_refused_naming_both_versions() {
     assert_exit(&out, 0);
     assert!(
         stdout(&out).contains(&format!(
-            "{}: built against flowgym-plugin-api 9.0.0, but this host has 0.1.0 and accepts ^0.1",
+            "{}: built against flowgym-plugin-api 9.0.0, but this host has 1.0.0 and accepts ^1",
             file.display()
         )),
         "{}",

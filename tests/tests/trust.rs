@@ -37,7 +37,7 @@ fn pinned_files_load_and_unpinned_or_changed_ones_are_refused_when_trust_is_requ
     let text = stdout(&out);
     assert!(
         text.contains(&format!(
-            "pinned {}  sha256 {pinned_hash}  (plugin-api 0.1.0; 1d/gaussian 1.0.0, 1d/binary 1.0.0)",
+            "pinned {}  sha256 {pinned_hash}  (plugin-api 1.0.0; 1d/gaussian 1.0.0, 1d/binary 1.0.0)",
             rewards.display()
         )),
         "{text}"

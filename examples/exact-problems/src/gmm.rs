@@ -548,6 +548,8 @@ register_base_model! {
     description: "Exact flow from N(0, I) to a Gaussian mixture in d dimensions with full covariances (velocity, epsilon, score or endpoint; ot or ddpm schedule)",
     arguments: GmmArgs,
     leaves: vec![LeafSpec::new("x", DType::F32, [Dim::Batch, Dim::Any])],
+    // Plain f64 Rust: under `--device cuda` the host moves the samples to the CPU and back.
+    capabilities: flowgym_plugin_api::Capabilities { max_batch: 0, cpu_only: true },
     construct: construct,
 }
 

@@ -1,8 +1,8 @@
 //! Base models and rewards whose tilted optimum `p*(x) ∝ p_base(x) exp(lambda r(x))` is known
 //! exactly or to high precision: the problems of the host's quality suite (`bench quality`).
 //!
-//! Built the way a third party would build a plugin: it depends only on `flowgym-plugin-api`
-//! and `abi_stable`, links no libtorch, and computes in plain `f64` Rust on the CPU.
+//! Built the way a third party would build a plugin: it depends on `flowgym-plugin-api`
+//! alone, links no libtorch, and computes in plain `f64` Rust on the CPU.
 //!
 //! Data type `vec` (1.0.0): points in `R^d`, one leaf `x` of shape `[n, d]`, float32; `d` comes
 //! from the model's arguments.
@@ -12,11 +12,17 @@
 //!   `ddpm` schedule.
 //! - `vec/halfspace`, `vec/box`, `vec/bump`, `vec/linear` ([`rewards`]).
 //!
+//! Data type `points` (1.0.0, [`points`]): sets of points, a different number per sample,
+//! with a custom layout its plugin implements; `points/gmm` moves every point by the exact
+//! flow of `vec/gmm`, and `points/halfspace`, `points/bump`, `points/linear` average the `vec`
+//! reward of the same name over a sample's points.
+//!
 //! Build it with `cargo build --release -p exact-problems` and put
 //! `target/release/libexact_problems.so` (`.dylib`, `.dll`) in a plugin directory.
 
 pub mod gmm;
 pub mod linalg;
+pub mod points;
 pub mod rewards;
 
 use flowgym_plugin_api::{
@@ -101,18 +107,23 @@ mod tests {
     }
 
     #[test]
-    fn the_plugin_registers_its_entries_on_one_data_type() {
+    fn the_plugin_registers_its_entries_on_their_data_types() {
         let mut ids: Vec<(String, EntryKind)> =
             flowgym_plugin_api::inventory::iter::<EntryRegistration>
                 .into_iter()
                 .map(|r| {
                     let meta = (r.meta)();
-                    assert_eq!(meta.data_type.name.as_str(), super::DATA_TYPE);
+                    let (data_type, _) = meta.id.split_once('/').unwrap();
+                    assert_eq!(meta.data_type.name.as_str(), data_type);
                     (meta.id.to_string(), meta.kind)
                 })
                 .collect();
         ids.sort_by(|a, b| a.0.cmp(&b.0));
         let want = [
+            ("points/bump", EntryKind::Reward),
+            ("points/gmm", EntryKind::BaseModel),
+            ("points/halfspace", EntryKind::Reward),
+            ("points/linear", EntryKind::Reward),
             ("vec/box", EntryKind::Reward),
             ("vec/bump", EntryKind::Reward),
             ("vec/gmm", EntryKind::BaseModel),

@@ -1,5 +1,5 @@
-//! A reward plugin written the way a third party would: it depends only on
-//! `flowgym-plugin-api` and `abi_stable`, links no libtorch, and builds in seconds.
+//! A reward plugin written the way a third party would: it depends on
+//! `flowgym-plugin-api` alone, links no libtorch, and builds in seconds.
 //!
 //! `1d/closeness` scores points on the line by how close they are to a target:
 //! `exp(-|x - target| / width)`.
@@ -66,5 +66,8 @@ register_reward! {
     leaves: vec![LeafSpec::new("x", DType::F32, [Dim::Batch, Dim::Fixed(1)])],
     construct: Closeness::new,
 }
+
+// `1d` is a standard data type: declared identically by every plugin that uses it.
+flowgym_plugin_api::register_data_type! { standard: flowgym_plugin_api::standard::ONE_D }
 
 flowgym_plugin_api::export_plugin!();

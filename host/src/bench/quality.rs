@@ -65,7 +65,7 @@ pub fn run_problem(
     // Refused before anything runs when the optimum cannot be computed.
     exact(16)?;
     let config = RunConfig {
-        model: crate::quality::MODEL_ID.to_string(),
+        model: problem.model_id().to_string(),
         reward: problem.reward_id.clone(),
         model_args: json_table(&problem.model_args_json)?,
         reward_args: json_table(&problem.reward_args_json)?,

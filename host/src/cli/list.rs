@@ -46,18 +46,24 @@ pub fn render(registry: &Registry) -> String {
         ));
     }
     out.push_str("\nData types:\n");
-    let mut seen = Vec::new();
+    let mut seen: Vec<&str> = Vec::new();
     for plugin in &registry.plugins {
         for dt in &plugin.data_types {
-            let key = (dt.id.name.to_string(), dt.id.version.to_string());
-            if seen.contains(&key) {
+            let name = dt.id.name.as_str();
+            if seen.contains(&name) {
                 continue;
             }
-            seen.push(key);
-            out.push_str(&format!(
-                "  {}  {:?} layout  {}\n",
-                dt.id, dt.layout, dt.description
-            ));
+            seen.push(name);
+            match registry.declared_data_type(name) {
+                Ok(_) => out.push_str(&format!(
+                    "  {}  {:?} layout  {}  ({})\n",
+                    dt.id,
+                    dt.layout,
+                    dt.description,
+                    plugin.path.display()
+                )),
+                Err(e) => out.push_str(&format!("  {name}: refused: {e}\n")),
+            }
         }
     }
     for (title, kind) in [
@@ -100,6 +106,11 @@ fn render_entry(out: &mut String, meta: &EntryMeta, file: &str) {
     };
     let leaves: Vec<String> = meta.leaves.iter().map(|l| l.to_string()).collect();
     out.push_str(&format!("      {verb}: {}\n", leaves.join(", ")));
+    if meta.kind == EntryKind::BaseModel && meta.capabilities.cpu_only {
+        out.push_str(
+            "      capabilities: CPU only (on other devices the host moves its tensors)\n",
+        );
+    }
     if meta.kind == EntryKind::Reward {
         let c = &meta.capabilities;
         let batch = if c.max_batch == 0 {
@@ -108,13 +119,8 @@ fn render_entry(out: &mut String, meta: &EntryMeta, file: &str) {
             format!("batches up to {}", c.max_batch)
         };
         out.push_str(&format!(
-            "      capabilities: {batch}, {}, {}\n",
+            "      capabilities: {batch}, {}\n",
             if c.cpu_only { "CPU only" } else { "any device" },
-            if c.gradient {
-                "gradient"
-            } else {
-                "no gradient"
-            }
         ));
     }
     if meta.arguments.is_empty() {

@@ -43,6 +43,32 @@ pub enum RegistryError {
         /// The files defining it.
         files: Vec<String>,
     },
+    /// Two plugin files declare one data type differently.
+    #[error("data type `{name}` is declared differently by two plugin files:\n  {first}: {first_declaration}\n  {second}: {second_declaration}\na data type has one owner: declare it in one place (a crate both plugins depend on, or `flowgym_plugin_api::standard` for the standard ones) and register that declaration in both, or remove one file")]
+    DataTypeConflict {
+        /// The data type.
+        name: String,
+        /// The first file that declares it.
+        first: String,
+        /// Its declaration there.
+        first_declaration: String,
+        /// A file that declares it otherwise.
+        second: String,
+        /// Its declaration there.
+        second_declaration: String,
+    },
+    /// No loaded plugin declares an entry's data type.
+    #[error("{kind} `{id}` (from {file}) is of data type `{data_type}`, which no loaded plugin declares; declare it in the plugin with `flowgym_plugin_api::register_data_type! {{ name: \"{data_type}\", version: \"1.0.0\", description: \"...\" }}` (a standard one with `register_data_type! {{ standard: flowgym_plugin_api::standard::.. }}`), or load the plugin that declares it")]
+    UndeclaredDataType {
+        /// Model or reward.
+        kind: EntryKind,
+        /// The entry.
+        id: String,
+        /// Its plugin file.
+        file: String,
+        /// The data type it names.
+        data_type: String,
+    },
     /// The plugin's constructor failed (bad arguments, missing weights, a panic).
     #[error("cannot construct {kind} `{id}` (from {file}): {message}")]
     Construct {
@@ -269,7 +295,44 @@ impl Registry {
                 wanted: kind,
             });
         }
+        let data_type = chosen.meta.data_type.name.as_str();
+        if self.declared_data_type(data_type)?.is_none() {
+            return Err(RegistryError::UndeclaredDataType {
+                kind,
+                id: id.to_string(),
+                file: chosen.plugin.path.display().to_string(),
+                data_type: data_type.to_string(),
+            });
+        }
         Ok(chosen)
+    }
+
+    /// The declaration of data type `name` and the first file that makes it, checking that
+    /// every file that declares it declares it identically.
+    pub fn declared_data_type(
+        &self,
+        name: &str,
+    ) -> Result<Option<(&Plugin, &DataTypeMeta)>, RegistryError> {
+        let mut declarations = self.plugins.iter().flat_map(|plugin| {
+            plugin
+                .data_types
+                .iter()
+                .filter(move |d| d.id.name.as_str() == name)
+                .map(move |d| (plugin, d))
+        });
+        let Some(first) = declarations.next() else {
+            return Ok(None);
+        };
+        if let Some(other) = declarations.find(|(_, d)| describe(d) != describe(first.1)) {
+            return Err(RegistryError::DataTypeConflict {
+                name: name.to_string(),
+                first: first.0.path.display().to_string(),
+                first_declaration: describe(first.1),
+                second: other.0.path.display().to_string(),
+                second_declaration: describe(other.1),
+            });
+        }
+        Ok(Some(first))
     }
 
     fn unknown(&self, id: &str, kind: EntryKind) -> RegistryError {
@@ -338,17 +401,26 @@ impl Registry {
             RResult::RErr(e) => Err(construct_error(entry, e.message())),
         }
     }
+}
 
-    /// The definition of data type `name`, if a plugin declares it.
-    pub fn data_type(&self, name: &str) -> Option<(&Plugin, &DataTypeMeta)> {
-        self.plugins.iter().find_map(|plugin| {
-            plugin
-                .data_types
+/// A data type's declaration in one line: what two declarations of a name must agree on.
+fn describe(meta: &DataTypeMeta) -> String {
+    let set = match &meta.set {
+        abi_stable::std_types::ROption::RSome(set) => format!(
+            ", elements {} indexed by `{}`",
+            set.elements
                 .iter()
-                .find(|d| d.id.name.as_str() == name)
-                .map(|d| (plugin, d))
-        })
-    }
+                .map(|e| format!("`{e}`"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            set.sample_index
+        ),
+        abi_stable::std_types::ROption::RNone => String::new(),
+    };
+    format!(
+        "version {}, {:?} layout{set}, \"{}\"",
+        meta.id.version, meta.layout, meta.description
+    )
 }
 
 fn construct_error(entry: EntryRef<'_>, message: &str) -> RegistryError {
@@ -357,5 +429,94 @@ fn construct_error(entry: EntryRef<'_>, message: &str) -> RegistryError {
         id: entry.id().to_string(),
         file: entry.plugin.path.display().to_string(),
         message: message.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod data_type_owner_tests {
+    use super::*;
+    use abi_stable::std_types::{ROption, RVec};
+    use flowgym_plugin_api::{plugin_module, DataLayout, DataTypeRef};
+
+    fn declaration(name: &str, description: &str) -> DataTypeMeta {
+        DataTypeMeta {
+            id: DataTypeRef::new(name, "1.0.0"),
+            description: description.into(),
+            layout: DataLayout::Plain,
+            set: ROption::RNone,
+        }
+    }
+
+    fn plugin(path: &str, data_types: Vec<DataTypeMeta>, entry_type: Option<&str>) -> Plugin {
+        Plugin {
+            path: PathBuf::from(path),
+            api_version: semver::Version::new(1, 0, 0),
+            libtorch: None,
+            module: plugin_module(ROption::RNone),
+            entries: entry_type
+                .map(|dt| EntryMeta {
+                    kind: EntryKind::Reward,
+                    id: format!("{dt}/r").into(),
+                    data_type: DataTypeRef::new(dt, "1.0.0"),
+                    version: "1.0.0".into(),
+                    description: "".into(),
+                    arguments: RVec::new(),
+                    leaves: RVec::new(),
+                    capabilities: Default::default(),
+                })
+                .into_iter()
+                .collect(),
+            data_types,
+        }
+    }
+
+    fn registry(plugins: Vec<Plugin>) -> Registry {
+        Registry {
+            plugins,
+            ..Registry::default()
+        }
+    }
+
+    #[test]
+    fn identical_declarations_are_one_data_type() {
+        let r = registry(vec![
+            plugin("/p/a.so", vec![declaration("2d", "points")], Some("2d")),
+            plugin("/p/b.so", vec![declaration("2d", "points")], None),
+        ]);
+        let (owner, meta) = r.declared_data_type("2d").unwrap().unwrap();
+        assert_eq!(
+            (owner.path.to_str(), meta.description.as_str()),
+            (Some("/p/a.so"), "points")
+        );
+        assert!(r.resolve("2d/r", EntryKind::Reward).is_ok());
+    }
+
+    #[test]
+    fn different_declarations_of_one_name_are_refused_naming_both_files() {
+        let r = registry(vec![
+            plugin("/p/a.so", vec![declaration("2d", "points")], Some("2d")),
+            plugin("/p/b.so", vec![declaration("2d", "pairs")], None),
+        ]);
+        let err = r
+            .resolve("2d/r", EntryKind::Reward)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("data type `2d` is declared differently by two plugin files:\n  /p/a.so: version 1.0.0, Plain layout, \"points\"\n  /p/b.so: version 1.0.0, Plain layout, \"pairs\"\n"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_entry_of_an_undeclared_data_type_is_refused_saying_how_to_declare_it() {
+        let r = registry(vec![plugin("/p/a.so", vec![], Some("2d"))]);
+        let err = r
+            .resolve("2d/r", EntryKind::Reward)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("reward `2d/r` (from /p/a.so) is of data type `2d`, which no loaded plugin declares; declare it in the plugin with `flowgym_plugin_api::register_data_type! { name: \"2d\", version: \"1.0.0\", description: \"...\" }`"),
+            "{err}"
+        );
     }
 }

@@ -32,4 +32,6 @@ pub use exact::{
     tilted_optimum, tilted_optimum_with, Estimate, Gmm, Optimum, OptimumOptions, RewardSpec,
 };
 pub use special::{erfc, normal_cdf, normal_sf};
-pub use suite::{fast_subset, suite, ModelOutput, ModelSchedule, Problem, MODEL_ID};
+pub use suite::{
+    fast_subset, suite, ModelOutput, ModelSchedule, Problem, MODEL_ID, POINTS_MODEL_ID,
+};

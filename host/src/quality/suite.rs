@@ -12,10 +12,15 @@
 //! base far behind (`suite_problems_are_feasible_and_leave_room_to_improve`), and every one is
 //! feasible for exact rejection sampling.
 
-use super::exact::{tilted_optimum_with, Gmm, Optimum, OptimumOptions, RewardSpec};
+use super::exact::{tilted_optimum_with, Estimate, Gmm, Optimum, OptimumOptions, RewardSpec};
+use super::linalg::Rng;
 
-/// The plugin entry every problem's base model is.
+/// The plugin entry the base model of every problem on vectors is.
 pub const MODEL_ID: &str = "vec/gmm";
+
+/// The plugin entry the base model of every problem on point sets is: `vec/gmm` point by
+/// point, with a number of points per sample drawn uniformly from `counts`.
+pub const POINTS_MODEL_ID: &str = "points/gmm";
 
 /// What the base model's `forward` predicts (`vec/gmm`'s `output` argument).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,6 +89,9 @@ pub struct Problem {
     pub output: ModelOutput,
     /// The model's schedule.
     pub schedule: ModelSchedule,
+    /// For a problem on point sets (data type `points`): the numbers of points a sample may
+    /// have, drawn uniformly; empty for vectors.
+    pub counts: Vec<usize>,
 }
 
 impl Problem {
@@ -116,10 +124,38 @@ impl Problem {
             reward,
             output,
             schedule,
+            counts: Vec::new(),
         }
     }
 
-    /// The dimension.
+    /// The same problem on point sets: each sample is a set of points drawn independently
+    /// from the base (`points/gmm`), as many as one of `counts` (uniformly), and the reward is
+    /// the mean over a sample's points of the per-point reward (`points/<reward>`). With `m`
+    /// points the tilt factorises into `exp(lambda / m r(x_i))` per point; the number of
+    /// points is not the sampler's to change, so the optimum is this tilt given `m`, averaged
+    /// over the counts.
+    pub fn on_point_sets(mut self, name: &str, description: &str, counts: &[usize]) -> Self {
+        let mut args: serde_json::Value =
+            serde_json::from_str(&self.model_args_json).expect("generated above");
+        args["counts"] = serde_json::json!(counts);
+        self.name = name.to_string();
+        self.description = description.to_string();
+        self.model_args_json = args.to_string();
+        self.reward_id = self.reward.plugin_id().replacen("vec/", "points/", 1);
+        self.counts = counts.to_vec();
+        self
+    }
+
+    /// The base model's entry.
+    pub fn model_id(&self) -> &'static str {
+        if self.counts.is_empty() {
+            MODEL_ID
+        } else {
+            POINTS_MODEL_ID
+        }
+    }
+
+    /// The dimension (of each point, for point sets).
     pub fn dim(&self) -> usize {
         self.base.dim()
     }
@@ -131,8 +167,71 @@ impl Problem {
         seed: u64,
         options: &OptimumOptions,
     ) -> Result<Optimum, String> {
+        if !self.counts.is_empty() {
+            return self
+                .point_sets_optimum(n, seed, options)
+                .map_err(|e| format!("problem `{}`: {e}", self.name));
+        }
         tilted_optimum_with(&self.base, &self.reward, self.lambda, n, seed, options)
             .map_err(|e| format!("problem `{}`: {e}", self.name))
+    }
+
+    /// The optimum on point sets: the per-point tilt at `lambda / m` for each count `m`,
+    /// averaged over the (uniform) counts; its `samples` are `n` points pooled as the samples'
+    /// points are (a count's share is proportional to `m`), in random order.
+    fn point_sets_optimum(
+        &self,
+        n: usize,
+        seed: u64,
+        options: &OptimumOptions,
+    ) -> Result<Optimum, String> {
+        let share = 1.0 / self.counts.len() as f64;
+        let total_points: usize = self.counts.iter().sum();
+        let (mut reward, mut variance, mut samples) = (0.0, 0.0, Vec::with_capacity(n));
+        let mut base = None;
+        let mut methods = Vec::new();
+        for (i, &m) in self.counts.iter().enumerate() {
+            let draws = if i + 1 == self.counts.len() {
+                n - samples.len()
+            } else {
+                n * m / total_points
+            };
+            let lambda = self.lambda / m as f64;
+            let opt = tilted_optimum_with(
+                &self.base,
+                &self.reward,
+                lambda,
+                draws,
+                seed + m as u64,
+                options,
+            )?;
+            reward += share * opt.reward_mean.value;
+            variance += (share * opt.reward_mean.std_error).powi(2);
+            base.get_or_insert(opt.base_reward_mean);
+            methods.push(format!("{m} points: {}", opt.method));
+            samples.extend(opt.samples);
+        }
+        let mut rng = Rng::new(seed ^ 0x5eed);
+        for i in (1..samples.len()).rev() {
+            let j = ((rng.uniform() * (i + 1) as f64) as usize).min(i);
+            samples.swap(i, j);
+        }
+        Ok(Optimum {
+            base_reward_mean: base.ok_or("no counts")?,
+            reward_mean: Estimate {
+                value: reward,
+                std_error: variance.sqrt(),
+            },
+            log_normalizer: Estimate::exact(f64::NAN),
+            samples,
+            method: format!(
+                "per point, tilted at lambda / m for each number of points m: {}",
+                methods.join("; ")
+            ),
+            acceptance: None,
+            ess: None,
+            reference_samples: 0,
+        })
     }
 }
 
@@ -324,6 +423,23 @@ pub fn suite() -> Vec<Problem> {
             1.0,
         ),
         Problem::new(
+            "2d-four-modes-halfspace",
+            "",
+            four_modes_2d(),
+            Velocity,
+            Ot,
+            RewardSpec::HalfSpace {
+                normal: vec![1.0, -1.0],
+                offset: 3.5,
+            },
+            10.0,
+        )
+        .on_point_sets(
+            "points-2d-four-modes-halfspace",
+            "sets of 1 to 3 points: move each point towards the lightest of four modes (mean of a half-space indicator over the points)",
+            &[1, 2, 3],
+        ),
+        Problem::new(
             "8d-two-modes-box",
             "move an 8-d mixture into a box around its 10% mode",
             two_modes_8d(),
@@ -491,11 +607,60 @@ mod tests {
             }
             assert_eq!(model["output"], p.output.name());
             assert_eq!(model["schedule"], p.schedule.name());
-            assert_eq!(model.as_object().unwrap().len(), 5);
-            assert_eq!(p.reward_id, p.reward.plugin_id());
+            if p.counts.is_empty() {
+                assert_eq!(model.as_object().unwrap().len(), 5);
+                assert_eq!(p.reward_id, p.reward.plugin_id());
+            } else {
+                assert_eq!(model["counts"], serde_json::json!(p.counts));
+                assert_eq!(model.as_object().unwrap().len(), 6);
+                assert_eq!(
+                    p.reward_id,
+                    p.reward.plugin_id().replacen("vec/", "points/", 1)
+                );
+            }
             let reward: serde_json::Value = serde_json::from_str(&p.reward_args_json).unwrap();
             assert_eq!(reward, p.reward.plugin_args());
         }
+    }
+
+    #[test]
+    fn point_sets_optimum_averages_the_per_point_tilt_over_the_counts() {
+        // A Gaussian N(m, S) tilted by exp(l w . x) is N(m + l S w, S): with the mean over m
+        // points, E*[r | m] = w . m + (lambda / m) w' S w.
+        let base = gaussian_2d();
+        let weights = vec![1.0, 1.0];
+        let problem = Problem::new(
+            "2d",
+            "",
+            base.clone(),
+            ModelOutput::Velocity,
+            ModelSchedule::OptimalTransport,
+            RewardSpec::Linear {
+                weights: weights.clone(),
+                bias: 0.0,
+            },
+            2.0,
+        )
+        .on_point_sets("points", "", &[1, 2, 4]);
+        assert_eq!(problem.model_id(), POINTS_MODEL_ID);
+        assert_eq!(problem.reward_id, "points/linear");
+        let args: serde_json::Value = serde_json::from_str(&problem.model_args_json).unwrap();
+        assert_eq!(args["counts"], serde_json::json!([1, 2, 4]));
+        let opt = problem.optimum(700, 3, &OptimumOptions::default()).unwrap();
+        let s = &base.covariances[0];
+        let quad: f64 = (0..2)
+            .flat_map(|i| (0..2).map(move |j| (i, j)))
+            .map(|(i, j)| weights[i] * s[i][j] * weights[j])
+            .sum();
+        let mean: f64 = base.means[0].iter().zip(&weights).map(|(a, b)| a * b).sum();
+        let want = mean + 2.0 * quad * (1.0 + 0.5 + 0.25) / 3.0;
+        assert!(
+            (opt.reward_mean.value - want).abs() < 1e-9,
+            "{} vs {want}",
+            opt.reward_mean.value
+        );
+        assert!((opt.base_reward_mean.value - mean).abs() < 1e-9);
+        assert_eq!(opt.samples.len(), 700);
     }
 
     #[test]

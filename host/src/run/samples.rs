@@ -146,7 +146,13 @@ impl EvalSamples {
 
     /// Whether the samples are points on the line (`[n, 1]`).
     pub fn is_1d(&self) -> bool {
-        self.shape.len() == 2 && self.shape[1] == 1
+        self.is_flat() && self.shape[1] == 1
+    }
+
+    /// Whether the samples are vectors, one row of the first leaf per sample (`[n, d]`); not
+    /// so for a custom layout, whose rows are the elements of all samples.
+    pub fn is_flat(&self) -> bool {
+        self.shape.len() == 2 && self.shape[0] as usize == self.reward.len()
     }
 }
 

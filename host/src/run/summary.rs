@@ -88,11 +88,21 @@ pub fn optimum_estimate(
     lambda: f64,
 ) -> Option<(OptimumStats, Option<Weighted>)> {
     let before = before?;
+    // A custom layout's first leaf holds the elements of all samples (points, atoms); what the
+    // sampler cannot change in them (how many there are) is tilted by the reweighting too, so
+    // the estimate would not be the optimum the control can reach.
+    if before
+        .shape
+        .first()
+        .is_none_or(|&rows| rows as usize != before.reward.len())
+    {
+        return None;
+    }
     let tilt = tilt(&before.reward, &before.valid, lambda);
     if tilt.indices.is_empty() {
         return None;
     }
-    let flat = before.shape.len() == 2;
+    let flat = before.is_flat();
     let distance_to_optimum = |samples: &EvalSamples| -> f64 {
         let optimum_points = before.points();
         let optimum_points: Vec<Vec<f64>> = tilt

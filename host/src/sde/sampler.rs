@@ -267,7 +267,7 @@ struct Cut {
 
 impl Cut {
     /// The noise of the whole chunk, sliced to the kept samples.
-    fn noise(&self) -> State {
+    fn noise(&self) -> Result<State> {
         self.whole
             .map_floating(Tensor::randn_like)
             .slice(self.keep.start, self.keep.end)
@@ -292,7 +292,7 @@ fn sample_chunk(
     let (x, kwargs, cut) = if keep.len() == request.n {
         (x0.to_device(device), kwargs, None)
     } else {
-        let x = x0.slice(keep.start, keep.end).to_device(device);
+        let x = x0.slice(keep.start, keep.end)?.to_device(device);
         let kwargs = kwargs.slice(keep.start, keep.end);
         let whole = x0.to_device(device);
         (x, kwargs, Some(Cut { whole, keep }))
@@ -310,9 +310,9 @@ fn sample_chunk(
         } else {
             let noise = match &cut {
                 None => x.map_floating(Tensor::randn_like),
-                Some(cut) => cut.noise(),
+                Some(cut) => cut.noise()?,
             };
-            euler_maruyama_step(model, options, request, (t, dt), (&x, &f, &noise), &mut log)
+            euler_maruyama_step(model, options, request, (t, dt), (&x, &f, &noise), &mut log)?
         };
         if request.record {
             log.states.push(x);
@@ -370,7 +370,7 @@ fn euler_maruyama_step(
     (t, dt): (f64, f64),
     (x, f, noise): (&State, &State, &State),
     log: &mut StepLog,
-) -> State {
+) -> Result<State> {
     let c = sde_coefficients(&model.interpolant, options.diffusion, model.output_type, t);
     log.diffusion.push(c.s);
     let mut drift = x.zip_floating(f, |x, f| x * c.drift.a + f * c.drift.b);
@@ -382,7 +382,7 @@ fn euler_maruyama_step(
         .map(|steering| (value_gradient(steering, x, t), c.s * steering.scale));
     match &gradient {
         Some((g, s_lambda)) => {
-            log.gradient_squares.push(g.per_sample_sum(Tensor::square));
+            log.gradient_squares.push(g.per_sample_sum(Tensor::square)?);
             log.cost_scales.push(0.5 * s_lambda * s_lambda);
             drift = drift.zip_floating(g, |d, g| d - g * (c.s * s_lambda));
         }
@@ -392,14 +392,14 @@ fn euler_maruyama_step(
         (Some((g, s_lambda)), true) => {
             let products = g.zip_floating(noise, |g, e| g * e);
             log.gradient_noise
-                .push(products.per_sample_sum(Tensor::shallow_clone));
+                .push(products.per_sample_sum(Tensor::shallow_clone)?);
             log.martingale_scales.push(-s_lambda * dt.sqrt());
         }
         (Some(_), false) => log.no_martingale(),
         (None, _) => {}
     }
-    x.zip_floating(&drift, |x, d| x + d * dt)
-        .zip_floating(noise, |y, e| y + e * (dt.sqrt() * c.s))
+    Ok(x.zip_floating(&drift, |x, d| x + d * dt)
+        .zip_floating(noise, |y, e| y + e * (dt.sqrt() * c.s)))
 }
 
 /// Refuses a constant diffusion level that the Euler-Maruyama steps cannot follow. With a

@@ -1,11 +1,12 @@
 //! Built-in value networks `V(x, t)`: an MLP with a sinusoidal time embedding for flat data and
-//! a small CNN with time conditioning for image tensors `[n, C, H, W]`, chosen from the data's
-//! shape or by flag. The last layer starts at zero, so iteration 0 samples exactly the base
+//! a small CNN with time conditioning for image tensors `[n, C, H, W]`, DeepSets for set-valued
+//! data of a custom layout, chosen from the data's shape and layout or by flag. The last layer starts at zero, so iteration 0 samples exactly the base
 //! model.
 
 pub mod cnn;
 pub mod embedding;
 pub mod mlp;
+pub mod set;
 
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
@@ -24,6 +25,9 @@ pub enum ValueArch {
     Mlp,
     /// CNN on a single `[n, C, H, W]` floating leaf.
     Cnn,
+    /// DeepSets over the elements of set-valued data (a custom layout that declares its
+    /// per-element leaves and sample index); what `auto` picks for any custom layout.
+    Set,
 }
 
 /// A value network: `forward(x, t)` gives `[n]` values.
@@ -65,6 +69,19 @@ pub fn parameter_count(vs: &nn::VarStore) -> i64 {
 
 /// The architecture `arch` resolves to for data shaped like `example`.
 pub fn resolve(arch: ValueArch, example: &State) -> Result<ValueArch> {
+    if let Some(layout) = example.layout() {
+        return match arch {
+            ValueArch::Auto | ValueArch::Set => Ok(ValueArch::Set),
+            other => bail!(
+                "data type `{}` lays out its batches itself (from {}); only the set value network reads such data, not {other:?}",
+                layout.data_type,
+                layout.plugin.display()
+            ),
+        };
+    }
+    if arch == ValueArch::Set {
+        bail!("the set value network needs a data type with a custom layout that declares its per-element leaves; `{}` is plain data", example.data_type);
+    }
     let floating: Vec<&Tensor> = example.floating().collect();
     let image_like = floating.len() == 1 && floating[0].dim() == 4;
     match arch {
@@ -88,6 +105,7 @@ pub fn build(arch: ValueArch, example: &State, device: Device) -> Result<Box<dyn
             let x = example.floating().next().expect("resolve checked the leaf");
             Box::new(cnn::CnnValue::new(device, x.size()[1]))
         }
+        ValueArch::Set => Box::new(set::SetValue::new(device, example)?),
         _ => {
             let features: i64 = example
                 .floating()

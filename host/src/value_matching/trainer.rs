@@ -296,6 +296,48 @@ impl ValueMatching {
                 .lr_schedule
                 .at(self.settings.lr, iteration, self.settings.iterations);
         let share = total.div_ceil(parts);
+        let target_variance = self.team.gather_cat(targets)?.var(false).double_value(&[]);
+        // Each step's share of the points, this rank's among them, and the valid points of
+        // the whole share (the loss's denominator), all exchanged at once.
+        let mut steps: Vec<(usize, Tensor)> = (0..total)
+            .step_by(share)
+            .map(|first| {
+                let picked = order.narrow(0, first as i64, share.min(total - first) as i64);
+                let mine = local.index_select(0, &picked);
+                (picked.size()[0] as usize, mine.masked_select(&mine.ge(0)))
+            })
+            .collect();
+        // A custom layout reorders this rank's points once, through its plugin, so that every
+        // share is one contiguous slice (picking each share's samples through the plugin is
+        // several times slower).
+        let reordered;
+        let (states, times, targets, weights, mask) = if states.layout().is_some() && parts > 1 {
+            let all: Vec<&Tensor> = steps.iter().map(|(_, rows)| rows).collect();
+            let permutation = Tensor::cat(&all, 0);
+            let pick = |t: &Tensor| t.index_select(0, &permutation);
+            reordered = (
+                states.index_select(&permutation)?,
+                pick(times),
+                pick(targets),
+                pick(weights),
+                pick(mask),
+            );
+            let mut first = 0;
+            for (_, rows) in &mut steps {
+                let len = rows.size()[0];
+                *rows = Tensor::arange_start(first, first + len, (Kind::Int64, device));
+                first += len;
+            }
+            (
+                &reordered.0,
+                &reordered.1,
+                &reordered.2,
+                &reordered.3,
+                &reordered.4,
+            )
+        } else {
+            (states, times, targets, weights, mask)
+        };
         let batch = FitBatch {
             states,
             times,
@@ -304,17 +346,6 @@ impl ValueMatching {
             mask,
             chunk,
         };
-        let target_variance = self.team.gather_cat(targets)?.var(false).double_value(&[]);
-        // Each step's share of the points, this rank's among them, and the valid points of
-        // the whole share (the loss's denominator), all exchanged at once.
-        let steps: Vec<(usize, Tensor)> = (0..total)
-            .step_by(share)
-            .map(|first| {
-                let picked = order.narrow(0, first as i64, share.min(total - first) as i64);
-                let mine = local.index_select(0, &picked);
-                (picked.size()[0] as usize, mine.masked_select(&mine.ge(0)))
-            })
-            .collect();
         let mut denominators: Vec<f64> = steps
             .iter()
             .map(|(_, indices)| {
@@ -518,21 +549,21 @@ impl Points {
             states: State::new(self.states.data_type.clone(), leaves),
             global_len: self.global_len,
         };
-        Ok(joined.subset(&joined.index.argsort(0, false)))
+        joined.subset(&joined.index.argsort(0, false))
     }
 
     /// The points at `rows`.
-    fn subset(&self, rows: &Tensor) -> Points {
+    fn subset(&self, rows: &Tensor) -> Result<Points> {
         let pick = |t: &Tensor| t.index_select(0, rows);
-        Points {
-            states: self.states.index_select(rows),
+        Ok(Points {
+            states: self.states.index_select(rows)?,
             times: pick(&self.times),
             targets: pick(&self.targets),
             weights: pick(&self.weights),
             mask: pick(&self.mask),
             index: pick(&self.index),
             global_len: self.global_len,
-        }
+        })
     }
 
     /// This rank's share of a whole batch's points (as [`Points::gather`] or a checkpoint
@@ -552,7 +583,7 @@ impl Points {
         let mine = sample
             .ge(share.start as i64)
             .logical_and(&sample.lt(share.end as i64));
-        Ok(self.subset(&mine.nonzero().reshape([-1])))
+        self.subset(&mine.nonzero().reshape([-1]))
     }
 }
 
@@ -586,7 +617,7 @@ impl ValueMatching {
             let pick = |t: &Tensor| t.index_select(0, &rows);
             let prediction = self
                 .value
-                .forward(&batch.states.index_select(&rows), &pick(batch.times));
+                .forward(&batch.states.index_select(&rows)?, &pick(batch.times));
             let per_point =
                 self.settings
                     .value_loss

@@ -27,11 +27,7 @@ use flowgym_plugin_api::{
     LeafSpec, ManagedTensor, PluginError, PluginResult, Reward, RewardOutput,
 };
 
-register_data_type! {
-    name: "images",
-    version: "1.0.0",
-    description: "RGB images: one leaf `x`, [n, 3, H, W] float32 in [0, 1]",
-}
+register_data_type! { standard: flowgym_plugin_api::standard::IMAGES }
 
 arguments! {
     /// Arguments of `images/compression` and `images/incompression`.

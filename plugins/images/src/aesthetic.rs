@@ -81,7 +81,6 @@ register_reward! {
     capabilities: Capabilities {
         max_batch: MAX_BATCH,
         cpu_only: false,
-        gradient: false,
     },
     construct: AestheticReward::new,
 }

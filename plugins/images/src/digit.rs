@@ -176,7 +176,6 @@ register_reward! {
     capabilities: Capabilities {
         max_batch: 0,
         cpu_only: false,
-        gradient: false,
     },
     construct: DigitReward::new,
 }

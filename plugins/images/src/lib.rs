@@ -28,8 +28,4 @@ pub mod sd;
 pub mod sources;
 pub mod train;
 
-flowgym_plugin_api::register_data_type! {
-    name: "images",
-    version: "1.0.0",
-    description: "Images: leaf `x`, [n, C, H, W] float32 in [0, 1] after postprocess (latents before); C is 3 (RGB) or 1 (grey)",
-}
+flowgym_plugin_api::register_data_type! { standard: flowgym_plugin_api::standard::IMAGES }

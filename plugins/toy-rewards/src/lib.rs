@@ -9,11 +9,7 @@ use flowgym_plugin_api::{
     LeafSpec, ManagedTensor, PluginError, PluginResult, Reward, RewardOutput,
 };
 
-register_data_type! {
-    name: "1d",
-    version: "1.0.0",
-    description: "Points on the real line: one leaf `x`, [n, 1] float32",
-}
+register_data_type! { standard: flowgym_plugin_api::standard::ONE_D }
 
 /// The leaf both rewards read.
 fn points() -> Vec<LeafSpec> {

@@ -7,10 +7,6 @@
 
 pub mod gmm;
 
-flowgym_plugin_api::register_data_type! {
-    name: "1d",
-    version: "1.0.0",
-    description: "Points on the real line: one leaf `x`, [n, 1] float32",
-}
+flowgym_plugin_api::register_data_type! { standard: flowgym_plugin_api::standard::ONE_D }
 
 flowgym_plugin_api::export_plugin!(libtorch);

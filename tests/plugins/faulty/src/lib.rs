@@ -321,4 +321,7 @@ register_reward! {
     construct: |a: MisbehaveArgs, _: &ConstructContext| Ok::<_, PluginError>(Misbehave { args: a, calls: 0 }),
 }
 
+// `1d` is a standard data type: declared identically by every plugin that uses it.
+flowgym_plugin_api::register_data_type! { standard: flowgym_plugin_api::standard::ONE_D }
+
 flowgym_plugin_api::export_plugin!();
