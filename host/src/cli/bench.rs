@@ -433,41 +433,7 @@ pub fn run(cli: &Cli, args: &BenchArgs) -> Result<ExitCode> {
             steps,
             iterations,
             threads,
-        } => {
-            let ctx = construct_context(tch::Device::Cpu, &[])?;
-            let (mut model, _) = open_model(&registry, "1d/gmm", "{}", &ctx)?;
-            set_threads(*threads, tch::Device::Cpu, *batch_size, &mut model)?;
-            let (mut reward, _) = open_reward(&registry, "1d/binary", "{}", &ctx)?;
-            let f = bench::value_matching(
-                &mut model,
-                &mut reward,
-                *batch_size,
-                *steps,
-                (*iterations).max(1),
-            )?;
-            println!("Value Matching, 1d/gmm + 1d/binary, batch {}, {} steps, MLP value network, {} libtorch thread(s):", f.batch_size, f.steps, f.threads);
-            println!(
-                "  seconds per iteration (host, through plugins): {:.4}",
-                f.seconds_per_iteration
-            );
-            println!(
-                "  seconds per iteration (direct libtorch loop):  {:.4}",
-                f.floor_seconds_per_iteration
-            );
-            println!(
-                "  share of wall time the host adds outside libtorch: {:.1}%",
-                100.0 * f.host_overhead_share
-            );
-            if let (Some(host), Some(floor), Some(share)) = (
-                f.cpu_seconds_per_iteration,
-                f.floor_cpu_seconds_per_iteration,
-                f.host_overhead_cpu_share,
-            ) {
-                println!("  CPU seconds per iteration: {host:.4} (host) against {floor:.4} (direct): the host adds {:.1}%", 100.0 * share);
-            }
-            println!("  controlled sampling: {:.0} steps per second ({:.4} s per batch of {} trajectories)", f.sampling_steps_per_second, f.sampling_seconds, f.batch_size);
-            println!("json: {}", serde_json::to_string(&f)?);
-        }
+        } => vm(&registry, *batch_size, *steps, *iterations, *threads)?,
         Which::Sampling {
             model,
             model_args,
@@ -479,59 +445,138 @@ pub fn run(cli: &Cli, args: &BenchArgs) -> Result<ExitCode> {
             weights,
             reference,
             python,
-        } => {
-            let device = parse_device(device)?;
-            let ctx = construct_context(device, weights)?;
-            let model_args = args::json_text(&model_args.clone().unwrap_or_default());
-            let (mut model, _) = open_model(&registry, model, &model_args, &ctx)?;
-            set_threads(*threads, device, *batch_size, &mut model)?;
-            let f = bench::sampling(
-                &mut model,
-                *batch_size,
-                (*warmup).max(1),
-                (*steps).max(1),
+        } => sampling(
+            &registry,
+            SamplingBench {
+                model,
+                model_args,
+                batch_size: *batch_size,
+                warmup: *warmup,
+                steps: *steps,
+                threads: *threads,
                 device,
-            )?;
-            println!(
-                "{} sampling, batch {}, {} libtorch thread(s):",
-                f.model, f.batch_size, f.threads
-            );
-            println!("  seconds per denoising step: {:.4}", f.seconds_per_step);
-            println!(
-                "  images per second at 100 steps: {:.4}",
-                f.images_per_second_at_100_steps
-            );
-            println!("json: {}", serde_json::to_string(&f)?);
-            if let Some(folder) = reference {
-                let python = bench::reference::python(python.as_deref());
-                let r = bench::reference::ddpm_pipeline(
-                    &python,
-                    folder,
-                    *batch_size,
-                    100,
-                    f.threads.max(0) as usize,
-                    (*steps).clamp(1, 3),
-                )?;
-                println!(
-                    "diffusers {} on {} (torch {}), batch {}, {} thread(s):",
-                    r.pipeline,
-                    folder.display(),
-                    r.torch,
-                    r.batch_size,
-                    r.threads
-                );
-                println!("  seconds per denoising step: {:.4}", r.seconds_per_step);
-                println!(
-                    "  images per second at 100 steps: {:.4}",
-                    r.images_per_second
-                );
-                println!(
-                    "  Flow Gym / diffusers images per second: {:.2}",
-                    f.images_per_second_at_100_steps / r.images_per_second
-                );
-                println!("json: {}", serde_json::to_string(&r)?);
-            }
-        }
+                weights,
+                reference: reference.as_deref(),
+                python: python.as_deref(),
+            },
+        )?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `bench vm`: the toy's Value Matching iteration through the host against the direct loop.
+fn vm(
+    registry: &crate::plugins::Registry,
+    batch_size: usize,
+    steps: usize,
+    iterations: usize,
+    threads: usize,
+) -> Result<()> {
+    let ctx = construct_context(tch::Device::Cpu, &[])?;
+    let (mut model, _) = open_model(registry, "1d/gmm", "{}", &ctx)?;
+    set_threads(threads, tch::Device::Cpu, batch_size, &mut model)?;
+    let (mut reward, _) = open_reward(registry, "1d/binary", "{}", &ctx)?;
+    let f = bench::value_matching(
+        &mut model,
+        &mut reward,
+        batch_size,
+        steps,
+        iterations.max(1),
+    )?;
+    println!("Value Matching, 1d/gmm + 1d/binary, batch {}, {} steps, MLP value network, {} libtorch thread(s):", f.batch_size, f.steps, f.threads);
+    println!(
+        "  seconds per iteration (host, through plugins): {:.4}",
+        f.seconds_per_iteration
+    );
+    println!(
+        "  seconds per iteration (direct libtorch loop):  {:.4}",
+        f.floor_seconds_per_iteration
+    );
+    println!(
+        "  share of wall time the host adds outside libtorch: {:.1}%",
+        100.0 * f.host_overhead_share
+    );
+    if let (Some(host), Some(floor), Some(share)) = (
+        f.cpu_seconds_per_iteration,
+        f.floor_cpu_seconds_per_iteration,
+        f.host_overhead_cpu_share,
+    ) {
+        println!("  CPU seconds per iteration: {host:.4} (host) against {floor:.4} (direct): the host adds {:.1}%", 100.0 * share);
+    }
+    println!(
+        "  controlled sampling: {:.0} steps per second ({:.4} s per batch of {} trajectories)",
+        f.sampling_steps_per_second, f.sampling_seconds, f.batch_size
+    );
+    println!("json: {}", serde_json::to_string(&f)?);
+    Ok(())
+}
+
+/// What `bench sampling` was asked for.
+struct SamplingBench<'a> {
+    model: &'a str,
+    model_args: &'a Option<toml::Table>,
+    batch_size: usize,
+    warmup: usize,
+    steps: usize,
+    threads: usize,
+    device: &'a str,
+    weights: &'a [PathBuf],
+    reference: Option<&'a std::path::Path>,
+    python: Option<&'a std::path::Path>,
+}
+
+/// `bench sampling`: seconds per denoising step of a model, and diffusers' beside it when asked.
+fn sampling(registry: &crate::plugins::Registry, b: SamplingBench<'_>) -> Result<()> {
+    let device = parse_device(b.device)?;
+    let ctx = construct_context(device, b.weights)?;
+    let model_args = args::json_text(&b.model_args.clone().unwrap_or_default());
+    let (mut model, _) = open_model(registry, b.model, &model_args, &ctx)?;
+    set_threads(b.threads, device, b.batch_size, &mut model)?;
+    let f = bench::sampling(
+        &mut model,
+        b.batch_size,
+        b.warmup.max(1),
+        b.steps.max(1),
+        device,
+    )?;
+    println!(
+        "{} sampling, batch {}, {} libtorch thread(s):",
+        f.model, f.batch_size, f.threads
+    );
+    println!("  seconds per denoising step: {:.4}", f.seconds_per_step);
+    println!(
+        "  images per second at 100 steps: {:.4}",
+        f.images_per_second_at_100_steps
+    );
+    println!("json: {}", serde_json::to_string(&f)?);
+    if let Some(folder) = b.reference {
+        let python = bench::reference::python(b.python);
+        let r = bench::reference::ddpm_pipeline(
+            &python,
+            folder,
+            b.batch_size,
+            100,
+            f.threads.max(0) as usize,
+            b.steps.clamp(1, 3),
+        )?;
+        println!(
+            "diffusers {} on {} (torch {}), batch {}, {} thread(s):",
+            r.pipeline,
+            folder.display(),
+            r.torch,
+            r.batch_size,
+            r.threads
+        );
+        println!("  seconds per denoising step: {:.4}", r.seconds_per_step);
+        println!(
+            "  images per second at 100 steps: {:.4}",
+            r.images_per_second
+        );
+        println!(
+            "  Flow Gym / diffusers images per second: {:.2}",
+            f.images_per_second_at_100_steps / r.images_per_second
+        );
+        println!("json: {}", serde_json::to_string(&r)?);
+    }
+    Ok(())
 }

@@ -310,33 +310,19 @@ impl ValueMatching {
         // A custom layout reorders this rank's points once, through its plugin, so that every
         // share is one contiguous slice (picking each share's samples through the plugin is
         // several times slower).
-        let reordered;
-        let (states, times, targets, weights, mask) = if states.layout().is_some() && parts > 1 {
-            let all: Vec<&Tensor> = steps.iter().map(|(_, rows)| rows).collect();
-            let permutation = Tensor::cat(&all, 0);
-            let pick = |t: &Tensor| t.index_select(0, &permutation);
-            reordered = (
-                states.index_select(&permutation)?,
-                pick(times),
-                pick(targets),
-                pick(weights),
-                pick(mask),
-            );
-            let mut first = 0;
-            for (_, rows) in &mut steps {
-                let len = rows.size()[0];
-                *rows = Tensor::arange_start(first, first + len, (Kind::Int64, device));
-                first += len;
-            }
-            (
-                &reordered.0,
-                &reordered.1,
-                &reordered.2,
-                &reordered.3,
-                &reordered.4,
-            )
+        let reordered = if states.layout().is_some() && parts > 1 {
+            Some(contiguous_shares(
+                (states, times, targets, weights, mask),
+                &mut steps,
+            )?)
         } else {
-            (states, times, targets, weights, mask)
+            None
+        };
+        let (states, times, targets, weights, mask) = match &reordered {
+            Some((states, times, targets, weights, mask)) => {
+                (states, times, targets, weights, mask)
+            }
+            None => (states, times, targets, weights, mask),
         };
         let batch = FitBatch {
             states,
@@ -370,6 +356,31 @@ impl ValueMatching {
         }
         Ok((loss_sum / total as f64, grad_norm))
     }
+}
+
+/// The points (states, times, targets, weights, mask) reordered so that each step's share,
+/// given by row indices in `steps`, is one contiguous slice; `steps` then holds those slices.
+fn contiguous_shares(
+    (states, times, targets, weights, mask): (&State, &Tensor, &Tensor, &Tensor, &Tensor),
+    steps: &mut [(usize, Tensor)],
+) -> Result<(State, Tensor, Tensor, Tensor, Tensor)> {
+    let all: Vec<&Tensor> = steps.iter().map(|(_, rows)| rows).collect();
+    let permutation = Tensor::cat(&all, 0);
+    let pick = |t: &Tensor| t.index_select(0, &permutation);
+    let reordered = (
+        states.index_select(&permutation)?,
+        pick(times),
+        pick(targets),
+        pick(weights),
+        pick(mask),
+    );
+    let mut first = 0;
+    for (_, rows) in steps.iter_mut() {
+        let len = rows.size()[0];
+        *rows = Tensor::arange_start(first, first + len, (Kind::Int64, permutation.device()));
+        first += len;
+    }
+    Ok(reordered)
 }
 
 /// Training points, flattened over steps and samples.
