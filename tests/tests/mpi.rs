@@ -156,6 +156,45 @@ mod with_mpi {
     }
 
     #[test]
+    fn a_killed_rank_ends_the_job_naming_it_and_the_checkpoints_stay_readable() {
+        let sandbox = Sandbox::new("mpi-killed").with_toys();
+        sandbox.install(&fixture_plugin("flowgym-test-faulty"));
+        // Rank 1 aborts in its 4th reward call (the 3rd iteration), with no chance to report.
+        let output = sandbox
+            .mpirun(
+                2,
+                &args(&[
+                    "--reward",
+                    "1d/misbehave",
+                    "--reward-args",
+                    r#"{"mode": "abort", "rank": 1, "after": 3}"#,
+                    "--iterations",
+                    "6",
+                    "--checkpoint-every",
+                    "1",
+                    "--out",
+                    "killed",
+                ]),
+            )
+            .output()
+            .expect("mpirun starts");
+        assert!(!output.status.success());
+        // The launcher names the rank and the signal; every other rank is ended with it.
+        let err = stderr(&output);
+        assert!(err.contains("rank 1"), "{err}");
+        assert!(err.contains("signal 6"), "{err}");
+        let checkpoint = sandbox.path("killed/checkpoints/latest.safetensors");
+        let tensors = read_tensors(&checkpoint);
+        assert!(tensors
+            .iter()
+            .any(|(name, _, _)| name.starts_with("value.")));
+        // It resumes on one rank (where the fixture behaves) from that checkpoint.
+        let resumed = sandbox.run(&["run", "--resume", "killed", "--iterations", "4"]);
+        ok(&resumed);
+        assert_eq!(metrics(&sandbox.path("killed")).len(), 4);
+    }
+
+    #[test]
     fn an_interrupt_under_mpirun_checkpoints_once_and_stops_every_rank() {
         let sandbox = Sandbox::new("mpi-interrupt").with_toys();
         let child = sandbox
