@@ -119,75 +119,66 @@ mod with_mpi {
         }
     }
 
-    #[test]
-    fn a_failing_rank_ends_the_job_naming_it_and_keeps_the_checkpoint() {
-        let sandbox = Sandbox::new("mpi-fault").with_toys();
+    /// A 6-iteration toy run on 2 ranks whose reward misbehaves as `reward_args` say, into
+    /// the run directory `out`; the job must fail. Returns the sandbox and the job's stderr.
+    fn misbehaving_job(out: &str, reward_args: &str, extra: &[&str]) -> (Sandbox, String) {
+        let sandbox = Sandbox::new(&format!("mpi-{out}")).with_toys();
         sandbox.install(&fixture_plugin("flowgym-test-faulty"));
-        // One call for the samples before, then one per iteration: rank 1 fails in the 3rd.
+        let mut flags = vec![
+            "--reward",
+            "1d/misbehave",
+            "--reward-args",
+            reward_args,
+            "--iterations",
+            "6",
+            "--out",
+            out,
+        ];
+        flags.extend_from_slice(extra);
         let output = sandbox
-            .mpirun(
-                2,
-                &args(&[
-                    "--reward",
-                    "1d/misbehave",
-                    "--reward-args",
-                    r#"{"mode": "error", "rank": 1, "after": 3}"#,
-                    "--iterations",
-                    "6",
-                    "--out",
-                    "failed",
-                ]),
-            )
+            .mpirun(2, &args(&flags))
             .output()
             .expect("mpirun starts");
         assert!(!output.status.success());
         let err = stderr(&output);
+        (sandbox, err)
+    }
+
+    /// The latest checkpoint of the run in `out` reads and holds the value network.
+    fn assert_checkpoint_readable(sandbox: &Sandbox, out: &str) {
+        let checkpoint = sandbox.path(&format!("{out}/checkpoints/latest.safetensors"));
+        let tensors = read_tensors(&checkpoint);
+        assert!(tensors
+            .iter()
+            .any(|(name, _, _)| name.starts_with("value.")));
+    }
+
+    #[test]
+    fn a_failing_rank_ends_the_job_naming_it_and_keeps_the_checkpoint() {
+        // One call for the samples before, then one per iteration: rank 1 fails in the 3rd.
+        let (sandbox, err) =
+            misbehaving_job("failed", r#"{"mode": "error", "rank": 1, "after": 3}"#, &[]);
         assert!(
             err.contains("rank 1 of 2: reward `1d/misbehave`: the reward failed on purpose"),
             "{err}"
         );
         assert!(err.contains("the run stopped at iteration 2"), "{err}");
-        let checkpoint = sandbox.path("failed/checkpoints/latest.safetensors");
-        let tensors = read_tensors(&checkpoint);
-        assert!(tensors
-            .iter()
-            .any(|(name, _, _)| name.starts_with("value.")));
+        assert_checkpoint_readable(&sandbox, "failed");
         assert_eq!(metrics(&sandbox.path("failed")).len(), 2);
     }
 
     #[test]
     fn a_killed_rank_ends_the_job_naming_it_and_the_checkpoints_stay_readable() {
-        let sandbox = Sandbox::new("mpi-killed").with_toys();
-        sandbox.install(&fixture_plugin("flowgym-test-faulty"));
         // Rank 1 aborts in its 4th reward call (the 3rd iteration), with no chance to report.
-        let output = sandbox
-            .mpirun(
-                2,
-                &args(&[
-                    "--reward",
-                    "1d/misbehave",
-                    "--reward-args",
-                    r#"{"mode": "abort", "rank": 1, "after": 3}"#,
-                    "--iterations",
-                    "6",
-                    "--checkpoint-every",
-                    "1",
-                    "--out",
-                    "killed",
-                ]),
-            )
-            .output()
-            .expect("mpirun starts");
-        assert!(!output.status.success());
+        let (sandbox, err) = misbehaving_job(
+            "killed",
+            r#"{"mode": "abort", "rank": 1, "after": 3}"#,
+            &["--checkpoint-every", "1"],
+        );
         // The launcher names the rank and the signal; every other rank is ended with it.
-        let err = stderr(&output);
         assert!(err.contains("rank 1"), "{err}");
         assert!(err.contains("signal 6"), "{err}");
-        let checkpoint = sandbox.path("killed/checkpoints/latest.safetensors");
-        let tensors = read_tensors(&checkpoint);
-        assert!(tensors
-            .iter()
-            .any(|(name, _, _)| name.starts_with("value.")));
+        assert_checkpoint_readable(&sandbox, "killed");
         // It resumes on one rank (where the fixture behaves) from that checkpoint.
         let resumed = sandbox.run(&["run", "--resume", "killed", "--iterations", "4"]);
         ok(&resumed);
