@@ -56,7 +56,7 @@ impl Model {
         let what = self.what("sample_p0");
         let out = self
             .inner
-            .sample_p0(n as u64, seed, flowgym_plugin_api::Kwargs::new())
+            .sample_p0(n as u64, seed)
             .into_result()
             .map_err(|e| anyhow!("{what}: {e}"))?;
         let state = State::import(out.0, self.layout.as_ref(), &what)?;

@@ -57,9 +57,9 @@ impl BaseModel for TightGaussian {
         self.schedule.clone()
     }
 
-    fn sample_p0(&mut self, n: usize, _seed: u64, kwargs: Kwargs) -> PluginResult<(Batch, Kwargs)> {
+    fn sample_p0(&mut self, n: usize, _seed: u64) -> PluginResult<(Batch, Kwargs)> {
         let x0 = Tensor::randn([n as i64, 1], (Kind::Float, Device::Cpu));
-        Ok((Batch::from_tch("1d", [("x", &x0)])?, kwargs))
+        Ok((Batch::from_tch("1d", [("x", &x0)])?, Kwargs::new()))
     }
 
     fn forward(&mut self, mut x: Batch, t: ManagedTensor, _kwargs: Kwargs) -> PluginResult<Batch> {

@@ -117,9 +117,9 @@ inventory::collect!(DataTypeRegistration);
 /// # impl BaseModel for GmmModel {
 /// #     fn output_type(&self) -> OutputType { OutputType::Velocity }
 /// #     fn schedule(&self) -> ScheduleSpec { ScheduleSpec::OptimalTransport }
-/// #     fn sample_p0(&mut self, n: usize, _seed: u64, kwargs: Kwargs) -> PluginResult<(Batch, Kwargs)> {
+/// #     fn sample_p0(&mut self, n: usize, _seed: u64) -> PluginResult<(Batch, Kwargs)> {
 /// #         let x = ManagedTensor::from_vec(vec![0.0f32; n], &[n, 1])?;
-/// #         Ok((Batch::single("1d", "x", x), kwargs))
+/// #         Ok((Batch::single("1d", "x", x), Kwargs::new()))
 /// #     }
 /// #     fn forward(&mut self, x: Batch, _t: ManagedTensor, _kwargs: Kwargs) -> PluginResult<Batch> {
 /// #         Ok(x)

@@ -121,10 +121,10 @@ pub trait BaseModel: Send {
     /// The description of the noise schedule this model was trained on.
     fn schedule(&self) -> ScheduleSpec;
 
-    /// `n` samples of the source distribution (`t = 0`), with the keyword arguments (prompts,
-    /// say) that go with each of them. The host passes empty `kwargs` today; per-sample
-    /// arguments come from the model's own arguments.
-    fn sample_p0(&mut self, n: usize, seed: u64, kwargs: Kwargs) -> PluginResult<(Batch, Kwargs)>;
+    /// `n` samples of the source distribution (`t = 0`), with the keyword arguments that go
+    /// with each of them (prompts, say, chosen from the model's own arguments; empty
+    /// [`Kwargs`] when there are none). They follow their samples through every later call.
+    fn sample_p0(&mut self, n: usize, seed: u64) -> PluginResult<(Batch, Kwargs)>;
 
     /// Work done once per batch before sampling (encoding prompts, say): returns the keyword
     /// arguments `forward` will receive. The default passes them through.
@@ -157,12 +157,7 @@ pub trait FfiBaseModel: Send {
     /// See [`BaseModel::schedule`].
     fn schedule(&self) -> ScheduleSpec;
     /// See [`BaseModel::sample_p0`].
-    fn sample_p0(
-        &mut self,
-        n: u64,
-        seed: u64,
-        kwargs: Kwargs,
-    ) -> RResult<Tuple2<Batch, Kwargs>, PluginError>;
+    fn sample_p0(&mut self, n: u64, seed: u64) -> RResult<Tuple2<Batch, Kwargs>, PluginError>;
     /// See [`BaseModel::preprocess`].
     fn preprocess(&mut self, x: Batch, kwargs: Kwargs) -> RResult<Kwargs, PluginError>;
     /// See [`BaseModel::forward`].
@@ -216,15 +211,10 @@ impl FfiBaseModel for BaseModelAdapter {
         self.inner.schedule()
     }
 
-    fn sample_p0(
-        &mut self,
-        n: u64,
-        seed: u64,
-        kwargs: Kwargs,
-    ) -> RResult<Tuple2<Batch, Kwargs>, PluginError> {
+    fn sample_p0(&mut self, n: u64, seed: u64) -> RResult<Tuple2<Batch, Kwargs>, PluginError> {
         guard("the call", || {
             self.inner
-                .sample_p0(n as usize, seed, kwargs)
+                .sample_p0(n as usize, seed)
                 .map(|(x, kw)| Tuple2(x, kw))
         })
     }

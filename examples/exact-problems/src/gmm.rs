@@ -497,13 +497,13 @@ impl BaseModel for ExactFlow {
         self.schedule.schedule()
     }
 
-    fn sample_p0(&mut self, n: usize, seed: u64, kwargs: Kwargs) -> PluginResult<(Batch, Kwargs)> {
+    fn sample_p0(&mut self, n: usize, seed: u64) -> PluginResult<(Batch, Kwargs)> {
         let mut rng = Rng::new(seed);
         let z: Vec<f32> = (0..n * self.mixture.dim())
             .map(|_| rng.normal() as f32)
             .collect();
         let x = ManagedTensor::from_vec(z, &[n, self.mixture.dim()])?;
-        Ok((Batch::single(DATA_TYPE, "x", x), kwargs))
+        Ok((Batch::single(DATA_TYPE, "x", x), Kwargs::new()))
     }
 
     fn forward(&mut self, x: Batch, t: ManagedTensor, _kwargs: Kwargs) -> PluginResult<Batch> {
@@ -803,13 +803,13 @@ mod tests {
     #[test]
     fn plugin_calls_round_trip_tensors() {
         let mut flow = two_components("velocity", "ot");
-        let (x0, _) = flow.sample_p0(4, 11, Kwargs::new()).unwrap();
-        let again = flow.sample_p0(4, 11, Kwargs::new()).unwrap().0;
+        let (x0, _) = flow.sample_p0(4, 11).unwrap();
+        let again = flow.sample_p0(4, 11).unwrap().0;
         let values = x0.require("x").unwrap().to_vec::<f32>().unwrap();
         assert_eq!(x0.require("x").unwrap().shape(), &[4, 2]);
         assert_eq!(again.require("x").unwrap().to_vec::<f32>().unwrap(), values);
         assert_ne!(
-            flow.sample_p0(4, 12, Kwargs::new())
+            flow.sample_p0(4, 12)
                 .unwrap()
                 .0
                 .require("x")

@@ -260,7 +260,7 @@ impl BaseModel for PointsGmm {
         self.flow.schedule().schedule()
     }
 
-    fn sample_p0(&mut self, n: usize, seed: u64, kwargs: Kwargs) -> PluginResult<(Batch, Kwargs)> {
+    fn sample_p0(&mut self, n: usize, seed: u64) -> PluginResult<(Batch, Kwargs)> {
         let mut rng = Rng::new(seed);
         let d = self.flow.mixture().dim();
         let counts: Vec<i64> = (0..n)
@@ -273,7 +273,7 @@ impl BaseModel for PointsGmm {
         let z: Vec<f32> = (0..m * d).map(|_| rng.normal() as f32).collect();
         Ok((
             assemble(ManagedTensor::from_vec(z, &[m, d])?, counts),
-            kwargs,
+            Kwargs::new(),
         ))
     }
 
@@ -458,7 +458,7 @@ mod tests {
         )
         .unwrap();
         let mut model = PointsGmm::new(args, &ctx).unwrap();
-        let (x0, _) = model.sample_p0(50, 7, Kwargs::new()).unwrap();
+        let (x0, _) = model.sample_p0(50, 7).unwrap();
         let counts: Vec<i64> = x0.require("counts").unwrap().to_vec().unwrap();
         assert!(counts.iter().all(|c| *c == 1 || *c == 3));
         assert!(counts.contains(&1) && counts.contains(&3));

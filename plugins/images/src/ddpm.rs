@@ -455,10 +455,10 @@ impl BaseModel for DdpmModel {
         }
     }
 
-    fn sample_p0(&mut self, n: usize, _seed: u64, kwargs: Kwargs) -> PluginResult<(Batch, Kwargs)> {
+    fn sample_p0(&mut self, n: usize, _seed: u64) -> PluginResult<(Batch, Kwargs)> {
         let [c, h, w] = self.shape;
         let x = Tensor::randn([n as i64, c, h, w], (Kind::Float, self.device));
-        Ok((Batch::from_tch(DATA_TYPE, [("x", &x)])?, kwargs))
+        Ok((Batch::from_tch(DATA_TYPE, [("x", &x)])?, Kwargs::new()))
     }
 
     fn forward(&mut self, mut x: Batch, t: ManagedTensor, _kwargs: Kwargs) -> PluginResult<Batch> {

@@ -533,7 +533,7 @@ fn entry_runs_through_the_plugin_contract() {
     assert_eq!(alpha_bar.len(), 1000);
     assert!(alpha_bar[0] > alpha_bar[999]);
 
-    let (x, _) = model.sample_p0(3, 0, Kwargs::new()).unwrap();
+    let (x, _) = model.sample_p0(3, 0).unwrap();
     assert_eq!(x.data_type.as_str(), "images");
     assert_eq!(x.require("x").unwrap().shape(), &[3, 3, 32, 32]);
 

@@ -15,7 +15,7 @@ use common::{
 use flowgym_images::ddpm::{DdpmFiles, DdpmModel, LoadOptions, Source, DDPM_INCLUDE};
 use flowgym_images::fetch::HubSettings;
 use flowgym_images::hub::{HubCache, LoadError};
-use flowgym_plugin_api::{ConstructContext, Constructor, EntryRegistration, Kwargs};
+use flowgym_plugin_api::{ConstructContext, Constructor, EntryRegistration};
 use tch::Device;
 
 fn dir(name: &str) -> PathBuf {
@@ -111,7 +111,7 @@ fn the_entry_samples_the_folder_shape() {
     };
     let json = serde_json::json!({ "weights": dir("gray16") }).to_string();
     let mut model = construct(&json, &ConstructContext::cpu()).unwrap_or_else(|e| panic!("{e}"));
-    let (mut batch, _) = model.sample_p0(3, 0, Kwargs::new()).unwrap();
+    let (mut batch, _) = model.sample_p0(3, 0).unwrap();
     assert_eq!(batch.take_tch("x").unwrap().size(), vec![3, 1, 16, 16]);
 
     let err = construct("{}", &ConstructContext::cpu())

@@ -127,7 +127,7 @@ fn base_samples_are_digits_of_every_class() {
         panic!("not a discrete diffusion");
     };
     assert_eq!(alpha_bar.len(), 1000);
-    let (mut x, _) = inner.sample_p0(2, 0, Kwargs::new()).unwrap();
+    let (mut x, _) = inner.sample_p0(2, 0).unwrap();
     assert_eq!(x.take_tch("x").unwrap().size(), vec![2, 1, 8, 8]);
     let adapter = BaseModelAdapter::new("images/digits", inner);
     let mut model = Model::new("images/digits", "images", adapter.into_box()).unwrap();

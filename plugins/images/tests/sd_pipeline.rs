@@ -472,7 +472,7 @@ fn sample_p0_draws_latents_and_cycles_prompts_from_the_seeded_generator() {
     assert_eq!(model.latent_shape(), [4, 6, 8]);
     let draw = |model: &mut SdModel, n: usize, seed: i64| {
         tch::manual_seed(seed);
-        let (mut x, kwargs) = model.sample_p0(n, seed as u64, Kwargs::new()).unwrap();
+        let (mut x, kwargs) = model.sample_p0(n, seed as u64).unwrap();
         (x.take_tch("x").unwrap(), kwargs.strings("prompt").unwrap())
     };
     // The same draw as torch.manual_seed(7); torch.randn(2, 4, 6, 8).
@@ -498,12 +498,11 @@ fn sample_p0_draws_latents_and_cycles_prompts_from_the_seeded_generator() {
     }
     assert!(offsets.len() > 1, "the offset varies with the seed");
 
-    // Prompts the caller supplies are kept, and must match the batch.
+    // The prompts that travel with a batch must match it: `preprocess` refuses a mismatch.
+    let (x, _) = model.sample_p0(3, 0).unwrap();
     let supplied = vec!["a".to_string(), "b".to_string()];
-    let (_, kwargs) = model.sample_p0(2, 0, prompt_kwargs(&supplied)).unwrap();
-    assert_eq!(kwargs.strings("prompt").unwrap(), supplied);
     let err = model
-        .sample_p0(3, 0, prompt_kwargs(&supplied))
+        .preprocess(x, prompt_kwargs(&supplied))
         .unwrap_err()
         .to_string();
     assert!(err.contains("2 prompts for 3 samples"), "{err}");

@@ -170,29 +170,16 @@ impl BaseModel for SdModel {
         }
     }
 
-    fn sample_p0(
-        &mut self,
-        n: usize,
-        _seed: u64,
-        mut kwargs: Kwargs,
-    ) -> PluginResult<(Batch, Kwargs)> {
+    fn sample_p0(&mut self, n: usize, _seed: u64) -> PluginResult<(Batch, Kwargs)> {
         let [c, h, w] = self.latent_shape;
         let x = Tensor::randn([n as i64, c, h, w], (Kind::Float, self.pipeline.device()));
-        match kwargs.get("prompt") {
-            // Prompts the caller chose are kept.
-            Some(_) => {
-                Self::sample_prompts(&kwargs, n as i64)?;
-            }
-            None => {
-                let len = self.prompts.len();
-                let offset =
-                    Tensor::randint(len as i64, [1], (Kind::Int64, Device::Cpu)).int64_value(&[0]);
-                let prompts: RVec<RString> = (0..n)
-                    .map(|i| RString::from(self.prompts[(offset as usize + i) % len].as_str()))
-                    .collect();
-                kwargs.insert("prompt", KwargValue::Strings(prompts));
-            }
-        }
+        let len = self.prompts.len();
+        let offset = Tensor::randint(len as i64, [1], (Kind::Int64, Device::Cpu)).int64_value(&[0]);
+        let prompts: RVec<RString> = (0..n)
+            .map(|i| RString::from(self.prompts[(offset as usize + i) % len].as_str()))
+            .collect();
+        let mut kwargs = Kwargs::new();
+        kwargs.insert("prompt", KwargValue::Strings(prompts));
         Ok((Batch::from_tch(DATA_TYPE, [("x", &x)])?, kwargs))
     }
 

@@ -199,9 +199,9 @@ impl BaseModel for NanModel {
         ScheduleSpec::OptimalTransport
     }
 
-    fn sample_p0(&mut self, n: usize, seed: u64, kwargs: Kwargs) -> PluginResult<(Batch, Kwargs)> {
+    fn sample_p0(&mut self, n: usize, seed: u64) -> PluginResult<(Batch, Kwargs)> {
         let x = ManagedTensor::from_vec(normals(n, seed), &[n, 1])?;
-        Ok((Batch::single("1d", "x", x), kwargs))
+        Ok((Batch::single("1d", "x", x), Kwargs::new()))
     }
 
     fn forward(&mut self, x: Batch, t: ManagedTensor, _kwargs: Kwargs) -> PluginResult<Batch> {
