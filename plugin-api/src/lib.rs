@@ -68,12 +68,21 @@
 //!
 //! A plugin records the plugin-api version it was built against and the host accepts it when
 //! the two are semver-compatible (`^1`), refusing any other major with both versions named.
-//! Within 1.x only additions are made, in ways abi_stable's layout check accepts: new fields at
-//! the end of the root module (a prefix type, so an older plugin's module lacks them and the
-//! host treats them as absent), new methods after the last prefix field of the trait objects,
-//! new items (functions, types, macros) in this crate. Changing or removing a field, a method
-//! or a variant, or the layout of a type that crosses the boundary (a [`Batch`], a
-//! [`DataTypeMeta`], an [`EntryMeta`]), is a new major version.
+//! Both directions hold within 1.x: a plugin built against 1.0 runs in a 1.1 host, and one
+//! built against 1.1 in a 1.0 host (the repository's tests build a plugin against a frozen
+//! copy of 1.0 to prove the first).
+//!
+//! abi_stable's layout check refuses a file whose root module or trait objects have *fewer*
+//! fields or methods than the host expects, so within 1.x the types that cross the boundary
+//! keep the layout of 1.0: the root module ([`PluginModule`]), the trait objects
+//! ([`FfiBaseModel`], [`FfiReward`], [`DataTypeOps`]) and every type they carry (a [`Batch`], a
+//! [`DataTypeMeta`], an [`EntryMeta`], ...). What a minor version may add:
+//! - new items in this crate (functions, types, macros, [`standard`] data types);
+//! - new exported symbols that the host looks up by name and does without when a file lacks
+//!   them, as 1.1 did with the plugin's crate name and version ([`PACKAGE_SYMBOL`]).
+//!
+//! Anything else (a new field, method or variant; a changed or removed one) is a new major
+//! version.
 //!
 //! The pieces:
 //! - [`tensor`]: [`ManagedTensor`], an owning handle in the DLPack layout.
@@ -123,7 +132,9 @@ pub use model::{
     ScheduleSpec,
 };
 pub use reward::{Capabilities, FfiReward, Reward, RewardAdapter, RewardBox, RewardOutput};
-pub use root::{plugin_module, PluginModule, PluginModuleRef, API_VERSION};
+pub use root::{
+    plugin_module, PluginModule, PluginModuleRef, PluginPackage, API_VERSION, PACKAGE_SYMBOL,
+};
 pub use tensor::{DLDevice, DLDeviceType, DType, Element, ManagedTensor, TensorError};
 
 /// The libtorch release this build links (feature `tch`), read from its headers.

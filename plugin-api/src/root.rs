@@ -57,6 +57,21 @@ impl RootModule for PluginModuleRef {
     const VERSION_STRINGS: VersionStrings = abi_stable::package_version_strings!();
 }
 
+/// The crate a plugin file was built from, which the host shows next to the file. Added in 1.1,
+/// outside the root module (whose layout stays that of 1.0, see the crate docs): a file built
+/// against 1.0 has no [`PACKAGE_SYMBOL`], and the host shows no package for it.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PluginPackage {
+    /// The crate's package name (`CARGO_PKG_NAME`).
+    pub name: RStr<'static>,
+    /// The crate's version (`CARGO_PKG_VERSION`).
+    pub version: RStr<'static>,
+}
+
+/// The symbol of the `extern "C" fn() -> PluginPackage` that [`export_plugin!`](crate::export_plugin) exports (1.1).
+pub const PACKAGE_SYMBOL: &str = "flowgym_plugin_package_v1";
+
 /// The version of this crate, which every plugin records and the host checks.
 pub const API_VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -186,6 +201,17 @@ macro_rules! export_plugin {
             /// The root module of this Flow Gym plugin.
             pub fn flowgym_plugin_root_module() -> $crate::PluginModuleRef {
                 $crate::root::plugin_module($libtorch)
+            }
+            /// The crate this plugin file was built from (`PACKAGE_SYMBOL`).
+            #[doc(hidden)]
+            #[unsafe(no_mangle)]
+            pub extern "C" fn flowgym_plugin_package_v1() -> $crate::PluginPackage {
+                $crate::PluginPackage {
+                    name: $crate::abi_stable::std_types::RStr::from_str(env!("CARGO_PKG_NAME")),
+                    version: $crate::abi_stable::std_types::RStr::from_str(env!(
+                        "CARGO_PKG_VERSION"
+                    )),
+                }
             }
 
             // What `#[abi_stable::export_root_module]` expands to, written with paths through

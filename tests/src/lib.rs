@@ -114,6 +114,30 @@ pub fn fixture_plugin(package: &str) -> PathBuf {
     target.join(profile).join(library_name(package))
 }
 
+/// A plugin of a workspace outside this one (`manifest_dir` holds its `Cargo.toml`: the frozen
+/// 1.0 contract's, or a copy of it), built into the fixture target and located.
+pub fn foreign_plugin(manifest_dir: &Path, package: &str) -> PathBuf {
+    let (_, profile) = target_and_profile();
+    let mut command = cargo();
+    command
+        .arg("build")
+        .arg("--manifest-path")
+        .arg(manifest_dir.join("Cargo.toml"))
+        .args(["-p", package])
+        .env("CARGO_TARGET_DIR", fixture_target());
+    if profile == "release" {
+        command.arg("--release");
+    }
+    let output = command.output().expect("cargo runs");
+    assert!(
+        output.status.success(),
+        "cargo build {package} in {} failed:\n{}",
+        manifest_dir.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    fixture_target().join(profile).join(library_name(package))
+}
+
 /// The host executable, built (with its `mpi` feature when the tests are built with theirs,
 /// so that every test of one build runs the same host).
 pub fn host() -> PathBuf {

@@ -4,6 +4,8 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
+use flowgym_plugin_api::API_VERSION;
+
 use flowgym_tests::{assert_exit, fixture_plugin, stderr, stdout, Sandbox};
 
 /// The sha256 of a file, as `sha256sum` prints it (an independent implementation).
@@ -37,7 +39,7 @@ fn pinned_files_load_and_unpinned_or_changed_ones_are_refused_when_trust_is_requ
     let text = stdout(&out);
     assert!(
         text.contains(&format!(
-            "pinned {}  sha256 {pinned_hash}  (plugin-api 1.0.0; 1d/gaussian 1.0.0, 1d/binary 1.0.0)",
+            "pinned {}  sha256 {pinned_hash}  (plugin-api {API_VERSION}; 1d/binary 1.0.0, 1d/gaussian 1.0.0)",
             rewards.display()
         )),
         "{text}"
@@ -52,7 +54,7 @@ fn pinned_files_load_and_unpinned_or_changed_ones_are_refused_when_trust_is_requ
 
     let out = sandbox.run(&["list"]);
     let text = stdout(&out);
-    let rewards_line = format!("{}  (plugin-api", rewards.display());
+    let rewards_line = format!("{}  (flowgym-toy-rewards", rewards.display());
     let state_after = |line: &str| -> String {
         let at = text.find(line).unwrap_or_else(|| panic!("{text}"));
         text[at..]
@@ -64,7 +66,7 @@ fn pinned_files_load_and_unpinned_or_changed_ones_are_refused_when_trust_is_requ
     };
     assert_eq!(state_after(&rewards_line), "trust: pinned", "{text}");
     assert_eq!(
-        state_after(&format!("{}  (plugin-api", model.display())),
+        state_after(&format!("{}  (flowgym-toy ", model.display())),
         "trust: not pinned",
         "{text}"
     );

@@ -34,8 +34,12 @@ pub fn render(registry: &Registry) -> String {
             Some(v) => format!("libtorch {v}"),
             None => "no libtorch".to_string(),
         };
+        let package = match &plugin.package {
+            Some(package) => format!("{package}, "),
+            None => String::new(),
+        };
         out.push_str(&format!(
-            "  {}  (plugin-api {}, {libtorch}, {} entries)\n",
+            "  {}  ({package}plugin-api {}, {libtorch}, {} entries)\n",
             plugin.path.display(),
             plugin.api_version,
             plugin.entries.len()

@@ -65,17 +65,20 @@ fn pin_of(file: &std::path::Path) -> Result<Pin> {
     if sha256_file(file)? != sha256 {
         bail!("{} changed while it was being pinned", file.display());
     }
+    // Sorted: the order a plugin lists its entries in is the link order, not a promise.
+    let mut entries: Vec<PinnedEntry> = plugin
+        .entries
+        .iter()
+        .map(|e| PinnedEntry {
+            id: e.id.to_string(),
+            version: e.version.to_string(),
+        })
+        .collect();
+    entries.sort_by(|a, b| a.id.cmp(&b.id));
     Ok(Pin {
         sha256,
         api_version: plugin.api_version.to_string(),
-        entries: plugin
-            .entries
-            .iter()
-            .map(|e| PinnedEntry {
-                id: e.id.to_string(),
-                version: e.version.to_string(),
-            })
-            .collect(),
+        entries,
     })
 }
 

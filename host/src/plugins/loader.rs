@@ -10,9 +10,12 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use abi_stable::library::{lib_header_from_path, LibraryError};
+use abi_stable::library::{lib_header_from_path, LibraryError, RawLibrary};
 use abi_stable::std_types::RResult;
-use flowgym_plugin_api::{DataTypeMeta, EntryMeta, PluginModuleRef, API_VERSION, LIBTORCH_VERSION};
+use flowgym_plugin_api::{
+    DataTypeMeta, EntryMeta, PluginModuleRef, PluginPackage, API_VERSION, LIBTORCH_VERSION,
+    PACKAGE_SYMBOL,
+};
 use semver::{Version, VersionReq};
 
 use super::integrity::check_library_file;
@@ -23,6 +26,8 @@ pub struct Plugin {
     pub path: PathBuf,
     /// The plugin-api version it was built against.
     pub api_version: Version,
+    /// The crate it was built from (`name version`); none for files built against 1.0.
+    pub package: Option<String>,
     /// The libtorch release it links, if any.
     pub libtorch: Option<String>,
     /// Its root module.
@@ -38,6 +43,7 @@ impl fmt::Debug for Plugin {
         f.debug_struct("Plugin")
             .field("path", &self.path)
             .field("api_version", &self.api_version)
+            .field("package", &self.package)
             .field("libtorch", &self.libtorch)
             .field("entries", &self.entries.len())
             .finish()
@@ -126,6 +132,19 @@ fn describe(err: &LibraryError) -> String {
     }
 }
 
+/// The crate the plugin file at `path` (already loaded and checked) was built from, from the
+/// symbol plugin-api 1.1 on exports; none when the file lacks it.
+fn package_of(path: &Path) -> Option<String> {
+    let library = RawLibrary::load_at(path).ok()?;
+    let symbol = format!("{PACKAGE_SYMBOL}\0");
+    // SAFETY: the file passed the plugin-api version and layout checks, and every plugin-api
+    // that exports this symbol declares it with this signature.
+    let package = unsafe { library.get::<extern "C" fn() -> PluginPackage>(symbol.as_bytes()) }
+        .ok()
+        .map(|package| package())?;
+    Some(format!("{} {}", package.name, package.version))
+}
+
 /// Loads and checks the plugin file at `path`.
 pub fn load_plugin(path: &Path) -> Result<Plugin, LoadFailure> {
     let fail = |reason: String| LoadFailure {
@@ -162,6 +181,7 @@ pub fn load_plugin(path: &Path) -> Result<Plugin, LoadFailure> {
     Ok(Plugin {
         path: path.to_path_buf(),
         api_version,
+        package: package_of(path),
         libtorch,
         module,
         entries,

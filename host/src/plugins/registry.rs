@@ -451,6 +451,7 @@ mod data_type_owner_tests {
         Plugin {
             path: PathBuf::from(path),
             api_version: semver::Version::new(1, 0, 0),
+            package: None,
             libtorch: None,
             module: plugin_module(ROption::RNone),
             entries: entry_type

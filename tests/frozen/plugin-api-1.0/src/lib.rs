@@ -1,0 +1,124 @@
+//! # flowgym-plugin-api
+//!
+//! The stable-ABI contract between the Flow Gym host and the plugin files (`.so` / `.dll` /
+//! `.dylib`) that provide base models and rewards. It does not link libtorch: a reward can be
+//! written in plain Rust, built in seconds and run under any host of a compatible version.
+//!
+//! A plugin crate is a `cdylib` that depends on this crate alone (its macros reach
+//! `abi_stable`, `inventory` and `serde_json` through re-exports), registers its entries and
+//! exports its root module:
+//!
+//! ```
+//! use flowgym_plugin_api::*;
+//!
+//! arguments! {
+//!     /// Arguments of `1d/step`.
+//!     pub struct StepArgs {
+//!         /// Where the step is.
+//!         threshold: f64 = 0.0;
+//!     }
+//! }
+//!
+//! struct Step(StepArgs);
+//!
+//! impl Reward for Step {
+//!     fn reward(&mut self, sample: Batch, _latent: Batch, _kwargs: Kwargs) -> PluginResult<RewardOutput> {
+//!         let x = sample.require("x")?.to_vec::<f32>()?;
+//!         let r: Vec<f32> = x.iter().map(|&v| if f64::from(v) > self.0.threshold { 1.0 } else { 0.0 }).collect();
+//!         Ok(RewardOutput::all_valid(ManagedTensor::from_slice(&r)))
+//!     }
+//! }
+//!
+//! // `1d` is a standard data type: registered from its one declaration here.
+//! register_data_type! { standard: standard::ONE_D }
+//!
+//! register_reward! {
+//!     id: "1d/step",
+//!     version: "1.0.0",
+//!     data_type: ("1d", "1.0.0"),
+//!     description: "1 right of the threshold, else 0",
+//!     arguments: StepArgs,
+//!     leaves: vec![LeafSpec::new("x", DType::F32, [Dim::Batch, Dim::Fixed(1)])],
+//!     construct: |args: StepArgs, _ctx: &ConstructContext| Ok::<_, PluginError>(Step(args)),
+//! }
+//!
+//! export_plugin!();
+//! # fn main() {}
+//! ```
+//!
+//! ## Data types
+//!
+//! Every entry names its data type (the part of its id before the `/`), and some loaded
+//! plugin must declare it with [`register_data_type!`]; the host refuses an entry whose data
+//! type nobody declares, and a data type that two files declare differently (it names both).
+//! A data type has one owner: the standard ones are declared in [`standard`] and every plugin
+//! that uses them registers that declaration (`register_data_type! { standard:
+//! standard::IMAGES }`); a new one is declared by the plugin (or a small crate its models and
+//! rewards share) that defines it.
+//!
+//! Plain data has the batch on dimension 0 of every leaf. A data type whose samples are not
+//! rows (sets of points, molecules with a varying number of atoms) declares a custom layout:
+//! it implements [`DataType`] (length, slice, collate, per-sample aggregate), which the host
+//! calls to chunk, join, shuffle and sum per sample, checking every answer; and when its
+//! samples are sets it names its per-element leaves and sample-index leaf ([`SetLeaves`]),
+//! from which the host builds a DeepSets value network. The `points` data type of the
+//! repository's `examples/exact-problems` is a complete example.
+//!
+//! ## Compatibility within 1.x
+//!
+//! A plugin records the plugin-api version it was built against and the host accepts it when
+//! the two are semver-compatible (`^1`), refusing any other major with both versions named.
+//! Within 1.x only additions are made, in ways abi_stable's layout check accepts: new fields at
+//! the end of the root module (a prefix type, so an older plugin's module lacks them and the
+//! host treats them as absent), new methods after the last prefix field of the trait objects,
+//! new items (functions, types, macros) in this crate. Changing or removing a field, a method
+//! or a variant, or the layout of a type that crosses the boundary (a [`Batch`], a
+//! [`DataTypeMeta`], an [`EntryMeta`]), is a new major version.
+//!
+//! The pieces:
+//! - [`tensor`]: [`ManagedTensor`], an owning handle in the DLPack layout.
+//! - [`data`]: [`Batch`]es of named leaves, data types (plain or custom layouts, [`standard`]
+//!   declarations) and their declared [`LeafSpec`]s.
+//! - [`kwargs`]: per-batch keyword arguments ([`Kwargs`]).
+//! - [`args`]: JSON entry arguments and the [`arguments!`] macro.
+//! - [`model`] and [`reward`]: the [`BaseModel`] and [`Reward`] traits.
+//! - [`entry`]: metadata and the registration macros.
+//! - [`root`]: the root module ([`PluginModule`]) and [`export_plugin!`].
+//! - [`error`]: [`PluginError`] and the panic guard.
+
+#![warn(missing_docs)]
+// `#[sabi_trait]` expands to impls inside a generated const block.
+#![allow(non_local_definitions)]
+
+pub mod args;
+pub mod data;
+pub mod entry;
+pub mod error;
+pub mod kwargs;
+pub mod model;
+pub mod reward;
+pub mod root;
+pub mod tensor;
+
+pub use abi_stable;
+pub use inventory;
+pub use serde_json;
+
+pub use args::{ArgSpec, ArgsError, Arguments, NoArguments};
+pub use data::{
+    standard, Aggregate, Batch, DataLayout, DataType, DataTypeMeta, DataTypeOps, DataTypeOpsBox,
+    DataTypeRef, Declaration, Dim, Leaf, LeafSpec, SetLeaves,
+};
+pub use entry::{
+    BaseModelConstructor, Constructor, DataTypeRegistration, EntryKind, EntryMeta,
+    EntryRegistration, RewardConstructor,
+};
+pub use error::{guard, PluginError, PluginResult};
+pub use kwargs::{KwargValue, Kwargs};
+pub use model::{
+    BaseModel, BaseModelAdapter, BaseModelBox, ConstructContext, FfiBaseModel, OutputType,
+    ScheduleSpec,
+};
+pub use reward::{Capabilities, FfiReward, Reward, RewardAdapter, RewardBox, RewardOutput};
+pub use root::{plugin_module, PluginModule, PluginModuleRef, API_VERSION};
+pub use tensor::{DLDevice, DLDeviceType, DType, Element, ManagedTensor, TensorError};
