@@ -64,6 +64,31 @@
 //! from which the host builds a DeepSets value network. The `points` data type of the
 //! repository's `examples/exact-problems` is a complete example.
 //!
+//! ## Tensors at the boundary
+//!
+//! Every tensor crosses as a [`ManagedTensor`] (DLPack, passed by value: the receiver owns it).
+//! `n` is the batch length; "the device" is [`ConstructContext::device`] (the CPU for an entry
+//! whose [`Capabilities::cpu_only`] is set: the host moves tensors to and from it).
+//!
+//! | call | tensor | dtype | device | shape |
+//! |---|---|---|---|---|
+//! | `sample_p0` | returned leaves | as the entry's [`LeafSpec`]s (floating: `float32`) | the device | as declared, batch `n` |
+//! | `sample_p0` | returned per-sample kwargs | any | the device | batch on dimension 0 |
+//! | `preprocess` | `x` | as returned by `sample_p0` | the device | as returned |
+//! | `forward` | `x` | floating leaves `float32`, others as declared | the device | as returned by `sample_p0` |
+//! | `forward` | `t` | `float32` | the device | `[n]`, one value repeated |
+//! | `forward` | returned prediction | floating | the device | the floating leaves of `x`, same shapes |
+//! | `postprocess` | `x`, returned sample | leaves as the reward's [`LeafSpec`]s | the device | batch `n` |
+//! | `reward` | `sample`, `latent` | as produced, `latent` the final state | the reward's (CPU when `cpu_only`) | batch `n` (at most `max_batch`) |
+//! | `reward` | returned [`RewardOutput::reward`] | any floating dtype | any | `[n]` |
+//! | `reward` | returned [`RewardOutput::valid`] | `bool` | any | `[n]` |
+//! | data type | [`DataType::aggregate`] result | floating | the batch's | `[n]` |
+//!
+//! The host checks what it relies on (batch lengths, the leaves a call must return, the shapes
+//! and floating dtypes of predictions, the shapes and dtypes of rewards and validity) and
+//! refuses a mismatch with an error that names the entry and the leaf. Integer and bool leaves
+//! pass through sampling unchanged.
+//!
 //! ## Compatibility within 1.x
 //!
 //! A plugin records the plugin-api version it was built against and the host accepts it when

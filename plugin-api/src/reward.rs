@@ -84,8 +84,8 @@ pub trait Reward: Send {
 /// FFI-safe form of [`Reward`]; built by the registration macro, called by the host.
 #[sabi_trait]
 pub trait FfiReward: Send {
-    /// See [`Reward::reward`]. Methods added in later 1.x versions go after this one, so a
-    /// host can tell whether a plugin built against an older 1.x has them.
+    /// See [`Reward::reward`]. The methods are those of 1.0 for all of 1.x (see the crate
+    /// docs on compatibility).
     #[sabi(last_prefix_field)]
     fn reward(
         &mut self,

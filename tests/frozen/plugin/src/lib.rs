@@ -80,7 +80,11 @@ impl BaseModel for Gaussian {
             })
             .collect();
         let n = v.len();
-        Ok(Batch::single("1d", "x", ManagedTensor::from_vec(v, &[n, 1])?))
+        Ok(Batch::single(
+            "1d",
+            "x",
+            ManagedTensor::from_vec(v, &[n, 1])?,
+        ))
     }
 }
 
@@ -88,7 +92,12 @@ impl BaseModel for Gaussian {
 struct Linear;
 
 impl Reward for Linear {
-    fn reward(&mut self, sample: Batch, _latent: Batch, _kwargs: Kwargs) -> PluginResult<RewardOutput> {
+    fn reward(
+        &mut self,
+        sample: Batch,
+        _latent: Batch,
+        _kwargs: Kwargs,
+    ) -> PluginResult<RewardOutput> {
         let x = sample.require("x")?.to_vec::<f32>()?;
         Ok(RewardOutput::all_valid(ManagedTensor::from_slice(&x)))
     }
