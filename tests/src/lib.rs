@@ -138,6 +138,13 @@ pub fn foreign_plugin(manifest_dir: &Path, package: &str) -> PathBuf {
     fixture_target().join(profile).join(library_name(package))
 }
 
+/// The `summary.json` of the run directory `dir`.
+pub fn summary(dir: &Path) -> serde_json::Value {
+    let path = dir.join("summary.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path:?}: {e}"))
+}
+
 /// The host executable, built (with its `mpi` feature when the tests are built with theirs,
 /// so that every test of one build runs the same host).
 pub fn host() -> PathBuf {

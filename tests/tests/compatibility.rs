@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use flowgym_plugin_api::API_VERSION;
-use flowgym_tests::{assert_exit, foreign_plugin, stdout, workspace, Sandbox};
+use flowgym_tests::{assert_exit, foreign_plugin, stdout, summary, workspace, Sandbox};
 
 #[test]
 fn a_plugin_built_against_plugin_api_1_0_is_listed_and_runs() {
@@ -56,10 +56,7 @@ fn a_plugin_built_against_plugin_api_1_0_is_listed_and_runs() {
         "run",
     ]);
     assert_exit(&out, 0);
-    let summary: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(sandbox.path("run/summary.json")).expect("summary.json"),
-    )
-    .expect("summary.json is JSON");
+    let summary = summary(&sandbox.path("run"));
     let before = summary["before"]["reward_mean"].as_f64().unwrap();
     let after = summary["after"]["reward_mean"].as_f64().unwrap();
     // The standard error of either mean is 0.008.

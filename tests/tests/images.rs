@@ -1,7 +1,7 @@
 //! Image models and rewards end to end, on the tiny random fixtures generated from the
 //! reference Python libraries (`plugins/images/scripts/`).
 
-use flowgym_tests::{assert_exit, plugin, stderr, stdout, workspace, Sandbox};
+use flowgym_tests::{assert_exit, plugin, stderr, stdout, summary, workspace, Sandbox};
 
 fn image_sandbox(name: &str) -> Sandbox {
     let sandbox = Sandbox::new(name);
@@ -16,13 +16,6 @@ fn fixture(relative: &str) -> String {
         .join(relative)
         .display()
         .to_string()
-}
-
-/// `summary.json` of the run directory `run` in `sandbox`.
-fn summary(sandbox: &Sandbox, run: &str) -> serde_json::Value {
-    let path = sandbox.path(run).join("summary.json");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path:?}: {e}"))
 }
 
 /// A Value Matching run of the DDPM fixture with the JPEG compression reward completes and
@@ -75,7 +68,7 @@ fn cifar_run_with_jpeg_compression_writes_grids_metrics_and_a_checkpoint() {
         1 + iterations,
         "a header and one row per iteration:\n{metrics}"
     );
-    let summary = summary(&sandbox, "run");
+    let summary = summary(&sandbox.path("run"));
     assert!(
         summary["value_network"]
             .as_str()
@@ -225,7 +218,7 @@ fn stable_diffusion_runs_with_the_aesthetic_reward_and_writes_prompts_under_the_
     }
     let prompts = std::fs::read_to_string(sandbox.path("run/samples/after-prompts.txt")).unwrap();
     assert_eq!(prompts.lines().count(), 4);
-    let summary = summary(&sandbox, "run");
+    let summary = summary(&sandbox.path("run"));
     assert!(
         summary["value_network"]
             .as_str()

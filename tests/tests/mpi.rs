@@ -7,7 +7,7 @@ mod with_mpi {
     use std::path::Path;
     use std::process::Output;
 
-    use flowgym_tests::{fixture_plugin, read_tensors, stderr, Sandbox};
+    use flowgym_tests::{fixture_plugin, read_tensors, stderr, summary, Sandbox};
 
     /// A short toy run: every knob that shapes the numbers is fixed here but the reward and
     /// the batch size, which [`args`] adds unless given.
@@ -59,11 +59,6 @@ mod with_mpi {
                     .collect()
             })
             .collect()
-    }
-
-    fn summary(dir: &Path) -> serde_json::Value {
-        let text = std::fs::read_to_string(dir.join("summary.json")).expect("summary.json");
-        serde_json::from_str(&text).expect("JSON")
     }
 
     fn close(a: f64, b: f64, what: &str) {

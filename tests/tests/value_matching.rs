@@ -3,7 +3,9 @@
 
 use std::path::Path;
 
-use flowgym_tests::{assert_exit, fixture_plugin, read_tensors, stderr, stdout, tensor, Sandbox};
+use flowgym_tests::{
+    assert_exit, fixture_plugin, read_tensors, stderr, stdout, summary, tensor, Sandbox,
+};
 
 /// The toy's base: 0.5 N(0, 1) + 0.5 N(3, 0.4^2).
 fn base_density(x: f64) -> f64 {
@@ -106,10 +108,6 @@ fn normal_cdf(x: f64) -> f64 {
                 + t * (1.421_413_741 + t * (-1.453_152_027 + t * 1.061_405_429))));
     let erf = 1.0 - poly * (-z * z).exp();
     0.5 * (1.0 + if z >= 0.0 { erf } else { -erf })
-}
-
-fn summary(dir: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap()
 }
 
 fn valid_rewards(path: &Path) -> Vec<f64> {
