@@ -1,7 +1,7 @@
 //! `images/ddpm`: any unconditional diffusers `UNet2DModel` with its discrete noise schedule
 //! (the DDPM checkpoints of Ho et al. and every folder `DDPMPipeline` or `DDIMPipeline` loads:
-//! any channel count, sample size, block types and attention settings this crate's
-//! [`UNet2DModel`] builds).
+//! any channel count, sample size, block types, time embedding and attention settings
+//! diffusers' `UNet2DModel` runs unconditionally; see [`UNet2DConfig::validate`]).
 //!
 //! The weights come from the folder the `weights` argument names (flat, with `config.json`,
 //! `diffusion_pytorch_model.safetensors` and `scheduler_config.json`, or a pipeline layout with

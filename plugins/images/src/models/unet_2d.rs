@@ -1,5 +1,8 @@
 //! diffusers' `UNet2DModel`: the unconditional UNet of the DDPM checkpoints
-//! (`google/ddpm-cifar10-32` and relatives).
+//! (`google/ddpm-cifar10-32` and relatives) and of the score-SDE ones (skip blocks, Fourier
+//! time embedding). The blocks it builds per level are in
+//! [`unet_2d_levels`](crate::models::unet_2d_levels); what it accepts is checked by
+//! [`UNet2DConfig::validate`].
 
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
