@@ -390,7 +390,7 @@ fn check_scheduler(
 
 /// A `learned` time embedding must have a row for every step of the schedule (`steps`
 /// values of `alphas_cumprod`), since the model is asked for any of them.
-fn check_learned_steps(config: &UNet2DConfig, steps: usize) -> Result<(), ConfigError> {
+pub(crate) fn check_learned_steps(config: &UNet2DConfig, steps: usize) -> Result<(), ConfigError> {
     match config.num_train_timesteps {
         Some(rows) if config.time_embedding_type == "learned" && rows < steps as i64 => {
             Err(ConfigError::unsupported(
