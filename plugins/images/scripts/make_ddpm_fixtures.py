@@ -38,6 +38,10 @@ level's blocks named with diffusers' `UNetRes` prefix, 4 features per attention 
 attention norm of its own (`attn_norm_num_groups` 2), and a clipping DDPMScheduler config. Its
 UNet is given the steps as integers (an `nn.Embedding` index).
 
+`heads16/` -- 3 channels, 16 x 16, two equal levels of attention blocks with no resnet in the
+down blocks (`layers_per_block` 0), heads of 6 features that do not divide the 16 channels
+(diffusers rounds the head count down: two heads over 12 of them), `downsample_padding` 0.
+
 `<name>/io.safetensors`:
     x          f32 [2, C, H, W]   the input sample
     timesteps  f32 [2]            the step indices k given to the UNet
@@ -191,6 +195,21 @@ def main():
         num_train_timesteps=1000,
     ).eval()
     write("learned16", learned, DDPMScheduler(), [3.0, 640.0], integer_steps=True)
+
+    torch.manual_seed(5)
+    heads = UNet2DModel(
+        sample_size=16,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(16, 16),
+        down_block_types=("AttnDownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "AttnUpBlock2D"),
+        layers_per_block=0,
+        norm_num_groups=4,
+        attention_head_dim=6,
+        downsample_padding=0,
+    ).eval()
+    write("heads16", heads, DDPMScheduler(clip_sample=False), [3.0, 640.0])
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@
 //! a clipping DDPM config; 1 channel at 16 x 16 with `ResnetDownsampleBlock2D` /
 //! `ResnetUpsampleBlock2D`; 3 channels at 32 x 32 with the skip blocks and a Fourier time
 //! embedding; 1 channel at 16 x 16 with a learned time embedding and resnet down- and
-//! up-sampling in the attention blocks), written with diffusers 0.42.1 / torch 2.13.0 by
+//! up-sampling in the attention blocks; 3 channels at 16 x 16 with heads that do not divide the
+//! channels and down blocks without resnets), written with diffusers 0.42.1 / torch 2.13.0 by
 //! `scripts/make_ddpm_fixtures.py`; and the configurations and files the entry refuses.
 
 mod common;
@@ -103,6 +104,11 @@ fn skip_blocks_with_fourier_embedding_match_diffusers() {
 #[test]
 fn learned_embedding_with_resnet_resampling_types_matches_diffusers() {
     check_against_diffusers("learned16", 16);
+}
+
+#[test]
+fn uneven_heads_and_blocks_without_resnets_match_diffusers() {
+    check_against_diffusers("heads16", 16);
 }
 
 #[test]
@@ -336,6 +342,26 @@ fn unconditional_block_and_embedding_limits_name_the_key() {
             "\"resnet_time_scale_shift\": \"default\"",
             "\"resnet_time_scale_shift\": \"spatial\"",
             "resnet_time_scale_shift",
+        ),
+        // Shapes diffusers builds but cannot run: no head fits, the size is not halved, a
+        // block without resnets would have to change the width.
+        (
+            "heads16",
+            "\"attention_head_dim\": 6",
+            "\"attention_head_dim\": 20",
+            "attention_head_dim",
+        ),
+        (
+            "rgb64",
+            "\"downsample_padding\": 0",
+            "\"downsample_padding\": 2",
+            "downsample_padding",
+        ),
+        (
+            "gray16",
+            "\"layers_per_block\": 1",
+            "\"layers_per_block\": 0",
+            "layers_per_block",
         ),
     ];
     for (name, from, to, key) in cases {

@@ -3,7 +3,7 @@
 
 use crate::models::resnet::{check_levels, Activation, ConfigError, TimeEmbeddingNorm};
 use crate::models::unet_2d::UNet2DConfig;
-use crate::models::unet_2d_blocks::{down_levels, up_levels};
+use crate::models::unet_2d_blocks::{down_levels, up_levels, DownsampleKind};
 use crate::models::unet_2d_levels::{DownBlockType, UpBlockType};
 use crate::models::unet_2d_skip_blocks::{skip_groups, skip_up_groups};
 
@@ -42,6 +42,7 @@ impl UNet2DConfig {
             ));
         }
         let (down, up) = self.block_types()?;
+        self.check_layers()?;
         self.check_resampling_types(&down, &up)?;
         self.check_skip_path(&down, &up)?;
         Activation::from_name("act_fn", &self.act_fn)?;
@@ -75,6 +76,21 @@ impl UNet2DConfig {
         }
     }
 
+    /// Blocks without resnets (`layers_per_block` 0 down) cannot change the width, so every
+    /// level must then have the same.
+    fn check_layers(&self) -> Result<(), ConfigError> {
+        let first = self.block_out_channels[0];
+        if self.layers_per_block == 0 && self.block_out_channels.iter().any(|&c| c != first) {
+            return Err(ConfigError::unsupported(
+                "layers_per_block",
+                0,
+                "at least 1 (0 only when every level of `block_out_channels` has the same \
+                 width: a block's first resnet changes the width)",
+            ));
+        }
+        Ok(())
+    }
+
     /// `downsample_type` and `upsample_type` matter to `AttnDownBlock2D` and `AttnUpBlock2D`
     /// that resample (diffusers builds none for other values, and the UNet then fails).
     fn check_resampling_types(
@@ -89,6 +105,19 @@ impl UNet2DConfig {
                 "downsample_type",
                 &self.downsample_type,
                 accepted,
+            ));
+        }
+        let conv_down = down[..last].iter().any(|&kind| {
+            kind == DownBlockType::Down
+                || (kind == DownBlockType::AttnDown
+                    && matches!(self.attn_downsample(), Some(DownsampleKind::Conv { .. })))
+        });
+        if conv_down && !matches!(self.downsample_padding, 0 | 1) {
+            return Err(ConfigError::unsupported(
+                "downsample_padding",
+                self.downsample_padding,
+                "0 or 1 (other paddings do not halve the size, and the up path cannot meet \
+                 the skip connections)",
             ));
         }
         if up[..last].contains(&UpBlockType::AttnUp) && self.attn_upsample().is_none() {
@@ -231,7 +260,8 @@ impl UNet2DConfig {
         })
     }
 
-    /// Every attention must have at least one head, of a size that divides its channels.
+    /// Every attention must have at least one head (`channels / attention_head_dim`, rounded
+    /// down as diffusers does: heads need not cover every channel).
     fn check_heads(&self, down: &[DownBlockType], up: &[UpBlockType]) -> Result<(), ConfigError> {
         let levels = self.block_out_channels.len();
         let mut attended: Vec<i64> = Vec::new();
@@ -245,9 +275,9 @@ impl UNet2DConfig {
         }
         for channels in attended {
             let head_dim = self.attention_head_dim.unwrap_or(channels);
-            if head_dim <= 0 || channels % head_dim != 0 {
+            if head_dim <= 0 || head_dim > channels {
                 return Err(ConfigError::Invalid(format!(
-                    "{channels} channels cannot be split into heads of {head_dim} \
+                    "{channels} channels cannot hold one head of {head_dim} \
                      (`attention_head_dim`)"
                 )));
             }
