@@ -111,22 +111,29 @@ fn uneven_heads_and_blocks_without_resnets_match_diffusers() {
     check_against_diffusers("heads16", 16);
 }
 
+/// Values diffusers reads as others: null resampling types are `conv`, any mid-block name
+/// builds `UNetMidBlock2D`.
 #[test]
-fn null_resampling_types_are_conv_as_in_diffusers() {
-    let tmp = TempDir::new("ddpm-null-types");
-    let folder = edited(
-        &tmp,
-        "rgb64",
-        "config.json",
-        "\"downsample_type\": \"conv\"",
-        "\"downsample_type\": null",
-    );
-    let nulled = load(&folder).unwrap_or_else(|e| panic!("{e}"));
+fn values_diffusers_reads_alike_build_the_same_model() {
+    let tmp = TempDir::new("ddpm-alike");
     let model = load(&dir("rgb64")).unwrap();
     let io = read_tensors(&dir("rgb64").join("io.safetensors"));
     let (x, k) = (get(&io, "x"), get(&io, "timesteps"));
-    let (a, b) = tch::no_grad(|| (nulled.unet().forward(x, k), model.unet().forward(x, k)));
-    assert_eq!(max_abs_diff(&a, &b), 0.0);
+    let expected = tch::no_grad(|| model.unet().forward(x, k));
+    let edits = [
+        ("\"downsample_type\": \"conv\"", "\"downsample_type\": null"),
+        ("\"upsample_type\": \"conv\"", "\"upsample_type\": null"),
+        (
+            "\"mid_block_type\": \"UNetMidBlock2D\"",
+            "\"mid_block_type\": \"UNetMidBlock2DCrossAttn\"",
+        ),
+    ];
+    for (from, to) in edits {
+        let folder = edited(&tmp, "rgb64", "config.json", from, to);
+        let model = load(&folder).unwrap_or_else(|e| panic!("{to}: {e}"));
+        let out = tch::no_grad(|| model.unet().forward(x, k));
+        assert_eq!(max_abs_diff(&out, &expected), 0.0, "{to}");
+    }
 }
 
 #[test]
