@@ -1,7 +1,7 @@
 //! `images/ddpm`: any unconditional diffusers `UNet2DModel` with its discrete noise schedule
 //! (the DDPM checkpoints of Ho et al. and every folder `DDPMPipeline` or `DDIMPipeline` loads:
-//! any channel count, sample size, block types and attention settings this crate's
-//! [`UNet2DModel`] builds).
+//! any channel count, sample size, block types, time embedding and attention settings
+//! diffusers' `UNet2DModel` runs unconditionally; see [`UNet2DConfig::validate`]).
 //!
 //! The weights come from the folder the `weights` argument names (flat, with `config.json`,
 //! `diffusion_pytorch_model.safetensors` and `scheduler_config.json`, or a pipeline layout with
@@ -254,6 +254,7 @@ impl DdpmModel {
         };
         let shape = sample_shape(config, options.expect).map_err(architecture)?;
         config.validate().map_err(architecture)?;
+        check_learned_steps(config, alpha_bar.len()).map_err(architecture)?;
         let weights = weights()?;
         let unet = UNet2DModel::new(&weights.root(), config).map_err(architecture)?;
         weights.finish()?;
@@ -385,6 +386,24 @@ fn check_scheduler(
     }
     let clip = clip_override.unwrap_or(scheduler.clip_sample);
     Ok((prediction, clip.then_some(bound)))
+}
+
+/// A `learned` time embedding must have a row for every step of the schedule (`steps`
+/// values of `alphas_cumprod`), since the model is asked for any of them.
+pub(crate) fn check_learned_steps(config: &UNet2DConfig, steps: usize) -> Result<(), ConfigError> {
+    match config.num_train_timesteps {
+        Some(rows) if config.time_embedding_type == "learned" && rows < steps as i64 => {
+            Err(ConfigError::unsupported(
+                "num_train_timesteps",
+                rows,
+                format!(
+                    "at least {steps} (the steps of the scheduler config): the `learned` time \
+                     embedding has one row per step"
+                ),
+            ))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// The sample shape `[C, H, W]` of `config` (refused naming the key otherwise): its channels and `sample_size`, which must be

@@ -220,6 +220,24 @@ fn bad_datasets_and_sizes_are_refused_before_training() {
 }
 
 #[test]
+fn time_embeddings_a_ddpm_cannot_train_are_refused() {
+    let mut s = settings(fixture("images.safetensors"));
+    s.unet.time_embedding_type = "fourier".into();
+    let err = trainer_error(s);
+    assert!(err.contains("time_embedding_type"), "{err}");
+
+    // One row short of the schedule's 1000 steps.
+    let mut s = settings(fixture("images.safetensors"));
+    s.unet.time_embedding_type = "learned".into();
+    s.unet.num_train_timesteps = Some(999);
+    let err = trainer_error(s);
+    assert!(
+        err.contains("num_train_timesteps") && err.contains("1000"),
+        "{err}"
+    );
+}
+
+#[test]
 fn the_classifier_trains_and_reports_its_held_out_accuracy() {
     let tmp = TempDir::new("train-classifier");
     let settings = ClassifierSettings {

@@ -107,3 +107,51 @@ impl TimestepEmbedding {
         }
     }
 }
+
+/// diffusers' `GaussianFourierProjection` as `UNet2DModel` builds it (`time_embedding_type`
+/// `fourier`: `log=True`, sines first): `[n]` noise levels `s` to
+/// `[n, 2 * embedding_size]`, `[sin(2 pi w log s), cos(2 pi w log s)]` with the fixed random
+/// frequencies `w` (`weight`).
+#[derive(Debug)]
+pub struct GaussianFourierProjection {
+    weight: Tensor,
+}
+
+impl GaussianFourierProjection {
+    /// Loads `p.weight` (`[embedding_size]`).
+    pub fn new(p: &WeightPath, embedding_size: i64) -> Self {
+        Self {
+            weight: p.get("weight", &[embedding_size]),
+        }
+    }
+
+    /// `[n]` positive noise levels to `[n, 2 * embedding_size]`.
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        let x = x.to_kind(self.weight.kind()).log();
+        let x_proj = x.unsqueeze(1) * self.weight.unsqueeze(0) * 2.0 * std::f64::consts::PI;
+        Tensor::cat(&[x_proj.sin(), x_proj.cos()], -1)
+    }
+}
+
+/// The learned timestep table of `UNet2DModel` (`time_embedding_type` `learned`: an
+/// `nn.Embedding` of `num_train_timesteps` rows).
+#[derive(Debug)]
+pub struct LearnedTimesteps {
+    weight: Tensor,
+}
+
+impl LearnedTimesteps {
+    /// Loads `p.weight` (`[num_embeddings, dim]`).
+    pub fn new(p: &WeightPath, num_embeddings: i64, dim: i64) -> Self {
+        Self {
+            weight: p.get("weight", &[num_embeddings, dim]),
+        }
+    }
+
+    /// `[n]` step indices (fractional values round to the nearest) to `[n, dim]`. An index
+    /// outside the table panics, as diffusers raises an `IndexError`.
+    pub fn forward(&self, timesteps: &Tensor) -> Tensor {
+        let index = timesteps.to_kind(Kind::Double).round().to_kind(Kind::Int64);
+        self.weight.index_select(0, &index)
+    }
+}

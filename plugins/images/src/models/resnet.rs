@@ -4,6 +4,7 @@
 
 use tch::Tensor;
 
+use crate::models::fir;
 use crate::nn::{Conv2d, GroupNorm, Linear};
 use crate::weights::WeightPath;
 
@@ -163,7 +164,42 @@ impl Default for ResnetBlock2DConfig {
     }
 }
 
-/// diffusers' `ResnetBlock2D` (pre-normalisation, no up- or down-sampling inside).
+/// The resampling inside a residual block (`up`, `down` and `kernel` of diffusers'
+/// `ResnetBlock2D`), applied to both the features and the shortcut after the first activation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resample {
+    /// None.
+    None,
+    /// `up=True`: nearest-neighbour interpolation to twice the size.
+    Up,
+    /// `down=True`: 2 x 2 average pooling.
+    Down,
+    /// `up=True, kernel="fir"`: [`fir::upsample_2d`].
+    FirUp,
+    /// `down=True, kernel="fir"`: [`fir::downsample_2d`].
+    FirDown,
+}
+
+impl Resample {
+    fn forward(self, x: &Tensor) -> Tensor {
+        match self {
+            Self::None => x.shallow_clone(),
+            Self::Up => upsample_nearest_2x(x),
+            Self::Down => x.avg_pool2d([2, 2], [2, 2], [0, 0], false, true, None),
+            Self::FirUp => fir::upsample_2d(x),
+            Self::FirDown => fir::downsample_2d(x),
+        }
+    }
+}
+
+/// `F.interpolate(x, scale_factor=2.0, mode="nearest")` on `[n, c, h, w]`.
+fn upsample_nearest_2x(x: &Tensor) -> Tensor {
+    let size = x.size();
+    let (h, w) = (size[size.len() - 2], size[size.len() - 1]);
+    x.upsample_nearest2d([2 * h, 2 * w], Some(2.0), Some(2.0))
+}
+
+/// diffusers' `ResnetBlock2D` (pre-normalisation, optionally resampling inside).
 #[derive(Debug)]
 pub struct ResnetBlock2D {
     norm1: GroupNorm,
@@ -172,6 +208,7 @@ pub struct ResnetBlock2D {
     norm2: GroupNorm,
     conv2: Conv2d,
     conv_shortcut: Option<Conv2d>,
+    resample: Resample,
     config: ResnetBlock2DConfig,
 }
 
@@ -179,6 +216,25 @@ impl ResnetBlock2D {
     /// Loads the block at `p` (`norm1`, `conv1`, `time_emb_proj`, `norm2`, `conv2`,
     /// `conv_shortcut` when the channel count changes).
     pub fn new(p: &WeightPath, in_channels: i64, config: ResnetBlock2DConfig) -> Self {
+        let out_channels = config.out_channels.unwrap_or(in_channels);
+        Self::resampling(
+            p,
+            in_channels,
+            config,
+            Resample::None,
+            in_channels != out_channels,
+        )
+    }
+
+    /// Like [`ResnetBlock2D::new`], resampling by `resample`, with a `conv_shortcut` when
+    /// `use_in_shortcut` (diffusers' `use_in_shortcut`, which the FIR blocks force on).
+    pub fn resampling(
+        p: &WeightPath,
+        in_channels: i64,
+        config: ResnetBlock2DConfig,
+        resample: Resample,
+        use_in_shortcut: bool,
+    ) -> Self {
         let out_channels = config.out_channels.unwrap_or(in_channels);
         let groups_out = config.groups_out.unwrap_or(config.groups);
         let time_emb_proj = config.temb_channels.map(|temb| {
@@ -194,8 +250,9 @@ impl ResnetBlock2D {
             time_emb_proj,
             norm2: GroupNorm::new(&p.pp("norm2"), groups_out, out_channels, config.eps),
             conv2: Conv2d::new(&p.pp("conv2"), out_channels, out_channels, 3, 1, 1),
-            conv_shortcut: (in_channels != out_channels)
+            conv_shortcut: use_in_shortcut
                 .then(|| Conv2d::new(&p.pp("conv_shortcut"), in_channels, out_channels, 1, 1, 0)),
+            resample,
             config,
         }
     }
@@ -204,7 +261,13 @@ impl ResnetBlock2D {
     /// `[n, out, h, w]`.
     pub fn forward(&self, x: &Tensor, temb: Option<&Tensor>) -> Tensor {
         let act = self.config.act;
-        let h = self.conv1.forward(&act.forward(&self.norm1.forward(x)));
+        let h = act.forward(&self.norm1.forward(x));
+        let (x, h) = match self.resample {
+            Resample::None => (x.shallow_clone(), h),
+            resample => (resample.forward(x), resample.forward(&h)),
+        };
+        let x = &x;
+        let h = self.conv1.forward(&h);
         let temb = match (&self.time_emb_proj, temb) {
             (Some(proj), Some(temb)) => {
                 let temb = if self.config.skip_time_act {

@@ -1,15 +1,21 @@
 //! diffusers' `UNet2DModel`: the unconditional UNet of the DDPM checkpoints
-//! (`google/ddpm-cifar10-32` and relatives).
+//! (`google/ddpm-cifar10-32` and relatives) and of the score-SDE ones (skip blocks, Fourier
+//! time embedding). The blocks it builds per level are in
+//! [`unet_2d_levels`](crate::models::unet_2d_levels); what it accepts is checked by
+//! [`UNet2DConfig::validate`].
 
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
-use crate::models::embeddings::{TimestepEmbedding, Timesteps};
-use crate::models::resnet::{
-    check_levels, Activation, ConfigError, ResnetBlock2DConfig, TimeEmbeddingNorm,
+use crate::models::embeddings::{
+    GaussianFourierProjection, LearnedTimesteps, TimestepEmbedding, Timesteps,
 };
+use crate::models::resnet::{Activation, ConfigError, ResnetBlock2DConfig, TimeEmbeddingNorm};
 use crate::models::unet_2d_blocks::{
-    down_levels, up_levels, AttnDownBlock2D, AttnUpBlock2D, DownBlock2D, UNetMidBlock2D, UpBlock2D,
+    down_levels, up_levels, DownsampleKind, UNetMidBlock2D, UpsampleKind,
+};
+use crate::models::unet_2d_levels::{
+    BlockSettings, DownBlock, DownBlockType, UpBlock, UpBlockType,
 };
 use crate::nn::{Conv2d, GroupNorm};
 use crate::weights::WeightPath;
@@ -38,7 +44,8 @@ pub struct UNet2DConfig {
     /// Map the input from `[0, 1]` to `[-1, 1]` first.
     #[serde(deserialize_with = "crate::models::nullable::bool")]
     pub center_input_sample: bool,
-    /// `positional` (only this one is supported).
+    /// `positional` (sinusoidal), `fourier` (Gaussian Fourier features of `log(t)`; the
+    /// output is divided by `t`) or `learned` (a table of `num_train_timesteps` rows).
     pub time_embedding_type: String,
     /// Width of the time embedding; `None` is `4 * block_out_channels[0]`.
     pub time_embedding_dim: Option<i64>,
@@ -47,11 +54,12 @@ pub struct UNet2DConfig {
     /// Order `cos, sin` instead of `sin, cos`.
     #[serde(deserialize_with = "crate::models::nullable::bool")]
     pub flip_sin_to_cos: bool,
-    /// `DownBlock2D` or `AttnDownBlock2D` per level.
+    /// One down block type per level (see [`DownBlockType`]).
     pub down_block_types: Vec<String>,
-    /// `UNetMidBlock2D`, or `None` for no mid block.
+    /// `UNetMidBlock2D`, or `None` for no mid block (diffusers builds a `UNetMidBlock2D` for
+    /// any name, and so does this).
     pub mid_block_type: Option<String>,
-    /// `UpBlock2D` or `AttnUpBlock2D` per level.
+    /// One up block type per level, deepest first (see [`UpBlockType`]).
     pub up_block_types: Vec<String>,
     /// Channels per level.
     pub block_out_channels: Vec<i64>,
@@ -61,17 +69,18 @@ pub struct UNet2DConfig {
     pub mid_block_scale_factor: f64,
     /// Padding of the down-sampling convolutions (0 pads right and bottom by one).
     pub downsample_padding: i64,
-    /// `conv` (only this one is supported).
-    pub downsample_type: String,
-    /// `conv` (only this one is supported).
-    pub upsample_type: String,
+    /// How `AttnDownBlock2D` down-samples: `conv` (`None` too) or `resnet`.
+    pub downsample_type: Option<String>,
+    /// How `AttnUpBlock2D` up-samples: `conv` (`None` too) or `resnet`.
+    pub upsample_type: Option<String>,
     /// Dropout (inference: unused).
     pub dropout: f64,
     /// Activation of the resnets.
     pub act_fn: String,
     /// Features per attention head; `None` is one head over all channels.
     pub attention_head_dim: Option<i64>,
-    /// Groups of the group norms; `None` is `min(block_out_channels[0] / 4, 32)`.
+    /// Groups of the group norms (the skip blocks choose their own); `None` is
+    /// `min(channels / 4, 32)` of the first level (of the last for the mid block).
     pub norm_num_groups: Option<i64>,
     /// Groups of the mid-block attention's norm; `None` follows `resnet_time_scale_shift`.
     pub attn_norm_num_groups: Option<i64>,
@@ -82,11 +91,11 @@ pub struct UNet2DConfig {
     /// Whether the mid block has attention.
     #[serde(deserialize_with = "crate::models::nullable::bool")]
     pub add_attention: bool,
-    /// Class conditioning (not supported).
+    /// Class conditioning (refused: the model is unconditional).
     pub class_embed_type: Option<String>,
-    /// Class conditioning (not supported).
+    /// Class conditioning (refused: the model is unconditional).
     pub num_class_embeds: Option<i64>,
-    /// For `learned` time embeddings (not supported).
+    /// Rows of the `learned` time embedding.
     pub num_train_timesteps: Option<i64>,
 }
 
@@ -119,8 +128,8 @@ impl Default for UNet2DConfig {
             layers_per_block: 2,
             mid_block_scale_factor: 1.0,
             downsample_padding: 1,
-            downsample_type: "conv".to_string(),
-            upsample_type: "conv".to_string(),
+            downsample_type: Some("conv".to_string()),
+            upsample_type: Some("conv".to_string()),
             dropout: 0.0,
             act_fn: "silu".to_string(),
             attention_head_dim: Some(8),
@@ -137,106 +146,114 @@ impl Default for UNet2DConfig {
 }
 
 impl UNet2DConfig {
-    /// Checks that the configuration is consistent and within what this implementation
-    /// supports, naming the first key that is not.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        check_levels(
-            &self.block_out_channels,
-            &self.down_block_types,
-            &self.up_block_types,
-        )?;
-        if self.time_embedding_type != "positional" {
-            return Err(ConfigError::unsupported(
-                "time_embedding_type",
-                &self.time_embedding_type,
-                "\"positional\"",
-            ));
-        }
-        if self.class_embed_type.is_some() || self.num_class_embeds.is_some() {
-            return Err(ConfigError::unsupported(
-                "class_embed_type / num_class_embeds",
-                (&self.class_embed_type, self.num_class_embeds),
-                "null (no class conditioning)",
-            ));
-        }
-        for (key, value) in [
-            ("downsample_type", &self.downsample_type),
-            ("upsample_type", &self.upsample_type),
-        ] {
-            if value != "conv" {
-                return Err(ConfigError::unsupported(key, value, "\"conv\""));
-            }
-        }
-        for kind in &self.down_block_types {
-            if !matches!(kind.as_str(), "DownBlock2D" | "AttnDownBlock2D") {
-                return Err(ConfigError::unsupported(
-                    "down_block_types",
-                    kind,
-                    "\"DownBlock2D\", \"AttnDownBlock2D\"",
-                ));
-            }
-        }
-        for kind in &self.up_block_types {
-            if !matches!(kind.as_str(), "UpBlock2D" | "AttnUpBlock2D") {
-                return Err(ConfigError::unsupported(
-                    "up_block_types",
-                    kind,
-                    "\"UpBlock2D\", \"AttnUpBlock2D\"",
-                ));
-            }
-        }
-        if let Some(mid) = &self.mid_block_type {
-            if mid != "UNetMidBlock2D" {
-                return Err(ConfigError::unsupported(
-                    "mid_block_type",
-                    mid,
-                    "\"UNetMidBlock2D\", null",
-                ));
-            }
-        }
-        Activation::from_name("act_fn", &self.act_fn)?;
-        TimeEmbeddingNorm::from_name(&self.resnet_time_scale_shift)?;
-        let groups = self.groups();
-        for &channels in &self.block_out_channels {
-            if groups <= 0 || channels % groups != 0 {
-                return Err(ConfigError::Invalid(format!(
-                    "{channels} channels cannot be split into {groups} groups (`norm_num_groups`)"
-                )));
-            }
-            let head_dim = self.attention_head_dim.unwrap_or(channels);
-            if head_dim <= 0 || channels % head_dim != 0 {
-                return Err(ConfigError::Invalid(format!(
-                    "{channels} channels cannot be split into heads of {head_dim} \
-                     (`attention_head_dim`)"
-                )));
-            }
-        }
-        Ok(())
-    }
-
-    fn groups(&self) -> i64 {
+    /// Groups of the norms outside the skip blocks, and of `conv_norm_out`.
+    pub(crate) fn groups(&self) -> i64 {
         self.norm_num_groups
             .unwrap_or_else(|| (self.block_out_channels[0] / 4).min(32))
     }
+
+    /// Groups of the mid block's resnets: `norm_num_groups`, else diffusers' fallback over the
+    /// deepest level's channels.
+    pub(crate) fn mid_groups(&self) -> i64 {
+        let last = self.block_out_channels[self.block_out_channels.len() - 1];
+        self.norm_num_groups.unwrap_or((last / 4).min(32))
+    }
+
+    /// Groups of the mid block attention's norm (`None`: it has none).
+    pub(crate) fn mid_attention_groups(&self) -> Option<i64> {
+        let default = self.resnet_time_scale_shift == "default";
+        self.attn_norm_num_groups
+            .or(default.then_some(self.mid_groups()))
+    }
+
+    /// The parsed `down_block_types` and `up_block_types`.
+    pub(crate) fn block_types(
+        &self,
+    ) -> Result<(Vec<DownBlockType>, Vec<UpBlockType>), ConfigError> {
+        let down = self
+            .down_block_types
+            .iter()
+            .map(|name| DownBlockType::from_name(name))
+            .collect::<Result<_, _>>()?;
+        let up = self
+            .up_block_types
+            .iter()
+            .map(|name| UpBlockType::from_name(name))
+            .collect::<Result<_, _>>()?;
+        Ok((down, up))
+    }
+
+    /// How `AttnDownBlock2D` down-samples: `None` for a `downsample_type` that builds no
+    /// down-sampler in diffusers.
+    pub(crate) fn attn_downsample(&self) -> Option<DownsampleKind> {
+        match self.downsample_type.as_deref() {
+            None | Some("conv") => Some(DownsampleKind::Conv {
+                padding: self.downsample_padding,
+            }),
+            Some("resnet") => Some(DownsampleKind::Resnet),
+            Some(_) => None,
+        }
+    }
+
+    /// How `AttnUpBlock2D` up-samples: `None` for an `upsample_type` that builds no
+    /// up-sampler in diffusers.
+    pub(crate) fn attn_upsample(&self) -> Option<UpsampleKind> {
+        match self.upsample_type.as_deref() {
+            None | Some("conv") => Some(UpsampleKind::Conv),
+            Some("resnet") => Some(UpsampleKind::Resnet),
+            Some(_) => None,
+        }
+    }
+
+    /// The width of the time embedding.
+    fn time_embed_dim(&self) -> i64 {
+        self.time_embedding_dim
+            .unwrap_or(self.block_out_channels[0] * 4)
+    }
 }
 
+/// The projection of the timesteps before the embedding MLP (`time_proj`).
 #[derive(Debug)]
-enum DownBlock {
-    Plain(DownBlock2D),
-    Attn(AttnDownBlock2D),
+enum TimeProjection {
+    Positional(Timesteps),
+    Fourier(GaussianFourierProjection),
+    Learned(LearnedTimesteps),
 }
 
-#[derive(Debug)]
-enum UpBlock {
-    Plain(UpBlock2D),
-    Attn(AttnUpBlock2D),
+impl TimeProjection {
+    /// The projection of `time_embedding_type` and the width of its output.
+    fn new(p: &WeightPath, c: &UNet2DConfig) -> (Self, i64) {
+        let width = c.block_out_channels[0];
+        match c.time_embedding_type.as_str() {
+            "fourier" => (
+                Self::Fourier(GaussianFourierProjection::new(p, width)),
+                2 * width,
+            ),
+            "learned" => {
+                let rows = c.num_train_timesteps.unwrap_or(0);
+                (Self::Learned(LearnedTimesteps::new(p, rows, width)), width)
+            }
+            _ => (
+                Self::Positional(Timesteps::new(width, c.flip_sin_to_cos, c.freq_shift)),
+                width,
+            ),
+        }
+    }
+
+    fn forward(&self, timesteps: &Tensor) -> Tensor {
+        match self {
+            Self::Positional(proj) => proj.forward(timesteps),
+            Self::Fourier(proj) => proj.forward(timesteps),
+            Self::Learned(proj) => proj.forward(timesteps),
+        }
+    }
 }
 
 /// diffusers' `UNet2DModel`: `(x [n, c, h, w], timesteps [n]) -> [n, out_channels, h, w]`.
 #[derive(Debug)]
 pub struct UNet2DModel {
     conv_in: Conv2d,
-    time_proj: Timesteps,
+    time_proj: TimeProjection,
     time_embedding: TimestepEmbedding,
     down_blocks: Vec<DownBlock>,
     mid_block: Option<UNetMidBlock2D>,
@@ -253,7 +270,7 @@ impl UNet2DModel {
         config.validate()?;
         let c = config;
         let channels = &c.block_out_channels;
-        let time_embed_dim = c.time_embedding_dim.unwrap_or(channels[0] * 4);
+        let time_embed_dim = c.time_embed_dim();
         let resnet = ResnetBlock2DConfig {
             out_channels: None,
             temb_channels: Some(time_embed_dim),
@@ -265,23 +282,41 @@ impl UNet2DModel {
             skip_time_act: false,
             output_scale_factor: 1.0,
         };
+        let settings = BlockSettings {
+            layers_per_block: c.layers_per_block,
+            resnet,
+            attention_head_dim: c.attention_head_dim,
+            downsample_padding: c.downsample_padding,
+            attn_downsample: c.attn_downsample(),
+            attn_upsample: c.attn_upsample(),
+        };
+        let (down_types, up_types) = c.block_types()?;
+        let (time_proj, time_input_dim) = TimeProjection::new(&p.pp("time_proj"), c);
         Ok(Self {
             conv_in: Conv2d::new(&p.pp("conv_in"), c.in_channels, channels[0], 3, 1, 1),
-            time_proj: Timesteps::new(channels[0], c.flip_sin_to_cos, c.freq_shift),
+            time_proj,
             // diffusers builds this MLP with its default SiLU whatever `act_fn` says.
             time_embedding: TimestepEmbedding::new(
                 &p.pp("time_embedding"),
-                channels[0],
+                time_input_dim,
                 time_embed_dim,
                 Activation::Silu,
                 None,
             ),
-            down_blocks: down_blocks(&p.pp("down_blocks"), c, resnet),
+            down_blocks: down_levels(channels)
+                .into_iter()
+                .zip(down_types)
+                .map(|(level, kind)| DownBlock::new(&p.pp("down_blocks"), level, kind, &settings))
+                .collect(),
             mid_block: c
                 .mid_block_type
                 .as_ref()
                 .map(|_| mid_block(&p.pp("mid_block"), c, resnet)),
-            up_blocks: up_blocks(&p.pp("up_blocks"), c, resnet),
+            up_blocks: up_levels(channels)
+                .into_iter()
+                .zip(up_types)
+                .map(|(level, kind)| UpBlock::new(&p.pp("up_blocks"), level, kind, &settings))
+                .collect(),
             conv_norm_out: GroupNorm::new(
                 &p.pp("conv_norm_out"),
                 c.groups(),
@@ -299,8 +334,10 @@ impl UNet2DModel {
     }
 
     /// The prediction for samples `x` `[n, in_channels, h, w]` at `timesteps` (`[n]`, or one
-    /// value for all; fractional values allowed), `[n, out_channels, h, w]`. `h` and `w` must be
-    /// multiples of `2^(levels - 1)`.
+    /// value for all), `[n, out_channels, h, w]`. `h` and `w` must be multiples of
+    /// `2^(levels - 1)`. Positional embeddings take fractional steps; `fourier` ones take
+    /// noise levels (positive: their logarithm is embedded, and the output is divided by
+    /// them); `learned` ones round to the nearest row of their table.
     pub fn forward(&self, x: &Tensor, timesteps: &Tensor) -> Tensor {
         let batch = x.size()[0];
         let x = if self.config.center_input_sample {
@@ -317,111 +354,52 @@ impl UNet2DModel {
             .forward(&self.time_proj.forward(&timesteps).to_kind(x.kind()));
         let emb = Some(&emb);
 
+        let mut skip_sample = x.shallow_clone();
         let mut x = self.conv_in.forward(&x);
         let mut skips = vec![x.shallow_clone()];
         for block in &self.down_blocks {
-            let (out, res) = match block {
-                DownBlock::Plain(b) => b.forward(&x, emb),
-                DownBlock::Attn(b) => b.forward(&x, emb),
-            };
+            let (out, res) = block.forward(&x, emb, &mut skip_sample);
             x = out;
             skips.extend(res);
         }
         if let Some(mid) = &self.mid_block {
             x = mid.forward(&x, emb);
         }
+        let mut skip_sample = None;
         for block in &self.up_blocks {
-            let n = match block {
-                UpBlock::Plain(b) => b.num_skips(),
-                UpBlock::Attn(b) => b.num_skips(),
-            };
-            let res = skips.split_off(skips.len() - n);
-            x = match block {
-                UpBlock::Plain(b) => b.forward(&x, &res, emb, None),
-                UpBlock::Attn(b) => b.forward(&x, &res, emb, None),
-            };
+            let res = skips.split_off(skips.len() - block.num_skips());
+            x = block.forward(&x, &res, emb, &mut skip_sample);
         }
         // diffusers' UNet2DModel ends with a SiLU whatever `act_fn` says.
-        self.conv_out
-            .forward(&self.conv_norm_out.forward(&x).silu())
+        let out = self
+            .conv_out
+            .forward(&self.conv_norm_out.forward(&x).silu());
+        let out = match skip_sample {
+            Some(skip_sample) => out + skip_sample,
+            None => out,
+        };
+        if self.config.time_embedding_type == "fourier" {
+            out / timesteps.to_kind(x.kind()).reshape([-1, 1, 1, 1])
+        } else {
+            out
+        }
     }
-}
-
-/// The down blocks (`down_blocks.{i}` under `p`): `DownBlock2D` or `AttnDownBlock2D` per level.
-fn down_blocks(p: &WeightPath, c: &UNet2DConfig, resnet: ResnetBlock2DConfig) -> Vec<DownBlock> {
-    let n = c.layers_per_block;
-    down_levels(&c.block_out_channels)
-        .into_iter()
-        .zip(&c.down_block_types)
-        .map(|(level, kind)| {
-            let p = p.pp(level.index);
-            let (from, to) = (level.in_channels, level.out_channels);
-            let padding = level.downsample.then_some(c.downsample_padding);
-            if kind == "AttnDownBlock2D" {
-                let head_dim = c.attention_head_dim.unwrap_or(to);
-                DownBlock::Attn(AttnDownBlock2D::new(
-                    &p, from, to, n, resnet, head_dim, padding,
-                ))
-            } else {
-                DownBlock::Plain(DownBlock2D::new(&p, from, to, n, resnet, padding))
-            }
-        })
-        .collect()
 }
 
 /// The mid block (`mid_block` is `p`): one attention between two resnets at the deepest level,
 /// its output scaled by `mid_block_scale_factor`.
 fn mid_block(p: &WeightPath, c: &UNet2DConfig, resnet: ResnetBlock2DConfig) -> UNetMidBlock2D {
     let last = c.block_out_channels[c.block_out_channels.len() - 1];
-    let attn_groups = c
-        .attn_norm_num_groups
-        .or((resnet.time_embedding_norm == TimeEmbeddingNorm::Default).then_some(c.groups()));
-    let attention = c
-        .add_attention
-        .then(|| (c.attention_head_dim.unwrap_or(last), attn_groups));
+    let attention = c.add_attention.then(|| {
+        (
+            c.attention_head_dim.unwrap_or(last),
+            c.mid_attention_groups(),
+        )
+    });
     let resnet = ResnetBlock2DConfig {
+        groups: c.mid_groups(),
         output_scale_factor: c.mid_block_scale_factor,
         ..resnet
     };
     UNetMidBlock2D::new(p, last, 1, resnet, attention)
-}
-
-/// The up blocks (`up_blocks.{i}` under `p`), deepest first: `UpBlock2D` or `AttnUpBlock2D`.
-fn up_blocks(p: &WeightPath, c: &UNet2DConfig, resnet: ResnetBlock2DConfig) -> Vec<UpBlock> {
-    let n = c.layers_per_block + 1;
-    up_levels(&c.block_out_channels)
-        .into_iter()
-        .zip(&c.up_block_types)
-        .map(|(level, kind)| {
-            let p = p.pp(level.index);
-            let (skip, prev, out) = (
-                level.in_channels,
-                level.prev_output_channel,
-                level.out_channels,
-            );
-            if kind == "AttnUpBlock2D" {
-                let head_dim = c.attention_head_dim.unwrap_or(out);
-                UpBlock::Attn(AttnUpBlock2D::new(
-                    &p,
-                    skip,
-                    prev,
-                    out,
-                    n,
-                    resnet,
-                    head_dim,
-                    level.upsample,
-                ))
-            } else {
-                UpBlock::Plain(UpBlock2D::new(
-                    &p,
-                    skip,
-                    prev,
-                    out,
-                    n,
-                    resnet,
-                    level.upsample,
-                ))
-            }
-        })
-        .collect()
 }

@@ -9,7 +9,9 @@ use tch::Tensor;
 use crate::models::attention::{
     Attention, AttentionConfig, Transformer2DConfig, Transformer2DModel,
 };
-use crate::models::resnet::{Downsample2D, ResnetBlock2D, ResnetBlock2DConfig, Upsample2D};
+use crate::models::resnet::{
+    Downsample2D, Resample, ResnetBlock2D, ResnetBlock2DConfig, Upsample2D,
+};
 use crate::weights::WeightPath;
 
 /// The cross-attention settings of one level of a conditional UNet.
@@ -42,14 +44,14 @@ impl CrossAttnConfig {
     }
 }
 
-fn with_out(resnet: ResnetBlock2DConfig, out_channels: i64) -> ResnetBlock2DConfig {
+pub(crate) fn with_out(resnet: ResnetBlock2DConfig, out_channels: i64) -> ResnetBlock2DConfig {
     ResnetBlock2DConfig {
         out_channels: Some(out_channels),
         ..resnet
     }
 }
 
-fn down_resnets(
+pub(crate) fn down_resnets(
     p: &WeightPath,
     in_channels: i64,
     out_channels: i64,
@@ -67,7 +69,7 @@ fn down_resnets(
 /// The resnets of an up block: resnet `i` reads the running features (`prev_output_channel`
 /// wide for the first, `out_channels` after) concatenated with one skip connection
 /// (`in_channels` wide for the last, `out_channels` before).
-fn up_resnets(
+pub(crate) fn up_resnets(
     p: &WeightPath,
     in_channels: i64,
     prev_output_channel: i64,
@@ -103,6 +105,106 @@ fn downsampler(p: &WeightPath, channels: i64, padding: Option<i64>) -> Option<Do
 
 fn upsampler(p: &WeightPath, channels: i64, add: bool) -> Option<Upsample2D> {
     add.then(|| Upsample2D::new(&p.pp("upsamplers").pp(0), channels, channels))
+}
+
+/// How a block that down-samples does it (`downsample_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DownsampleKind {
+    /// `conv`: a stride-2 convolution with this padding.
+    Conv {
+        /// `downsample_padding`.
+        padding: i64,
+    },
+    /// `resnet`: a residual block that average-pools inside.
+    Resnet,
+}
+
+/// How a block that up-samples does it (`upsample_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpsampleKind {
+    /// `conv`: nearest-neighbour interpolation, then a convolution.
+    Conv,
+    /// `resnet`: a residual block that interpolates inside.
+    Resnet,
+}
+
+/// The down-sampler of a block (`downsamplers.0`).
+#[derive(Debug)]
+pub(crate) enum Downsampler {
+    Conv(Downsample2D),
+    Resnet(Box<ResnetBlock2D>),
+}
+
+impl Downsampler {
+    /// `kind` at `p.downsamplers.0`, `channels` wide.
+    pub(crate) fn new(
+        p: &WeightPath,
+        channels: i64,
+        resnet: ResnetBlock2DConfig,
+        kind: DownsampleKind,
+    ) -> Self {
+        let p = p.pp("downsamplers").pp(0);
+        match kind {
+            DownsampleKind::Conv { padding } => {
+                Self::Conv(Downsample2D::new(&p, channels, channels, padding))
+            }
+            DownsampleKind::Resnet => Self::Resnet(Box::new(ResnetBlock2D::resampling(
+                &p,
+                channels,
+                with_out(resnet, channels),
+                Resample::Down,
+                false,
+            ))),
+        }
+    }
+
+    pub(crate) fn forward(&self, x: &Tensor, temb: Option<&Tensor>) -> Tensor {
+        match self {
+            Self::Conv(down) => down.forward(x),
+            Self::Resnet(down) => down.forward(x, temb),
+        }
+    }
+}
+
+/// The up-sampler of a block (`upsamplers.0`).
+#[derive(Debug)]
+pub(crate) enum Upsampler {
+    Conv(Upsample2D),
+    Resnet(Box<ResnetBlock2D>),
+}
+
+impl Upsampler {
+    /// `kind` at `p.upsamplers.0`, `channels` wide.
+    pub(crate) fn new(
+        p: &WeightPath,
+        channels: i64,
+        resnet: ResnetBlock2DConfig,
+        kind: UpsampleKind,
+    ) -> Self {
+        let p = p.pp("upsamplers").pp(0);
+        match kind {
+            UpsampleKind::Conv => Self::Conv(Upsample2D::new(&p, channels, channels)),
+            UpsampleKind::Resnet => Self::Resnet(Box::new(ResnetBlock2D::resampling(
+                &p,
+                channels,
+                with_out(resnet, channels),
+                Resample::Up,
+                false,
+            ))),
+        }
+    }
+
+    pub(crate) fn forward(
+        &self,
+        x: &Tensor,
+        temb: Option<&Tensor>,
+        size: Option<[i64; 2]>,
+    ) -> Tensor {
+        match self {
+            Self::Conv(up) => up.forward(x, size),
+            Self::Resnet(up) => up.forward(x, temb),
+        }
+    }
 }
 
 /// The channels of down block `index` of a UNet or VAE encoder, as diffusers' constructors
@@ -170,7 +272,7 @@ pub fn up_levels(block_out_channels: &[i64]) -> Vec<UpLevel> {
 }
 
 /// The skip connection resnet `i` of an up block consumes: the skips are taken last first.
-fn skip(res: &[Tensor], i: usize) -> &Tensor {
+pub(crate) fn skip(res: &[Tensor], i: usize) -> &Tensor {
     &res[res.len() - 1 - i]
 }
 
@@ -220,11 +322,12 @@ impl DownBlock2D {
 pub struct AttnDownBlock2D {
     resnets: Vec<ResnetBlock2D>,
     attentions: Vec<Attention>,
-    downsampler: Option<Downsample2D>,
+    downsampler: Option<Downsampler>,
 }
 
 impl AttnDownBlock2D {
-    /// Like [`DownBlock2D::new`], with attention heads of `attention_head_dim` features.
+    /// Like [`DownBlock2D::new`], with attention heads of `attention_head_dim` features;
+    /// `downsample` is `Some` when the block down-samples.
     pub fn new(
         p: &WeightPath,
         in_channels: i64,
@@ -232,7 +335,7 @@ impl AttnDownBlock2D {
         num_layers: usize,
         resnet: ResnetBlock2DConfig,
         attention_head_dim: i64,
-        downsample_padding: Option<i64>,
+        downsample: Option<DownsampleKind>,
     ) -> Self {
         let attention = AttentionConfig::spatial(
             out_channels,
@@ -246,7 +349,7 @@ impl AttnDownBlock2D {
             attentions: (0..num_layers)
                 .map(|i| Attention::spatial(&p.pp("attentions").pp(i), attention))
                 .collect(),
-            downsampler: downsampler(p, out_channels, downsample_padding),
+            downsampler: downsample.map(|kind| Downsampler::new(p, out_channels, resnet, kind)),
         }
     }
 
@@ -259,7 +362,7 @@ impl AttnDownBlock2D {
             skips.push(x.shallow_clone());
         }
         if let Some(down) = &self.downsampler {
-            x = down.forward(&x);
+            x = down.forward(&x, temb);
             skips.push(x.shallow_clone());
         }
         (x, skips)
@@ -473,11 +576,12 @@ impl UpBlock2D {
 pub struct AttnUpBlock2D {
     resnets: Vec<ResnetBlock2D>,
     attentions: Vec<Attention>,
-    upsampler: Option<Upsample2D>,
+    upsampler: Option<Upsampler>,
 }
 
 impl AttnUpBlock2D {
-    /// Like [`UpBlock2D::new`], with attention heads of `attention_head_dim` features.
+    /// Like [`UpBlock2D::new`], with attention heads of `attention_head_dim` features;
+    /// `upsample` is `Some` when the block up-samples.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         p: &WeightPath,
@@ -487,7 +591,7 @@ impl AttnUpBlock2D {
         num_layers: usize,
         resnet: ResnetBlock2DConfig,
         attention_head_dim: i64,
-        add_upsample: bool,
+        upsample: Option<UpsampleKind>,
     ) -> Self {
         let attention = AttentionConfig::spatial(
             out_channels,
@@ -508,7 +612,7 @@ impl AttnUpBlock2D {
             attentions: (0..num_layers)
                 .map(|i| Attention::spatial(&p.pp("attentions").pp(i), attention))
                 .collect(),
-            upsampler: upsampler(p, out_channels, add_upsample),
+            upsampler: upsample.map(|kind| Upsampler::new(p, out_channels, resnet, kind)),
         }
     }
 
@@ -531,7 +635,7 @@ impl AttnUpBlock2D {
             x = attention.forward(&h, None);
         }
         match &self.upsampler {
-            Some(up) => up.forward(&x, upsample_size),
+            Some(up) => up.forward(&x, temb, upsample_size),
             None => x,
         }
     }

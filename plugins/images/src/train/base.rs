@@ -16,7 +16,7 @@ use tch::{Device, Kind, Tensor};
 use super::adam::{clip_grad_norm, Adam};
 use super::data::ImageData;
 use super::{step_seed, write_json, write_safetensors, TrainError};
-use crate::ddpm::sample_shape;
+use crate::ddpm::{check_learned_steps, sample_shape};
 use crate::models::scheduler::SchedulerConfig;
 use crate::models::unet_2d::{SampleSize, UNet2DConfig, UNet2DModel};
 use crate::weights::Weights;
@@ -155,6 +155,7 @@ impl BaseTrainer {
         let alpha_bar = scheduler
             .alphas_cumprod()
             .map_err(|e| TrainError::Config(e.to_string()))?;
+        check_time_embedding(&settings.unet, alpha_bar.len())?;
         tch::manual_seed(step_seed(settings.seed, u64::MAX));
         let weights = Weights::initialising(Kind::Float, device);
         let unet = UNet2DModel::new(&weights.root(), &settings.unet)
@@ -385,6 +386,22 @@ fn check_settings(s: &BaseSettings) -> Result<(), TrainError> {
 
 /// Sets the UNet's channels and sample size to the data's `[C, H, W]`; a config that names
 /// others is refused naming the key.
+/// The time embeddings a DDPM trains: `positional`, or `learned` with a row for every step of
+/// the schedule (`steps`). A `fourier` embedding takes the logarithm of a noise level, which
+/// step 0 does not have.
+fn check_time_embedding(config: &UNet2DConfig, steps: usize) -> Result<(), TrainError> {
+    if config.time_embedding_type == "fourier" {
+        return Err(TrainError::Config(
+            "the UNet config: `time_embedding_type` = \"fourier\" is not trained here (it \
+             embeds the logarithm of a noise level, and DDPM step 0 has none); use \
+             \"positional\" or \"learned\""
+                .into(),
+        ));
+    }
+    check_learned_steps(config, steps)
+        .map_err(|e| TrainError::Config(format!("the UNet config: {e}")))
+}
+
 fn fit_to_data(config: &mut UNet2DConfig, shape: [i64; 3], data: &Path) -> Result<(), TrainError> {
     let [c, h, w] = shape;
     let size = if h == w {

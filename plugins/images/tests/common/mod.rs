@@ -109,25 +109,36 @@ pub fn clip_vision_terms(c: &ClipVisionConfig) -> usize {
 
 /// The longest chain of sums through a `UNet2DModel`: the input convolution, each down block's
 /// resnets (and attentions) and down-sampler, the mid block, each up block's one extra resnet
-/// per level and up-sampler, the output norm and convolution.
+/// per level and up-sampler, the output norm and convolution (and the skip image's sum). A
+/// resampling done by a resnet (`ResnetDownsampleBlock2D`, the skip blocks, `resnet`
+/// `downsample_type` / `upsample_type`) counts as one more resnet.
 pub fn unet_2d_depth(c: &UNet2DConfig) -> usize {
-    let levels = c.block_out_channels.len();
     let per_layer =
         |kind: &str| RESNET_SUMS + ATTENTION_SUMS * usize::from(kind.starts_with("Attn"));
+    let resample = |kind: &str, by_type: &Option<String>| {
+        let resnet = kind.contains("Resnet")
+            || kind.contains("Skip")
+            || (kind.starts_with("Attn") && by_type.as_deref() == Some("resnet"));
+        if resnet {
+            RESNET_SUMS + 1
+        } else {
+            1
+        }
+    };
     let down: usize = c
         .down_block_types
         .iter()
-        .map(|k| c.layers_per_block * per_layer(k))
+        .map(|k| c.layers_per_block * per_layer(k) + resample(k, &c.downsample_type))
         .sum();
     let up: usize = c
         .up_block_types
         .iter()
-        .map(|k| (c.layers_per_block + 1) * per_layer(k))
+        .map(|k| (c.layers_per_block + 1) * per_layer(k) + resample(k, &c.upsample_type))
         .sum();
     let mid = c.mid_block_type.as_ref().map_or(0, |_| {
         2 * RESNET_SUMS + ATTENTION_SUMS * usize::from(c.add_attention)
     });
-    1 + down + (levels - 1) + mid + up + (levels - 1) + 2
+    1 + down + mid + up + 3
 }
 
 /// The longest chain of sums through a `UNet2DConditionModel`, counted as for
