@@ -11,8 +11,7 @@ use std::path::PathBuf;
 
 use flowgym_plugin_api::tch_interop::device_of;
 use flowgym_plugin_api::{
-    arguments, register_base_model, ConstructContext, DType, Dim, LeafSpec, PluginError,
-    PluginResult,
+    arguments, register_base_model, ConstructContext, DType, Dim, LeafSpec, PluginResult,
 };
 use tch::Device;
 
@@ -77,10 +76,9 @@ pub fn load(files: &DdpmFiles, args: &CifarArgs, device: Device) -> Result<DdpmM
 }
 
 fn construct(args: CifarArgs, ctx: &ConstructContext) -> PluginResult<DdpmModel> {
-    let options = args
-        .options()
-        .with_dtype_argument("images/cifar", &args.dtype, device_of(ctx.device)?)
-        .map_err(|e| PluginError::new(e.to_string()))?;
+    let options =
+        args.options()
+            .with_dtype_argument("images/cifar", &args.dtype, device_of(ctx.device)?)?;
     DdpmModel::construct(&args.source(), options, ctx)
 }
 

@@ -223,8 +223,7 @@ impl DdpmModel {
         };
         let options = LoadOptions::default()
             .with_clip_argument(&args.clip_sample)
-            .with_dtype_argument(source.entry, &args.dtype, device_of(ctx.device)?)
-            .map_err(|e| PluginError::new(e.to_string()))?;
+            .with_dtype_argument(source.entry, &args.dtype, device_of(ctx.device)?)?;
         Self::construct(&source, options, ctx)
     }
 

@@ -278,11 +278,7 @@ fn a_float16_overflow_is_an_error_that_names_the_precision() {
     // Inputs near float16's largest value: the first convolution's sums overflow.
     let x = Tensor::full([2, 1, 16, 16], 6.0e4, (Kind::Float, Device::Cpu));
     let k = Tensor::from_slice(&[10.0f32, 500.0]);
-    let err = model
-        .predict(&x, &k)
-        .err()
-        .expect("an overflow")
-        .to_string();
+    let err = model.predict(&x, &k).expect_err("an overflow").to_string();
     assert!(
         err.contains("images/ddpm")
             && err.contains("float16 overflow")
@@ -304,8 +300,7 @@ fn a_float16_overflow_is_an_error_that_names_the_precision() {
     let t = flowgym_plugin_api::ManagedTensor::from_tch(&Tensor::from_slice(&[10.0f32])).unwrap();
     let err = digits
         .forward(batch, t, flowgym_plugin_api::Kwargs::new())
-        .err()
-        .expect("an overflow")
+        .expect_err("an overflow")
         .to_string();
     assert!(
         err.contains("images/digits") && err.contains("float16 overflow"),

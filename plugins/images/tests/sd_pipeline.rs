@@ -233,7 +233,8 @@ fn entries_and_data_type_are_registered() {
                 "cfg_scale",
                 "height",
                 "width",
-                "decode_chunk"
+                "decode_chunk",
+                "dtype"
             ]
         );
         let default = |name: &str| {
