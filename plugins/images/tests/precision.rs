@@ -11,8 +11,8 @@
 //! `scaled_dot_product_attention` this crate calls; convolutions, matrix products and norms
 //! accumulate half-precision inputs in float32 inside the kernels and round each result to the
 //! format). On the machine that wrote the fixtures the outputs agree to the last bit, except the
-//! VAE's final `x / 2 + 0.5`, which this crate maps in float32 and diffusers in bfloat16: one
-//! rounding. [`half_tolerance`] allows `4 u` relative to the output's scale, `u` the format's
+//! VAE's final `x / 2 + 0.5`, which this crate maps in float32 and diffusers in the half format:
+//! one rounding. [`half_tolerance`] allows `4 u` relative to the output's scale, `u` the format's
 //! unit roundoff (2^-9 for bfloat16's 8 significant bits, 2^-12 for float16's 11): a rounding of
 //! the result on each side plus one reordered step, for kernels that a processor with other
 //! vector instructions may pick. The half-precision references lie 4 to 10 `u x scale` from the
@@ -24,7 +24,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use common::{get, max_abs, max_abs_diff, read_tensors, safetensors_metadata};
+use common::{copy_dir, get, max_abs, max_abs_diff, read_tensors, safetensors_metadata, TempDir};
 use flowgym_images::ddpm::{DdpmFiles, DdpmModel, LoadOptions, Source, DDPM_INCLUDE};
 use flowgym_images::fetch::HubSettings;
 use flowgym_images::hub::HubCache;
@@ -106,9 +106,13 @@ fn ddpm_unet_in_half_precision_matches_diffusers() {
 }
 
 fn sd2(dtype: &str) -> SdModel {
+    sd2_from(&fixtures("sd/sd2"), dtype)
+}
+
+fn sd2_from(folder: &Path, dtype: &str) -> SdModel {
     let version = SdVersion::Sd2;
     let args = SdArgs {
-        weights: fixtures("sd/sd2").to_str().unwrap().to_string(),
+        weights: folder.to_str().unwrap().to_string(),
         height: 48,
         width: 64,
         dtype: dtype.to_string(),
@@ -175,6 +179,31 @@ fn sd2_text_encoder_unet_and_vae_in_half_precision_match_diffusers() {
             assert_close(&format!("sd2 VAE {name}"), &decoded, reference, u);
         }
     }
+}
+
+#[test]
+fn a_float16_vae_without_force_upcast_runs_in_float16_like_diffusers() {
+    let tmp = TempDir::new("precision-vae-fp16");
+    for entry in std::fs::read_dir(fixtures("sd/sd2")).unwrap() {
+        let path = entry.unwrap().path();
+        let to = tmp.path().join(path.file_name().unwrap());
+        if path.is_dir() {
+            copy_dir(&path, &to);
+        } else {
+            std::fs::copy(&path, &to).unwrap();
+        }
+    }
+    let config_path = tmp.path().join("vae/config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    config["force_upcast"] = serde_json::Value::Bool(false);
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    let model = sd2_from(tmp.path(), "float16");
+    assert_eq!(model.pipeline().vae_precision(), Precision::Float16);
+    let io = read_tensors(&fixtures("sd/sd2_io.safetensors"));
+    let decoded = model.pipeline().decode(get(&io, "decode_latents"), 3);
+    let reference = get(&cases(), "sd2.float16.images").shallow_clone();
+    assert_close("sd2 VAE float16", &decoded, &reference, HALF[0].1);
 }
 
 #[test]
