@@ -22,6 +22,7 @@ use tch::{Device, Kind, Tensor};
 use crate::fetch::{fetch_repo, HubSettings, RepoListing};
 use crate::hub::{NotFound, Search};
 use crate::models::aesthetic::AestheticPredictor;
+use crate::precision::Precision;
 use crate::sources::{download_hint, find_or_fetch, in_folder, select_transformers, Lookup};
 use crate::weights::model_files;
 
@@ -63,6 +64,8 @@ arguments! {
         clip: String = String::new();
         /// Aesthetic head file (.pth or .safetensors): sac+logos+ava1-l14-linearMSE (MLP) or sa_0_4_vit_l_14_linear (linear); empty: looked for by name in the weight directories, the CLIP folder and the Hugging Face cache, else fetched from camenduru/improved-aesthetic-predictor (3.7 MB).
         head: String = String::new();
+        /// The precision the CLIP vision model computes in (weights converted once at load; the head and the embedding's normalisation stay in float32): `auto` is float32 on the CPU and float16 on CUDA.
+        dtype: String = "auto".to_string() => one_of("auto", "float32", "float16", "bfloat16");
     }
 }
 
@@ -236,7 +239,9 @@ impl AestheticReward {
         let head = non_empty(&args.head);
         let head =
             find_head(head.as_deref(), &clip_dir, &weight_dirs, &hub).map_err(|e| e.to_string())?;
-        let predictor = AestheticPredictor::load(&clip_dir, &head, device)
+        let precision = Precision::resolve(&args.dtype, device)?;
+        precision.check_device("images/aesthetic", device)?;
+        let predictor = AestheticPredictor::load_as(&clip_dir, &head, precision.kind(), device)
             .map_err(|e| PluginError::new(e.to_string()))?;
         Ok(Self { predictor })
     }
@@ -269,7 +274,13 @@ impl AestheticReward {
             .map(|chunk| self.predictor.score(chunk))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| PluginError::new(e.to_string()))?;
-        Ok(Tensor::cat(&scores, 0).to_kind(Kind::Float).contiguous())
+        let scores = Tensor::cat(&scores, 0).to_kind(Kind::Float).contiguous();
+        Precision::of_kind(self.predictor.clip().kind()).check_finite(
+            "images/aesthetic",
+            "the score",
+            &scores,
+        )?;
+        Ok(scores)
     }
 }
 

@@ -9,6 +9,7 @@
 
 use std::path::PathBuf;
 
+use flowgym_plugin_api::tch_interop::device_of;
 use flowgym_plugin_api::{
     arguments, register_base_model, ConstructContext, DType, Dim, LeafSpec, PluginResult,
 };
@@ -27,6 +28,8 @@ arguments! {
         repo_id: String = CIFAR_REPOS.to_string();
         /// Clip the predicted clean sample as diffusers' DDPMScheduler does: `config` follows the scheduler config (`true` for google/ddpm-cifar10-32), `true` and `false` override it.
         clip_sample: String = "config".to_string() => one_of("config", "true", "false");
+        /// The precision the UNet computes in (weights converted once at load; samples still cross as float32): `auto` is float32 on the CPU and float16 on CUDA; `bfloat16` keeps float32's range (on CPUs with bfloat16 instructions it is also faster).
+        dtype: String = "auto".to_string() => one_of("auto", "float32", "float16", "bfloat16");
     }
 }
 
@@ -52,7 +55,7 @@ impl CifarArgs {
     pub fn options(&self) -> LoadOptions {
         LoadOptions {
             expect: Some(CIFAR_SHAPE),
-            clip_sample: None,
+            ..LoadOptions::default()
         }
         .with_clip_argument(&self.clip_sample)
     }
@@ -73,7 +76,10 @@ pub fn load(files: &DdpmFiles, args: &CifarArgs, device: Device) -> Result<DdpmM
 }
 
 fn construct(args: CifarArgs, ctx: &ConstructContext) -> PluginResult<DdpmModel> {
-    DdpmModel::construct(&args.source(), args.options(), ctx)
+    let options =
+        args.options()
+            .with_dtype_argument("images/cifar", &args.dtype, device_of(ctx.device)?)?;
+    DdpmModel::construct(&args.source(), options, ctx)
 }
 
 register_base_model! {

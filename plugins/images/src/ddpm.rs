@@ -33,6 +33,7 @@ use crate::hub::{
 use crate::models::resnet::ConfigError;
 use crate::models::scheduler::{SchedulerConfig, SchedulerError};
 use crate::models::unet_2d::{SampleSize, UNet2DConfig, UNet2DModel};
+use crate::precision::{Precision, PrecisionError};
 use crate::sources::{download_hint, find_or_fetch, in_folder, parse_repos, select_ddpm, Lookup};
 use crate::weights::{Weights, WeightsError};
 
@@ -60,6 +61,8 @@ arguments! {
         repo_id: String = String::new();
         /// Clip the predicted clean sample as diffusers' schedulers do: `config` follows the scheduler config's `clip_sample`, `true` and `false` override it.
         clip_sample: String = "config".to_string() => one_of("config", "true", "false");
+        /// The precision the UNet computes in (weights converted once at load; samples still cross as float32): `auto` is float32 on the CPU and float16 on CUDA; `bfloat16` keeps float32's range (on CPUs with bfloat16 instructions it is also faster).
+        dtype: String = "auto".to_string() => one_of("auto", "float32", "float16", "bfloat16");
     }
 }
 
@@ -164,6 +167,8 @@ pub struct LoadOptions {
     pub expect: Option<[i64; 3]>,
     /// `Some` overrides the scheduler config's `clip_sample`.
     pub clip_sample: Option<bool>,
+    /// The precision the UNet computes in (float32 by default).
+    pub precision: Precision,
 }
 
 impl LoadOptions {
@@ -175,6 +180,20 @@ impl LoadOptions {
             _ => None,
         };
         self
+    }
+
+    /// The options of an entry's `dtype` argument on `device`: checks that libtorch runs the
+    /// precision there, naming `entry` when it does not.
+    pub fn with_dtype_argument(
+        mut self,
+        entry: &str,
+        value: &str,
+        device: Device,
+    ) -> Result<Self, PrecisionError> {
+        let precision = Precision::resolve(value, device)?;
+        precision.check_device(entry, device)?;
+        self.precision = precision;
+        Ok(self)
     }
 }
 
@@ -188,6 +207,8 @@ pub struct DdpmModel {
     clip: Option<f64>,
     shape: [i64; 3],
     device: Device,
+    precision: Precision,
+    entry: String,
 }
 
 impl DdpmModel {
@@ -200,7 +221,9 @@ impl DdpmModel {
             include: DDPM_INCLUDE,
             size: "the size of the repository's UNet weights",
         };
-        let options = LoadOptions::default().with_clip_argument(&args.clip_sample);
+        let options = LoadOptions::default()
+            .with_clip_argument(&args.clip_sample)
+            .with_dtype_argument(source.entry, &args.dtype, device_of(ctx.device)?)?;
         Self::construct(&source, options, ctx)
     }
 
@@ -214,7 +237,10 @@ impl DdpmModel {
         let weight_dirs: Vec<PathBuf> = ctx.weight_dirs.iter().map(|d| d.as_str().into()).collect();
         let files = DdpmFiles::locate(source, &weight_dirs, &HubSettings::from_env())
             .map_err(|e| PluginError::new(e.to_string()))?;
-        Self::load(&files, &options, device).map_err(|e| PluginError::new(e.to_string()))
+        let mut model =
+            Self::load(&files, &options, device).map_err(|e| PluginError::new(e.to_string()))?;
+        model.entry = source.entry.to_string();
+        Ok(model)
     }
 
     /// Loads the model from `files` onto `device`; every tensor of the weights must be used
@@ -232,12 +258,13 @@ impl DdpmModel {
             &files.unet.config,
             options,
             device,
-            || Weights::from_files(&files.unet.weights, Kind::Float, device),
+            || Weights::from_files(&files.unet.weights, options.precision.kind(), device),
         )
     }
 
     /// Builds the model from its configs (`config_path` names the UNet's in messages) and the
-    /// weights `weights` reads, once the configs are known to be usable.
+    /// weights `weights` reads (in `options.precision`), once the configs are known to be
+    /// usable.
     pub fn from_parts(
         config: &UNet2DConfig,
         scheduler: &SchedulerConfig,
@@ -266,7 +293,20 @@ impl DdpmModel {
             clip,
             shape,
             device,
+            precision: options.precision,
+            entry: "images/ddpm".to_string(),
         })
+    }
+
+    /// The precision the UNet computes in.
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// The entry named in messages (`images/ddpm` unless constructed for a preset).
+    pub fn with_entry(mut self, entry: &str) -> Self {
+        self.entry = entry.to_string();
+        self
     }
 
     /// The UNet.
@@ -289,9 +329,12 @@ impl DdpmModel {
         self.clip
     }
 
-    /// The noise prediction for `x` `[n, C, H, W]` at steps `k` (`[n]` or one value): the
-    /// UNet's output converted to noise, consistent with the clipped clean sample when
-    /// clipping is on.
+    /// The noise prediction (float32) for `x` `[n, C, H, W]` at steps `k` (`[n]` or one
+    /// value): the UNet's output converted to noise, consistent with the clipped clean sample
+    /// when clipping is on. The UNet computes in the model's precision (`x` cast to it; the
+    /// timestep embedding in float32, then cast, as diffusers' `UNet2DModel` does); its output
+    /// is cast back to float32 for the conversion, and in half precision a non-finite output is
+    /// an error that names the precision.
     pub fn predict(&self, x: &Tensor, k: &Tensor) -> PluginResult<Tensor> {
         let size = x.size();
         if size.len() != 4 || size[1..] != self.shape {
@@ -309,8 +352,11 @@ impl DdpmModel {
         }
         let x = x.to_device(self.device).to_kind(Kind::Float);
         let k = k.to_device(self.device).to_kind(Kind::Float);
+        let out = tch::no_grad(|| self.unet.forward(&x.to_kind(self.precision.kind()), &k));
+        self.precision
+            .check_finite(&self.entry, "the UNet output", &out)?;
+        let out = out.to_kind(Kind::Float);
         Ok(tch::no_grad(|| {
-            let out = self.unet.forward(&x, &k);
             if self.prediction == Prediction::Epsilon && self.clip.is_none() {
                 return out;
             }

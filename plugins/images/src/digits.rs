@@ -13,7 +13,6 @@ use flowgym_plugin_api::{
     arguments, register_base_model, ConstructContext, DType, Dim, LeafSpec, PluginError,
     PluginResult,
 };
-use tch::Kind;
 
 use crate::ddpm::{DdpmModel, LoadOptions, Source, DDPM_INCLUDE};
 use crate::weights::{Weights, WeightsError};
@@ -35,6 +34,8 @@ arguments! {
         weights: String = String::new();
         /// Clip the predicted clean sample as diffusers' DDPMScheduler does: `config` follows the scheduler config (`true`), `true` and `false` override it.
         clip_sample: String = "config".to_string() => one_of("config", "true", "false");
+        /// The precision the UNet computes in (weights converted once at load; samples still cross as float32): `auto` is float32 on the CPU and float16 on CUDA; `bfloat16` keeps float32's range (on CPUs with bfloat16 instructions it is also faster).
+        dtype: String = "auto".to_string() => one_of("auto", "float32", "float16", "bfloat16");
     }
 }
 
@@ -53,7 +54,7 @@ pub fn built_in(options: &LoadOptions, device: tch::Device) -> Result<DdpmModel,
         Ok(Weights::from_tensors(
             "the built-in images/digits weights",
             tensors.into_iter().collect(),
-            Kind::Float,
+            options.precision.kind(),
             device,
         ))
     })
@@ -61,13 +62,17 @@ pub fn built_in(options: &LoadOptions, device: tch::Device) -> Result<DdpmModel,
 }
 
 fn construct(args: DigitsArgs, ctx: &ConstructContext) -> PluginResult<DdpmModel> {
+    let device = device_of(ctx.device)?;
     let options = LoadOptions {
         expect: Some(DIGITS_SHAPE),
-        clip_sample: None,
+        ..LoadOptions::default()
     }
-    .with_clip_argument(&args.clip_sample);
+    .with_clip_argument(&args.clip_sample)
+    .with_dtype_argument("images/digits", &args.dtype, device)?;
     if args.weights.is_empty() {
-        return built_in(&options, device_of(ctx.device)?).map_err(PluginError::new);
+        return built_in(&options, device)
+            .map(|model| model.with_entry("images/digits"))
+            .map_err(PluginError::new);
     }
     let source = Source {
         entry: "images/digits",

@@ -11,6 +11,7 @@
 
 pub mod models;
 pub mod nn;
+pub mod precision;
 pub mod pth;
 pub mod safetensors_file;
 pub mod weights;

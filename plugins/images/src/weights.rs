@@ -93,7 +93,8 @@ pub struct Weights {
 impl Weights {
     /// Reads every tensor of `files`: safetensors, or PyTorch zip checkpoints (`.bin`, `.pth`,
     /// `.pt`) through the restricted reader [`crate::pth`], which executes nothing. Floating
-    /// tensors are converted to `kind` (so `fp16` files load as float32) and moved to `device`.
+    /// tensors are converted to `kind` as each file is read (so `fp16` files load as float32 when
+    /// `kind` is float32, and as stored when it is float16) and moved to `device`.
     pub fn from_files(files: &[PathBuf], kind: Kind, device: Device) -> Result<Self, WeightsError> {
         let mut tensors = BTreeMap::new();
         for path in files {
@@ -102,6 +103,13 @@ impl Weights {
                 message,
             })?;
             for (name, tensor) in read {
+                // Converted file by file, so a float32 file loaded in half precision is never
+                // held twice whole; a file stored in `kind` is kept as stored.
+                let tensor = if tensor.is_floating_point() && tensor.kind() != kind {
+                    tensor.to_kind(kind)
+                } else {
+                    tensor
+                };
                 tensors.insert(name, tensor);
             }
         }

@@ -212,5 +212,5 @@ fn the_entry_declares_its_leaves_and_capabilities() {
     assert_eq!(entry.leaves.len(), 1);
     assert_eq!(entry.leaves[0].name.as_str(), "x");
     let names: Vec<&str> = entry.arguments.iter().map(|a| a.name.as_str()).collect();
-    assert_eq!(names, ["clip", "head"]);
+    assert_eq!(names, ["clip", "head", "dtype"]);
 }

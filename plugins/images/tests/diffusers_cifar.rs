@@ -518,7 +518,7 @@ fn entry_runs_through_the_plugin_contract() {
     assert_eq!(meta.leaves.len(), 1);
     assert_eq!(meta.leaves[0].name.as_str(), "x");
     let names: Vec<String> = meta.arguments.iter().map(|a| a.name.to_string()).collect();
-    assert_eq!(names, ["weights", "repo_id", "clip_sample"]);
+    assert_eq!(names, ["weights", "repo_id", "clip_sample", "dtype"]);
     assert_eq!(
         CifarArgs::from_json("").unwrap().repo_id,
         "google/ddpm-cifar10-32"

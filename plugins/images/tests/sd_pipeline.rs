@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use abi_stable::std_types::RString;
 use common::{
     clip_text_depth, clip_text_terms, get, max_abs, max_abs_diff, read_tensors, rounding_tolerance,
-    unet_2d_condition_depth, unet_terms, vae_decoder_depth, vae_terms, write_tensors, TempDir,
+    safetensors_metadata, unet_2d_condition_depth, unet_terms, vae_decoder_depth, vae_terms,
+    write_tensors, TempDir,
 };
 use flowgym_images::fetch::HubSettings;
 use flowgym_images::hub::{read_config, HubCache};
@@ -64,14 +65,6 @@ impl Io {
     fn timestep(&self) -> f32 {
         self.get("timestep").double_value(&[]) as f32
     }
-}
-
-/// The `__metadata__` of a safetensors file's header.
-fn safetensors_metadata(path: &Path) -> BTreeMap<String, String> {
-    let bytes = std::fs::read(path).unwrap();
-    let len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + len]).unwrap();
-    serde_json::from_value(header["__metadata__"].clone()).unwrap()
 }
 
 /// The configs of fixture `name`'s text encoder, UNet and VAE.
@@ -240,7 +233,8 @@ fn entries_and_data_type_are_registered() {
                 "cfg_scale",
                 "height",
                 "width",
-                "decode_chunk"
+                "decode_chunk",
+                "dtype"
             ]
         );
         let default = |name: &str| {

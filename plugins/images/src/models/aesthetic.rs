@@ -171,7 +171,19 @@ impl AestheticPredictor {
 
     /// Loads the CLIP folder (transformers layout) and the head file onto `device`.
     pub fn load(clip_dir: &Path, head: &Path, device: Device) -> Result<Self, AestheticError> {
-        let clip = ClipVisionModelWithProjection::load(clip_dir, device)?;
+        Self::load_as(clip_dir, head, Kind::Float, device)
+    }
+
+    /// Like [`AestheticPredictor::load`], with the CLIP vision model computing in `kind`; the
+    /// head (a few small linear layers) stays in float32, and so does the normalisation of the
+    /// embedding before it.
+    pub fn load_as(
+        clip_dir: &Path,
+        head: &Path,
+        kind: Kind,
+        device: Device,
+    ) -> Result<Self, AestheticError> {
+        let clip = ClipVisionModelWithProjection::load_as(clip_dir, kind, device)?;
         let head = AestheticHead::load(head, clip.config().projection_dim, device)?;
         Ok(Self::new(clip, head))
     }
@@ -181,9 +193,10 @@ impl AestheticPredictor {
         &self.clip
     }
 
-    /// The L2-normalised image embeddings `[n, dim]` of normalised pixels.
+    /// The L2-normalised image embeddings `[n, dim]` (float32) of normalised pixels: CLIP in
+    /// its precision, its output cast to float32 before the normalisation.
     pub fn embed(&self, pixel_values: &Tensor) -> Result<Tensor, AestheticError> {
-        let embeds = self.clip.forward(pixel_values)?;
+        let embeds = self.clip.forward(pixel_values)?.to_kind(Kind::Float);
         let norm = embeds.norm_scalaropt_dim(2, [-1], true);
         Ok(embeds / norm)
     }

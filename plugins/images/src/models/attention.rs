@@ -56,6 +56,11 @@ impl AttentionConfig {
 
 /// diffusers' `Attention` (multi-head scaled dot-product attention, no mask).
 ///
+/// It computes in the precision of its weights through libtorch's fused
+/// `scaled_dot_product_attention`, as diffusers' default `AttnProcessor2_0` does: that processor
+/// ignores `upcast_attention` and `upcast_softmax` (only the legacy `AttnProcessor` reads them),
+/// and the fused kernels accumulate half-precision scores and the softmax in float32.
+///
 /// The spatial attention blocks of checkpoints saved by old diffusers releases (the Stable
 /// Diffusion v1 VAE, possibly the DDPM repositories) name their projections `query`, `key`,
 /// `value` and `proj_attn`;

@@ -424,15 +424,15 @@ impl ClipEncoder {
     }
 }
 
-/// The folder's weights: its `*.safetensors` files, float32 on `device`.
-fn folder_weights(dir: &Path, device: Device) -> Result<Weights, ClipError> {
+/// The folder's weights: its `*.safetensors` files, in `kind` on `device`.
+fn folder_weights(dir: &Path, kind: Kind, device: Device) -> Result<Weights, ClipError> {
     let files = model_files(dir);
     if files.is_empty() || !dir.join("config.json").is_file() {
         return Err(ClipError::NoWeights {
             dir: dir.to_path_buf(),
         });
     }
-    Ok(Weights::from_files(&files, Kind::Float, device)?)
+    Ok(Weights::from_files(&files, kind, device)?)
 }
 
 /// transformers' `CLIPTextModel` (the `text_encoder` of Stable Diffusion).
@@ -479,8 +479,16 @@ impl ClipTextModel {
     /// Loads a transformers folder (`config.json` + `*.safetensors`, such as the `text_encoder/`
     /// of a Stable Diffusion repository) onto `device`, checking that every weight fits.
     pub fn load(dir: &Path, device: Device) -> Result<Self, ClipError> {
+        Self::load_as(dir, Kind::Float, device)
+    }
+
+    /// Like [`ClipTextModel::load`], computing in `kind` (weights converted once). As in
+    /// transformers, every layer runs in that precision: its LayerNorm kernels take their
+    /// statistics in float32, and attention goes through the fused
+    /// `scaled_dot_product_attention` (transformers' default `sdpa` implementation).
+    pub fn load_as(dir: &Path, kind: Kind, device: Device) -> Result<Self, ClipError> {
         let config = ClipTextConfig::from_file(&dir.join("config.json"))?;
-        let weights = folder_weights(dir, device)?;
+        let weights = folder_weights(dir, kind, device)?;
         let root = weights.root();
         let p = if root.contains("text_model.embeddings.token_embedding.weight") {
             root.pp("text_model")
@@ -649,7 +657,7 @@ impl ClipVisionTransformer {
         let n = size[0];
         let x = pixel_values
             .to_device(self.patch_embedding.device())
-            .to_kind(Kind::Float);
+            .to_kind(self.patch_embedding.kind());
         let patches = x
             .conv2d(
                 &self.patch_embedding,
@@ -700,8 +708,14 @@ impl ClipVisionModelWithProjection {
     /// Loads a transformers folder onto `device`: a `CLIPVisionModelWithProjection`, or a whole
     /// `CLIPModel` (openai/clip-vit-large-patch14) whose text tower is then left unused.
     pub fn load(dir: &Path, device: Device) -> Result<Self, ClipError> {
+        Self::load_as(dir, Kind::Float, device)
+    }
+
+    /// Like [`ClipVisionModelWithProjection::load`], computing in `kind` (weights converted
+    /// once; pixels cast to it), as transformers runs the model after `.to(dtype)`.
+    pub fn load_as(dir: &Path, kind: Kind, device: Device) -> Result<Self, ClipError> {
         let config = ClipVisionConfig::from_file(&dir.join("config.json"))?;
-        let weights = folder_weights(dir, device)?;
+        let weights = folder_weights(dir, kind, device)?;
         let model = Self::new(&weights.root(), &config);
         weights.ignore(|name| {
             name.starts_with("text_model.")
@@ -733,5 +747,10 @@ impl ClipVisionModelWithProjection {
     /// The device its weights are on.
     pub fn device(&self) -> Device {
         self.vision_model.patch_embedding.device()
+    }
+
+    /// The floating-point kind it computes in.
+    pub fn kind(&self) -> Kind {
+        self.vision_model.patch_embedding.kind()
     }
 }

@@ -117,7 +117,10 @@ pub struct UNet2DConditionConfig {
     pub addition_time_embed_dim: Option<i64>,
     /// Class conditioning (not supported).
     pub num_class_embeds: Option<i64>,
-    /// Compute attention scores in float32 under half precision; a no-op here (float32).
+    /// Compute attention scores in float32 under half precision. Read but without effect, as
+    /// in diffusers: its default `AttnProcessor2_0` (like [`Attention`](crate::models::attention::Attention)
+    /// here) calls the fused `scaled_dot_product_attention`, which ignores it, and whose kernels
+    /// accumulate half-precision scores and softmax in float32.
     #[serde(deserialize_with = "crate::models::nullable::bool")]
     pub upcast_attention: bool,
     /// `default` or `scale_shift`.

@@ -49,7 +49,8 @@ pub struct AutoencoderKLConfig {
     pub latents_mean: Option<Vec<f64>>,
     /// Per-channel latent statistics (informative only).
     pub latents_std: Option<Vec<f64>>,
-    /// Run in float32 under half precision; always the case here.
+    /// Keep the VAE in float32 when the pipeline runs in float16 (see
+    /// [`crate::sd::SdPipeline::load`]).
     #[serde(deserialize_with = "crate::models::nullable::bool")]
     pub force_upcast: bool,
     /// Whether `quant_conv` exists.

@@ -46,6 +46,8 @@ macro_rules! sd_arguments {
                 width: usize = 512 => range(8, 8192);
                 /// Images decoded by the VAE at a time in postprocess (bounds its memory).
                 decode_chunk: usize = 1 => range(1, 65536);
+                /// The precision UNet, text encoder and VAE compute in (weights converted once at load; latents still cross as float32): `auto` is float32 on the CPU and float16 on CUDA. In float16 the VAE stays in float32 when its config sets `force_upcast` (as published), as diffusers' SDXL pipelines do; `bfloat16` keeps float32's range.
+                dtype: String = "auto".to_string() => one_of("auto", "float32", "float16", "bfloat16");
             }
         }
 
@@ -61,6 +63,7 @@ macro_rules! sd_arguments {
                     height: a.height,
                     width: a.width,
                     decode_chunk: a.decode_chunk,
+                    dtype: a.dtype,
                 }
             }
         }
@@ -98,6 +101,8 @@ pub struct SdArgs {
     pub width: usize,
     /// Images decoded at a time.
     pub decode_chunk: usize,
+    /// `auto`, `float32`, `float16` or `bfloat16`.
+    pub dtype: String,
 }
 
 /// The prompts of `args`: the lines of `prompts_file` when set (blank lines skipped, each line

@@ -183,6 +183,9 @@ pub enum SdError {
     /// An argument that cannot be used.
     #[error("{0}")]
     Argument(String),
+    /// A precision that cannot be used, or an output it could not represent.
+    #[error(transparent)]
+    Precision(#[from] crate::precision::PrecisionError),
 }
 
 fn join_reports(errors: &[WeightsError]) -> String {

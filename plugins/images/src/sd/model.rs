@@ -13,6 +13,7 @@ use flowgym_plugin_api::{
 use tch::{Device, Kind, Tensor};
 
 use crate::fetch::HubSettings;
+use crate::precision::Precision;
 
 use super::args::{check_size, resolve_prompts};
 use super::{SdArgs, SdError, SdFiles, SdPipeline, SdVersion, DATA_TYPE, PUBLISHED_VAE_FACTOR};
@@ -52,7 +53,9 @@ impl SdModel {
         device: Device,
     ) -> Result<Self, SdError> {
         let prompts = resolve_prompts(&args)?;
-        let pipeline = SdPipeline::load(version.id(), files, device)?;
+        let precision = Precision::resolve(&args.dtype, device)?;
+        precision.check_device(version.id(), device)?;
+        let pipeline = SdPipeline::load(version.id(), files, precision, device)?;
         let factor = pipeline.vae_scale_factor();
         check_size(&args, factor as usize)?;
         Ok(Self {
@@ -245,6 +248,9 @@ impl BaseModel for SdModel {
             self.pipeline.predict(&xs, &k, &cond)
         };
         self.unet_calls += 1;
+        self.pipeline
+            .precision()
+            .check_finite(self.id, "the UNet output", &eps)?;
         Batch::from_tch(DATA_TYPE, [("x", &eps)])
     }
 
@@ -255,6 +261,9 @@ impl BaseModel for SdModel {
             .to_kind(Kind::Float);
         self.check_latents(&xs)?;
         let images = self.pipeline.decode(&xs, self.decode_chunk);
+        self.pipeline
+            .vae_precision()
+            .check_finite(self.id, "the VAE decoding", &images)?;
         Ok(Some(Batch::from_tch(DATA_TYPE, [("x", &images)])?))
     }
 }

@@ -12,6 +12,7 @@ use crate::models::resnet::ConfigError;
 use crate::models::scheduler::SchedulerConfig;
 use crate::models::unet_2d_condition::{UNet2DConditionConfig, UNet2DConditionModel};
 use crate::models::vae::{AutoencoderKL, AutoencoderKLConfig};
+use crate::precision::Precision;
 use crate::weights::Weights;
 
 use super::{SdError, SdFiles, CHANNELS};
@@ -25,12 +26,24 @@ pub struct SdPipeline {
     tokenizer: ClipTokenizer,
     alpha_bar: Vec<f64>,
     device: Device,
+    precision: Precision,
+    vae_precision: Precision,
 }
 
 impl SdPipeline {
-    /// Loads every component of `files` onto `device` (float32) for entry `id`, checking that
-    /// the weights fit exactly and that the components fit each other.
-    pub fn load(id: &'static str, files: &SdFiles, device: Device) -> Result<Self, SdError> {
+    /// Loads every component of `files` onto `device` for entry `id`, checking that the
+    /// weights fit exactly and that the components fit each other. UNet and text encoder
+    /// compute in `precision`; so does the VAE, except in float16 when its config sets
+    /// `force_upcast` (the published SD 1.5 and 2 VAEs do, by default): it then stays in
+    /// float32, as diffusers' SDXL pipelines upcast it (`needs_upcasting = vae.dtype ==
+    /// float16 and vae.config.force_upcast`) because float16 decoding can overflow.
+    /// (`StableDiffusionPipeline` itself decodes in the pipeline's dtype.)
+    pub fn load(
+        id: &'static str,
+        files: &SdFiles,
+        precision: Precision,
+        device: Device,
+    ) -> Result<Self, SdError> {
         let scheduler =
             SchedulerConfig::from_file(&files.scheduler).map_err(LoadError::ScheduleSpec)?;
         if scheduler.prediction_type != "epsilon" {
@@ -63,25 +76,30 @@ impl SdPipeline {
             move |source: ConfigError| LoadError::Architecture { path, source }
         };
         let mut mismatches = Vec::new();
-        let weights = Weights::from_files(&files.unet.weights, Kind::Float, device)
+        let vae_precision = match precision {
+            Precision::Float16 if vae_config.force_upcast => Precision::Float32,
+            other => other,
+        };
+        let weights = Weights::from_files(&files.unet.weights, precision.kind(), device)
             .map_err(LoadError::from)?;
         let unet = UNet2DConditionModel::new(&weights.root(), &unet_config)
             .map_err(architecture(&files.unet.config))?;
         mismatches.extend(weights.finish().err());
-        let weights = Weights::from_files(&files.vae.weights, Kind::Float, device)
+        let weights = Weights::from_files(&files.vae.weights, vae_precision.kind(), device)
             .map_err(LoadError::from)?;
         let vae = AutoencoderKL::new(&weights.root(), &vae_config)
             .map_err(architecture(&files.vae.config))?;
         mismatches.extend(weights.finish().err());
         // `ClipTextModel::load` ignores the `position_ids` buffer of the published exports.
-        let text_encoder = match ClipTextModel::load(&files.text_encoder, device) {
-            Ok(model) => Some(model),
-            Err(ClipError::Weights(e)) => {
-                mismatches.push(e);
-                None
-            }
-            Err(e) => return Err(e.into()),
-        };
+        let text_encoder =
+            match ClipTextModel::load_as(&files.text_encoder, precision.kind(), device) {
+                Ok(model) => Some(model),
+                Err(ClipError::Weights(e)) => {
+                    mismatches.push(e);
+                    None
+                }
+                Err(e) => return Err(e.into()),
+            };
         let text_encoder = match text_encoder {
             Some(model) if mismatches.is_empty() => model,
             _ => return Err(SdError::Weights(mismatches)),
@@ -94,6 +112,8 @@ impl SdPipeline {
             tokenizer,
             alpha_bar,
             device,
+            precision,
+            vae_precision,
         };
         pipeline.check_fit(files)?;
         Ok(pipeline)
@@ -176,6 +196,16 @@ impl SdPipeline {
         &self.alpha_bar
     }
 
+    /// The precision UNet and text encoder compute in.
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// The precision the VAE computes in (float32 under float16 when `force_upcast`).
+    pub fn vae_precision(&self) -> Precision {
+        self.vae_precision
+    }
+
     /// The device the weights are on.
     pub fn device(&self) -> Device {
         self.device
@@ -197,8 +227,10 @@ impl SdPipeline {
         Ok(self.tokenizer.encode_batch(prompts, self.device)?)
     }
 
-    /// The conditioning `[n, 77, D]` of `prompts`: the text encoder's `last_hidden_state`, as
-    /// `StableDiffusionPipeline.encode_prompt` computes it. Each distinct prompt is encoded once.
+    /// The conditioning `[n, 77, D]` (float32) of `prompts`: the text encoder's
+    /// `last_hidden_state`, as `StableDiffusionPipeline.encode_prompt` computes it, in the
+    /// pipeline's precision, then cast to float32 to cross the plugin boundary (the UNet casts
+    /// it back, exactly). Each distinct prompt is encoded once.
     pub fn encode_prompts<S: AsRef<str>>(&self, prompts: &[S]) -> Result<Tensor, SdError> {
         let mut unique: Vec<&str> = Vec::new();
         let mut index: Vec<i64> = Vec::with_capacity(prompts.len());
@@ -214,19 +246,27 @@ impl SdPipeline {
             index.push(at as i64);
         }
         let ids = self.tokenize(&unique)?;
-        let hidden = tch::no_grad(|| self.text_encoder.forward(&ids))?;
+        let hidden = tch::no_grad(|| self.text_encoder.forward(&ids))?.to_kind(Kind::Float);
         let index = Tensor::from_slice(&index).to_device(self.device);
         Ok(hidden.index_select(0, &index))
     }
 
-    /// The UNet's noise prediction for latents `x` `[n, c, h, w]` at steps `k` `[n]` given the
-    /// conditioning `context` `[n, 77, D]`.
+    /// The UNet's noise prediction (float32) for latents `x` `[n, c, h, w]` at steps `k`
+    /// `[n]` given the conditioning `context` `[n, 77, D]`. Latents and conditioning are cast
+    /// to the pipeline's precision, the timestep embedding is computed in float32 and then
+    /// cast (as diffusers' `UNet2DConditionModel` does), and the output is cast to float32.
     pub fn predict(&self, x: &Tensor, k: &Tensor, context: &Tensor) -> Tensor {
-        tch::no_grad(|| self.unet.forward(x, k, context))
+        let kind = self.precision.kind();
+        tch::no_grad(|| {
+            self.unet
+                .forward(&x.to_kind(kind), k, &context.to_kind(kind))
+                .to_kind(Kind::Float)
+        })
     }
 
     /// Classifier-free guidance as `StableDiffusionPipeline` computes it: one UNet call on
-    /// `[x; x]` with `[uncond; cond]`, then `eps_u + scale * (eps_c - eps_u)`.
+    /// `[x; x]` with `[uncond; cond]` (as [`SdPipeline::predict`]), then
+    /// `eps_u + scale * (eps_c - eps_u)` in float32.
     pub fn predict_guided(
         &self,
         x: &Tensor,
@@ -239,14 +279,15 @@ impl SdPipeline {
             let x2 = Tensor::cat(&[x, x], 0);
             let k2 = Tensor::cat(&[k, k], 0);
             let context = Tensor::cat(&[uncond, cond], 0);
-            let eps = self.unet.forward(&x2, &k2, &context);
+            let eps = self.predict(&x2, &k2, &context);
             let parts = eps.chunk(2, 0);
             &parts[0] + (&parts[1] - &parts[0]) * scale
         })
     }
 
     /// Images `[n, 3, h f, w f]` in `[0, 1]` of latents `[n, c, h, w]`: `vae.decode(latents /
-    /// scaling_factor)` mapped by `(x / 2 + 0.5).clamp(0, 1)`, `chunk` latents at a time.
+    /// scaling_factor)` mapped by `(x / 2 + 0.5).clamp(0, 1)`, `chunk` latents at a time; the
+    /// VAE computes in its precision ([`SdPipeline::vae_precision`]), the mapping in float32.
     pub fn decode(&self, latents: &Tensor, chunk: i64) -> Tensor {
         tch::no_grad(|| {
             let size = latents.size();
@@ -260,7 +301,13 @@ impl SdPipeline {
             let images: Vec<Tensor> = latents
                 .split(chunk.max(1), 0)
                 .iter()
-                .map(|part| (self.vae.decode_latents(part) / 2.0 + 0.5).clamp(0.0, 1.0))
+                .map(|part| {
+                    let decoded = self
+                        .vae
+                        .decode_latents(&part.to_kind(self.vae_precision.kind()))
+                        .to_kind(Kind::Float);
+                    (decoded / 2.0 + 0.5).clamp(0.0, 1.0)
+                })
                 .collect();
             Tensor::cat(&images, 0)
         })

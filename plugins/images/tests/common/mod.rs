@@ -26,6 +26,14 @@ pub fn read_tensors(path: &Path) -> BTreeMap<String, Tensor> {
         .collect()
 }
 
+/// The `__metadata__` of a safetensors file's header.
+pub fn safetensors_metadata(path: &Path) -> BTreeMap<String, String> {
+    let bytes = std::fs::read(path).unwrap();
+    let len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + len]).unwrap();
+    serde_json::from_value(header["__metadata__"].clone()).unwrap()
+}
+
 /// The tensor `name` of `tensors`.
 pub fn get<'a>(tensors: &'a BTreeMap<String, Tensor>, name: &str) -> &'a Tensor {
     tensors
