@@ -49,9 +49,33 @@ fn cargo() -> Command {
     command
 }
 
+/// `cargo build` in this test binary's profile, into `target` (None: the workspace's).
+fn build_command(target: Option<&Path>) -> Command {
+    let (_, profile) = target_and_profile();
+    let mut command = cargo();
+    command.arg("build");
+    if profile == "release" {
+        command.arg("--release");
+    }
+    if let Some(target) = target {
+        command.env("CARGO_TARGET_DIR", target);
+    }
+    command
+}
+
+/// Runs a build, failing the test with cargo's errors when it fails.
+fn run_build(mut command: Command, what: &str) {
+    let output = command.output().expect("cargo runs");
+    assert!(
+        output.status.success(),
+        "cargo build {what} failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 /// Builds `packages` in one cargo invocation into `target` (None: the workspace's), in this
-/// test binary's profile; `"--features", "F"` among them passes features. Packages of one call share features, so libtorch-free plugins are
-/// built in calls of their own.
+/// test binary's profile; `"--features", "F"` among them passes features. Packages of one
+/// call share features, so libtorch-free plugins are built in calls of their own.
 pub fn cargo_build(packages: &[&str], target: Option<&Path>) {
     static BUILT: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
     let key = format!("{packages:?}{target:?}");
@@ -60,12 +84,7 @@ pub fn cargo_build(packages: &[&str], target: Option<&Path>) {
     if built.contains(&key) {
         return;
     }
-    let (_, profile) = target_and_profile();
-    let mut command = cargo();
-    command.arg("build");
-    if profile == "release" {
-        command.arg("--release");
-    }
+    let mut command = build_command(target);
     let mut args = packages.iter();
     while let Some(arg) = args.next() {
         if *arg == "--features" {
@@ -77,15 +96,7 @@ pub fn cargo_build(packages: &[&str], target: Option<&Path>) {
             command.args(["-p", arg]);
         }
     }
-    if let Some(target) = target {
-        command.env("CARGO_TARGET_DIR", target);
-    }
-    let output = command.output().expect("cargo runs");
-    assert!(
-        output.status.success(),
-        "cargo build {packages:?} failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    run_build(command, &format!("{packages:?}"));
     built.insert(key);
 }
 
@@ -117,25 +128,15 @@ pub fn fixture_plugin(package: &str) -> PathBuf {
 /// A plugin of a workspace outside this one (`manifest_dir` holds its `Cargo.toml`: the frozen
 /// 1.0 contract's, or a copy of it), built into the fixture target and located.
 pub fn foreign_plugin(manifest_dir: &Path, package: &str) -> PathBuf {
-    let (_, profile) = target_and_profile();
-    let mut command = cargo();
+    let target = fixture_target();
+    let mut command = build_command(Some(&target));
     command
-        .arg("build")
         .arg("--manifest-path")
         .arg(manifest_dir.join("Cargo.toml"))
-        .args(["-p", package])
-        .env("CARGO_TARGET_DIR", fixture_target());
-    if profile == "release" {
-        command.arg("--release");
-    }
-    let output = command.output().expect("cargo runs");
-    assert!(
-        output.status.success(),
-        "cargo build {package} in {} failed:\n{}",
-        manifest_dir.display(),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    fixture_target().join(profile).join(library_name(package))
+        .args(["-p", package]);
+    run_build(command, &format!("{package} in {}", manifest_dir.display()));
+    let (_, profile) = target_and_profile();
+    target.join(profile).join(library_name(package))
 }
 
 /// The `summary.json` of the run directory `dir`.
