@@ -10,11 +10,9 @@ use std::path::{Path, PathBuf};
 
 use abi_stable::std_types::RString;
 use common::{
-    get, max_abs, max_abs_diff, read_tensors, rounding_tolerance, unet_2d_condition_depth,
-    unet_terms, vae_decoder_depth, vae_terms,
+    get, max_abs, max_abs_diff, read_tensors, rounding_tolerance, vae_decoder_depth, vae_terms,
 };
 use flowgym_images::hub::read_config;
-use flowgym_images::models::unet_2d_condition::UNet2DConditionConfig;
 use flowgym_images::models::vae::{AutoencoderKL, AutoencoderKLConfig};
 use flowgym_images::models::vae_tiling::VaeTiling;
 use flowgym_images::weights::{model_files, Weights};
@@ -55,18 +53,6 @@ fn construct(id: &str, name: &str, extra: Value) -> Result<Box<dyn BaseModel>, S
     .map_err(|e| e.to_string())
 }
 
-/// What rounding explains for a guided (scale 7.5) prediction `reference` of the tiny UNet
-/// `name` on 6 x 8 latents: the UNet's depth and longest sum, at the prediction's magnitude,
-/// times the gain of guidance on errors (`|1 - 7.5| + 7.5`).
-fn eps_tolerance(name: &str, reference: &Tensor) -> f64 {
-    let path = fixtures("sd").join(name).join("unet/config.json");
-    let unet: UNet2DConditionConfig = read_config(&path).unwrap();
-    let groups = unet.norm_num_groups.unwrap();
-    let terms = unet_terms(&unet.block_out_channels, groups, 6 * 8);
-    let gain = 6.5 + 7.5;
-    gain * rounding_tolerance(unet_2d_condition_depth(&unet), terms, max_abs(reference))
-}
-
 /// The error of a construction that must fail.
 fn refused(result: Result<Box<dyn BaseModel>, String>) -> String {
     match result {
@@ -102,9 +88,9 @@ fn decode(model: &mut dyn BaseModel, latents: &Tensor) -> Tensor {
 
 /// Every slicing setting gives the unsliced guided prediction on both tiny pipelines (SD 2:
 /// heads [1, 2, 2, 2]; SD 1.5: 2 heads everywhere), batch 3 with guidance (6 rows of
-/// `batch * heads` per head). Slices and the whole may take different blockings of the fused
-/// kernel, so they agree to what float32 rounding explains for the UNet (the tolerance of the
-/// goldens against diffusers, [`eps_tolerance`]), not bit for bit.
+/// `batch * heads` per head). Each slice goes through the fused kernel the whole goes through,
+/// whose rows are independent, so they agree to a few dozen float32 roundings of the output's
+/// magnitude, `64 u max |eps|` (on the CPU with libtorch 2.13, bit for bit).
 #[test]
 fn sliced_attention_gives_the_unsliced_prediction() {
     tch::manual_seed(11);
@@ -115,7 +101,7 @@ fn sliced_attention_gives_the_unsliced_prediction() {
     ] {
         let mut whole = construct(id, name, json!({})).unwrap();
         let reference = predict(whole.as_mut(), &latents);
-        let tolerance = eps_tolerance(name, &reference);
+        let tolerance = 64.0 * common::F32_UNIT_ROUNDOFF * max_abs(&reference);
         let settings = [json!("auto"), json!("max"), Value::Null];
         for slicing in settings.iter().chain(&sizes) {
             let extra = json!({ "attention_slicing": slicing });

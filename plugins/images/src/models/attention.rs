@@ -182,9 +182,11 @@ impl Attention {
         let rows = size[0] * size[1];
         match self.slice_size {
             Some(slice) if slice < rows => {
+                // Rows as a batch of one-head attentions: the fused kernels take 4-d inputs
+                // only (3-d ones fall back to the unfused path, which holds the scores).
                 let rows_of = |t: &Tensor| {
                     let s = t.size();
-                    t.reshape([rows, s[2], s[3]])
+                    t.reshape([rows, 1, s[2], s[3]])
                 };
                 let (q, k, v) = (rows_of(query), rows_of(key), rows_of(value));
                 let slices: Vec<Tensor> = (0..rows)
