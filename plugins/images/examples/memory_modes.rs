@@ -77,7 +77,7 @@ fn main() -> Result<()> {
     let mut fastest = f64::INFINITY;
     for _ in 0..cli.repeat {
         let start = Instant::now();
-        let out = tch::no_grad(|| run());
+        let out = tch::no_grad(&run);
         fastest = fastest.min(start.elapsed().as_secs_f64());
         drop(out);
     }

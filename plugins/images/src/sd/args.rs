@@ -130,7 +130,7 @@ fn check_slicing(slicing: &AttentionSlicing) -> Result<(), String> {
 /// `vae_tile_size`: 0 or a multiple of 32 (four times the VAE's factor of 8, so that the tiles
 /// fit together; see [`crate::models::vae_tiling::VaeTiling::fits`]).
 fn check_tile_size(size: &usize) -> Result<(), String> {
-    if *size % 32 == 0 {
+    if size.is_multiple_of(32) {
         Ok(())
     } else {
         Err(format!("is {size}, not a multiple of 32"))
