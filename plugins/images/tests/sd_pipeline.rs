@@ -234,10 +234,10 @@ fn entries_and_data_type_are_registered() {
                 "height",
                 "width",
                 "decode_chunk",
-                "dtype",
                 "attention_slicing",
                 "vae_tiling",
-                "vae_tile_size"
+                "vae_tile_size",
+                "dtype"
             ]
         );
         let default = |name: &str| {
