@@ -48,7 +48,7 @@ macro_rules! sd_arguments {
                 width: usize = 512 => range(8, 8192);
                 /// Images decoded by the VAE at a time in postprocess (bounds its memory); 1, the default, is diffusers' `enable_vae_slicing` (one image at a time).
                 decode_chunk: usize = 1 => range(1, 65536);
-                /// Sliced attention in the UNet (diffusers' `enable_attention_slicing`): attention computed over slices of the batch x heads dimension one after the other, same result up to rounding. null: off; "auto": half of each layer's heads per slice; "max": one at a time; a number: that many heads per slice (at most the fewest heads of a layer: 5 for SD 2, 8 for SD 1.5).
+                /// Sliced attention in the UNet (diffusers' `enable_attention_slicing`): attention computed over slices of the batch x heads dimension one after the other, same result up to rounding. It saves memory only where attention falls back to the unfused kernel (which holds the scores); the fused one, used on the CPU, holds none. null: off; "auto": half of each layer's heads per slice; "max": one at a time; a number: that many heads per slice (at most the fewest heads of a layer: 5 for SD 2, 8 for SD 1.5).
                 attention_slicing: AttentionSlicing = AttentionSlicing::Off => satisfies(check_slicing, attention_slicing::ACCEPTED);
                 /// Tiled VAE decoding (diffusers' `enable_vae_tiling`): latents larger than a tile are decoded in overlapping tiles blended at the seams, bounding the VAE's memory for large images; the images differ slightly from whole decoding near the seams.
                 vae_tiling: bool = false;
