@@ -8,9 +8,12 @@
 //!
 //! ```sh
 //! cargo xtask cargo build --release -p flowgym-images --example memory_modes
-//! OMP_NUM_THREADS=1 target/release/examples/memory_modes unet /tmp/sd2/unet --slicing auto
-//! OMP_NUM_THREADS=1 target/release/examples/memory_modes vae /tmp/sd2/vae --tile 256
+//! OMP_NUM_THREADS=1 target/release/examples/memory_modes unet /tmp/memmodes/sd2-unet --slicing auto
+//! OMP_NUM_THREADS=1 target/release/examples/memory_modes vae /tmp/memmodes/vae --tile 256
 //! ```
+//!
+//! (The README's "Memory modes" writes those folders, the published configurations with random
+//! weights.)
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
