@@ -234,6 +234,9 @@ fn entries_and_data_type_are_registered() {
                 "height",
                 "width",
                 "decode_chunk",
+                "attention_slicing",
+                "vae_tiling",
+                "vae_tile_size",
                 "dtype"
             ]
         );
@@ -252,6 +255,10 @@ fn entries_and_data_type_are_registered() {
             ("512".into(), "512".into())
         );
         assert_eq!(default("decode_chunk"), "1");
+        // The memory modes are off by default, as in diffusers.
+        assert_eq!(default("attention_slicing"), "null");
+        assert_eq!(default("vae_tiling"), "false");
+        assert_eq!(default("vae_tile_size"), "0");
         let prompts: Vec<String> = serde_json::from_str(&default("prompts")).unwrap();
         assert_eq!(prompts, DEFAULT_PROMPTS);
     }

@@ -1,6 +1,7 @@
 //! One module per published architecture.
 pub mod aesthetic;
 pub mod attention;
+pub mod attention_slicing;
 pub mod clip;
 pub mod clip_tokenizer;
 pub mod digit_classifier;
@@ -17,3 +18,4 @@ pub mod unet_2d_resnet_blocks;
 pub mod unet_2d_skip_blocks;
 mod unet_2d_validate;
 pub mod vae;
+pub mod vae_tiling;

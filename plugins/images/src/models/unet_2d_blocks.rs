@@ -399,6 +399,14 @@ impl CrossAttnDownBlock2D {
         }
     }
 
+    /// The attention layers of its transformers, in order.
+    pub fn attention_layers_mut(&mut self) -> Vec<&mut Attention> {
+        self.attentions
+            .iter_mut()
+            .flat_map(Transformer2DModel::attention_layers_mut)
+            .collect()
+    }
+
     /// See [`DownBlock2D::forward`]; `context` is `[n, seq, cross_attention_dim]`.
     pub fn forward(
         &self,
@@ -503,6 +511,14 @@ impl UNetMidBlock2DCrossAttn {
                 .map(|i| Transformer2DModel::new(&p.pp("attentions").pp(i), transformer))
                 .collect(),
         }
+    }
+
+    /// The attention layers of its transformers, in order.
+    pub fn attention_layers_mut(&mut self) -> Vec<&mut Attention> {
+        self.attentions
+            .iter_mut()
+            .flat_map(Transformer2DModel::attention_layers_mut)
+            .collect()
     }
 
     /// Keeps the shape of `x`.
@@ -682,6 +698,14 @@ impl CrossAttnUpBlock2D {
     /// How many skip connections the block consumes.
     pub fn num_skips(&self) -> usize {
         self.resnets.len()
+    }
+
+    /// The attention layers of its transformers, in order.
+    pub fn attention_layers_mut(&mut self) -> Vec<&mut Attention> {
+        self.attentions
+            .iter_mut()
+            .flat_map(Transformer2DModel::attention_layers_mut)
+            .collect()
     }
 
     /// See [`UpBlock2D::forward`]; `context` is `[n, seq, cross_attention_dim]`.

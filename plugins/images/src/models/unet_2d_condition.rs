@@ -7,6 +7,8 @@
 use serde::Deserialize;
 use tch::Tensor;
 
+use crate::models::attention::Attention;
+use crate::models::attention_slicing::{AttentionSlicing, SlicingError};
 use crate::models::embeddings::{TimestepEmbedding, Timesteps};
 use crate::models::resnet::{
     check_levels, Activation, ConfigError, ResnetBlock2DConfig, TimeEmbeddingNorm,
@@ -525,6 +527,39 @@ impl UNet2DConditionModel {
     /// The configuration it was built from.
     pub fn config(&self) -> &UNet2DConditionConfig {
         &self.config
+    }
+
+    /// Every attention layer, down blocks first, then the mid block, then the up blocks (the
+    /// order diffusers' `set_attention_slice` walks them).
+    pub fn attention_layers_mut(&mut self) -> Vec<&mut Attention> {
+        let mut layers = Vec::new();
+        for block in &mut self.down_blocks {
+            if let DownBlock::CrossAttn(b) = block {
+                layers.extend(b.attention_layers_mut());
+            }
+        }
+        if let Some(MidBlock::CrossAttn(b)) = &mut self.mid_block {
+            layers.extend(b.attention_layers_mut());
+        }
+        for block in &mut self.up_blocks {
+            if let UpBlock::CrossAttn(b) = block {
+                layers.extend(b.attention_layers_mut());
+            }
+        }
+        layers
+    }
+
+    /// Slices every attention layer's computation as `slicing` says (diffusers'
+    /// `set_attention_slice`), after checking it against every layer's heads; the outputs are
+    /// those of unsliced attention up to rounding.
+    pub fn set_attention_slicing(&mut self, slicing: AttentionSlicing) -> Result<(), SlicingError> {
+        let mut layers = self.attention_layers_mut();
+        slicing.check(layers.iter().map(|layer| layer.heads()))?;
+        for layer in &mut layers {
+            let size = slicing.slice_size(layer.heads());
+            layer.set_slice_size(size);
+        }
+        Ok(())
     }
 
     /// The prediction for latents `x` `[n, in_channels, h, w]` at `timestep` (`[n]` or one

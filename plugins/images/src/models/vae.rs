@@ -14,6 +14,7 @@ use crate::models::unet_2d::SampleSize;
 use crate::models::unet_2d_blocks::{
     down_levels, up_levels, DownBlock2D, UNetMidBlock2D, UpDecoderBlock2D,
 };
+use crate::models::vae_tiling::VaeTiling;
 use crate::nn::{Conv2d, GroupNorm};
 use crate::weights::WeightPath;
 
@@ -310,6 +311,7 @@ pub struct AutoencoderKL {
     quant_conv: Option<Conv2d>,
     post_quant_conv: Option<Conv2d>,
     config: AutoencoderKLConfig,
+    tiling: Option<VaeTiling>,
 }
 
 impl AutoencoderKL {
@@ -327,6 +329,27 @@ impl AutoencoderKL {
                 .use_post_quant_conv
                 .then(|| Conv2d::new(&p.pp("post_quant_conv"), latent, latent, 1, 1, 0)),
             config: config.clone(),
+            tiling: None,
+        })
+    }
+
+    /// Decodes latents larger than a tile in overlapping tiles ([`VaeTiling`], diffusers'
+    /// `enable_tiling`), or always whole with `None` (the default).
+    pub fn set_tiling(&mut self, tiling: Option<VaeTiling>) {
+        self.tiling = tiling;
+    }
+
+    /// The tiling [`AutoencoderKL::decode`] uses, if any.
+    pub fn tiling(&self) -> Option<VaeTiling> {
+        self.tiling
+    }
+
+    /// diffusers' default tiles: the config's `sample_size` (its height when not square) in
+    /// pixels; `None` without a `sample_size`.
+    pub fn default_tile_size(&self) -> Option<i64> {
+        self.config.sample_size.as_ref().map(|size| match *size {
+            SampleSize::Square(edge) => edge,
+            SampleSize::Rect([height, _]) => height,
         })
     }
 
@@ -354,8 +377,19 @@ impl AutoencoderKL {
 
     /// Images `[n, 3, h f, w f]` (about `[-1, 1]`) of the autoencoder's latents `z`
     /// (diffusers' `decode(z).sample`; the latents a diffusion model samples must first be
-    /// unscaled, see [`AutoencoderKL::decode_latents`]).
+    /// unscaled, see [`AutoencoderKL::decode_latents`]). With tiling set, latents larger than a
+    /// tile are decoded in tiles, as diffusers' `_decode` does.
     pub fn decode(&self, z: &Tensor) -> Tensor {
+        match self.tiling {
+            Some(tiling) if tiling.applies_to(z) => {
+                tiling.decode(z, |tile| self.decode_whole(tile))
+            }
+            _ => self.decode_whole(z),
+        }
+    }
+
+    /// `post_quant_conv` then the decoder, on the whole of `z`.
+    fn decode_whole(&self, z: &Tensor) -> Tensor {
         let z = match &self.post_quant_conv {
             Some(conv) => conv.forward(z),
             None => z.shallow_clone(),

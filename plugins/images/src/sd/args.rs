@@ -4,6 +4,8 @@ use std::path::Path;
 
 use flowgym_plugin_api::arguments;
 
+use crate::models::attention_slicing::{self, AttentionSlicing};
+
 use super::{SdError, SD15_REPO, SD2_REPO};
 
 /// The default prompts: varied subjects (animals, landscapes, objects, scenes).
@@ -44,8 +46,14 @@ macro_rules! sd_arguments {
                 height: usize = 512 => range(8, 8192);
                 /// Image width in pixels, a multiple of 8 (latents are width / 8).
                 width: usize = 512 => range(8, 8192);
-                /// Images decoded by the VAE at a time in postprocess (bounds its memory).
+                /// Images decoded by the VAE at a time in postprocess (bounds its memory); 1, the default, is diffusers' `enable_vae_slicing` (one image at a time).
                 decode_chunk: usize = 1 => range(1, 65536);
+                /// Sliced attention in the UNet (diffusers' `enable_attention_slicing`): attention computed over slices of the batch x heads dimension one after the other, same result up to rounding. It saves memory only where attention falls back to the unfused kernel (which holds the scores); the fused one, used on the CPU, holds none. null: off; "auto": half of each layer's heads per slice; "max": one at a time; a number: that many heads per slice (at most the fewest heads of a layer: 5 for SD 2, 8 for SD 1.5).
+                attention_slicing: AttentionSlicing = AttentionSlicing::Off => satisfies(check_slicing, attention_slicing::ACCEPTED);
+                /// Tiled VAE decoding (diffusers' `enable_vae_tiling`): latents larger than a tile are decoded in overlapping tiles blended at the seams, bounding the VAE's memory for large images; the images differ slightly from whole decoding near the seams.
+                vae_tiling: bool = false;
+                /// The tile edge in pixels for `vae_tiling` (diffusers' `tile_sample_min_size`; tiles overlap by a quarter): 0 takes the VAE config's `sample_size` (512 for SD 1.5 and 2, so 512-px images are still decoded whole), else a multiple of 32.
+                vae_tile_size: usize = 0 => satisfies(check_tile_size, "0 (the VAE config's sample_size) or a multiple of 32 pixels");
                 /// The precision UNet, text encoder and VAE compute in (weights converted once at load; latents still cross as float32): `auto` is float32 on the CPU and float16 on CUDA. In float16 the VAE stays in float32 when its config sets `force_upcast` (as published), as diffusers' SDXL pipelines do; `bfloat16` keeps float32's range.
                 dtype: String = "auto".to_string() => one_of("auto", "float32", "float16", "bfloat16");
             }
@@ -64,6 +72,9 @@ macro_rules! sd_arguments {
                     width: a.width,
                     decode_chunk: a.decode_chunk,
                     dtype: a.dtype,
+                    attention_slicing: a.attention_slicing,
+                    vae_tiling: a.vae_tiling,
+                    vae_tile_size: a.vae_tile_size,
                 }
             }
         }
@@ -103,6 +114,27 @@ pub struct SdArgs {
     pub decode_chunk: usize,
     /// `auto`, `float32`, `float16` or `bfloat16`.
     pub dtype: String,
+    /// Sliced attention in the UNet.
+    pub attention_slicing: AttentionSlicing,
+    /// Tiled VAE decoding.
+    pub vae_tiling: bool,
+    /// Tile edge in pixels (0: the VAE config's `sample_size`).
+    pub vae_tile_size: usize,
+}
+
+/// `attention_slicing`: a number must be at least 1 (the heads are checked at load).
+fn check_slicing(slicing: &AttentionSlicing) -> Result<(), String> {
+    slicing.check(std::iter::empty()).map_err(|e| e.to_string())
+}
+
+/// `vae_tile_size`: 0 or a multiple of 32 (four times the VAE's factor of 8, so that the tiles
+/// fit together; see [`crate::models::vae_tiling::VaeTiling::fits`]).
+fn check_tile_size(size: &usize) -> Result<(), String> {
+    if size.is_multiple_of(32) {
+        Ok(())
+    } else {
+        Err(format!("is {size}, not a multiple of 32"))
+    }
 }
 
 /// The prompts of `args`: the lines of `prompts_file` when set (blank lines skipped, each line

@@ -54,16 +54,27 @@
 //! `vae/config.json`), `decode_chunk` images at a time, to `(image / 2 + 0.5).clamp(0, 1)`:
 //! `[n, 3, H, W]` float32 in `[0, 1]`.
 //!
+//! # Memory modes
+//!
+//! Off by default, as in diffusers: `attention_slicing` computes the UNet's attention over
+//! slices of the batch x heads dimension (`enable_attention_slicing`; the same prediction up to
+//! rounding), `vae_tiling` decodes latents larger than a tile in overlapping, blended tiles
+//! (`enable_vae_tiling`; slightly different images). `decode_chunk` = 1 (the default) is
+//! `enable_vae_slicing`.
+//!
 //! # Modules
 //!
 //! - [`args`]: the entries' arguments and their checks (prompts, image size);
 //! - [`files`]: finding the pipeline's folders and files;
+//! - [`memory_modes`]: sliced attention and tiled VAE decoding (`attention_slicing`,
+//!   `vae_tiling`), set on the loaded models;
 //! - [`pipeline`]: the loaded components and what the pipeline computes with them (prompt
 //!   encoding, the UNet's guided prediction, VAE decoding);
 //! - [`model`]: the `BaseModel` the entries construct (sampling, keyword arguments, batches).
 
 pub mod args;
 pub mod files;
+pub mod memory_modes;
 pub mod model;
 pub mod pipeline;
 

@@ -16,6 +16,7 @@ use crate::fetch::HubSettings;
 use crate::precision::Precision;
 
 use super::args::{check_size, resolve_prompts};
+use super::memory_modes;
 use super::{SdArgs, SdError, SdFiles, SdPipeline, SdVersion, DATA_TYPE, PUBLISHED_VAE_FACTOR};
 
 /// A Stable Diffusion base model: the pipeline and the run's prompts and guidance settings.
@@ -55,7 +56,8 @@ impl SdModel {
         let prompts = resolve_prompts(&args)?;
         let precision = Precision::resolve(&args.dtype, device)?;
         precision.check_device(version.id(), device)?;
-        let pipeline = SdPipeline::load(version.id(), files, precision, device)?;
+        let mut pipeline = SdPipeline::load(version.id(), files, precision, device)?;
+        memory_modes::apply(&mut pipeline, &args)?;
         let factor = pipeline.vae_scale_factor();
         check_size(&args, factor as usize)?;
         Ok(Self {

@@ -181,6 +181,16 @@ impl SdPipeline {
         &self.vae
     }
 
+    /// The UNet, to change how it computes (see [`super::memory_modes`]).
+    pub fn unet_mut(&mut self) -> &mut UNet2DConditionModel {
+        &mut self.unet
+    }
+
+    /// The VAE, to change how it decodes (see [`super::memory_modes`]).
+    pub fn vae_mut(&mut self) -> &mut AutoencoderKL {
+        &mut self.vae
+    }
+
     /// The CLIP text encoder.
     pub fn text_encoder(&self) -> &ClipTextModel {
         &self.text_encoder
