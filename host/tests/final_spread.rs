@@ -131,10 +131,8 @@ fn base_samples_end_with_the_datas_spread_for_every_schedule_and_output() {
                     .unwrap();
                     let options = SamplerOptions {
                         steps,
-                        t0: 0.02,
                         grid,
-                        diffusion: Diffusion::Memoryless,
-                        chunk_size: 0,
+                        ..SamplerOptions::default()
                     };
                     let request = SampleRequest {
                         n,

@@ -9,7 +9,7 @@ use tch::Device;
 
 use super::median;
 use crate::model::Model;
-use crate::sde::{sample, Diffusion, Interrupted, SampleRequest, SamplerOptions, TimeGrid};
+use crate::sde::{sample, Interrupted, SampleRequest, SamplerOptions};
 
 /// Figures of the sampling benchmark.
 #[derive(Debug, Clone, Serialize)]
@@ -39,10 +39,7 @@ pub fn sampling(
 ) -> Result<SamplingFigures> {
     let options = SamplerOptions {
         steps: 100,
-        t0: 0.02,
-        grid: TimeGrid::default(),
-        diffusion: Diffusion::Memoryless,
-        chunk_size: 0,
+        ..SamplerOptions::default()
     };
     let marks = std::cell::RefCell::new(vec![Instant::now()]);
     let total = warmup + timed;

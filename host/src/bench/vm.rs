@@ -62,10 +62,7 @@ pub fn value_matching(
     let device = Device::Cpu;
     let options = SamplerOptions {
         steps,
-        t0: 0.02,
-        grid: TimeGrid::default(),
-        diffusion: Diffusion::Memoryless,
-        chunk_size: 0,
+        ..SamplerOptions::default()
     };
     let settings = VmSettings {
         reward_scale: 5.0,
@@ -213,11 +210,13 @@ impl DirectLoop {
                 t,
             );
             let f = self.velocity(&x, t);
-            let state = State::new("1d", vec![("x".into(), x.shallow_clone())]);
-            let grad = self.value.gradient(&state, t).remove(0);
+            let base = &x * c.drift.a + f * c.drift.b;
+            let midpoint = &x + &base * (0.5 * dt);
+            let state = State::new("1d", vec![("x".into(), midpoint)]);
+            let grad = self.value.gradient(&state, t + 0.5 * dt).remove(0);
             let u = grad * (-c.s * lambda);
             costs.push(u.square().sum_dim_intlist(1, false, Kind::Float) * 0.5);
-            let drift = &x * c.drift.a + f * c.drift.b + &u * c.s;
+            let drift = base + &u * c.s;
             let next = &x + drift * dt + x.randn_like() * (dt.sqrt() * c.s);
             states.push(x);
             x = next;

@@ -12,7 +12,7 @@ use crate::compat::pair_problems;
 use crate::compose::{construct_context, open_model, open_reward};
 use crate::device::parse_device;
 use crate::plugins::Registry;
-use crate::sde::{never_stop, sample, Diffusion, SampleRequest, SamplerOptions, TimeGrid};
+use crate::sde::{never_stop, sample, SampleRequest, SamplerOptions};
 
 /// Arguments of `check`.
 #[derive(Debug, Args)]
@@ -53,10 +53,7 @@ fn trial(registry: &Registry, args: &CheckArgs) -> Result<()> {
     let (mut reward, _) = open_reward(registry, &args.reward, &text(&args.reward_args), &ctx)?;
     let options = SamplerOptions {
         steps: TRIAL_STEPS,
-        t0: 0.02,
-        grid: TimeGrid::default(),
-        diffusion: Diffusion::Memoryless,
-        chunk_size: 0,
+        ..SamplerOptions::default()
     };
     let request = SampleRequest {
         n: TRIAL_SAMPLES,

@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::{args, warn_refused, Cli};
 use crate::reward::RewardStats;
 use crate::run::{Run, RunConfig, RunEnd, Start};
-use crate::sde::{Diffusion, TimeGrid};
+use crate::sde::{ControlPoint, Diffusion, TimeGrid};
 use crate::value::ValueArch;
 use crate::value_matching::ValueLoss;
 
@@ -104,6 +104,11 @@ pub struct ConfigFlags {
     #[arg(long, value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub time_grid: Option<TimeGrid>,
+    /// Where in each step the control is evaluated [default: midpoint: half a step of the base
+    /// drift ahead; start: the Euler-Maruyama rule].
+    #[arg(long, value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub control_point: Option<ControlPoint>,
     /// Diffusion coefficient: `memoryless` or a constant level such as `0.5` [default: memoryless].
     #[arg(long, value_parser = args::diffusion)]
     #[serde(skip_serializing_if = "Option::is_none")]

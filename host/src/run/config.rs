@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::sde::{Diffusion, TimeGrid};
+use crate::sde::{ControlPoint, Diffusion, TimeGrid};
 use crate::value::ValueArch;
 use crate::value_matching::{LrSchedule, ValueLoss};
 
@@ -57,6 +57,9 @@ pub struct RunConfig {
     pub time_grid: TimeGrid,
     /// Diffusion coefficient: `memoryless` or a constant level.
     pub noise: Diffusion,
+    /// Where in each step the control is evaluated: `midpoint` (half a step of the base drift
+    /// ahead) or `start` (the Euler-Maruyama rule).
+    pub control_point: ControlPoint,
     /// Value network: `auto`, `mlp` or `cnn`.
     pub value_net: ValueArch,
     /// Largest number of trajectories simulated at once (0: the whole batch).
@@ -114,6 +117,7 @@ impl Default for RunConfig {
             t0: 0.02,
             time_grid: TimeGrid::Auto,
             noise: Diffusion::Memoryless,
+            control_point: ControlPoint::Midpoint,
             value_net: ValueArch::Auto,
             sample_chunk: 0,
             train_chunk: 0,

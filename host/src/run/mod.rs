@@ -122,6 +122,7 @@ pub fn sampler_options(config: &RunConfig) -> SamplerOptions {
         t0: config.t0,
         grid: config.time_grid,
         diffusion: config.noise,
+        control_point: config.control_point,
         chunk_size: config.sample_chunk,
     }
 }

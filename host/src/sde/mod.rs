@@ -3,12 +3,14 @@
 //! `s(t)`, the base drift of each output type, and the Euler-Maruyama sampler that records
 //! trajectories. The mathematics, with derivations, is in `docs/mathematics.md`.
 
+pub mod control_point;
 pub mod diffusion;
 pub mod drift;
 pub mod interpolant;
 pub mod sampler;
 pub mod time_grid;
 
+pub use control_point::ControlPoint;
 pub use diffusion::Diffusion;
 pub use drift::{
     endpoint_coefficients, sde_coefficients, DriftCoefficients, EndpointCoefficients,

@@ -2,8 +2,8 @@
 //! trains on.
 //!
 //! `K` steps on a grid `t_0 < .. < t_K = 1` ([`TimeGrid`]): `x += dt (a x + b f(x, t) + s u) + sqrt(dt) s
-//! noise`, with the control `u = -s grad_x V(x, t)` when a value network steers (the default
-//! memoryless `s` is `sigma_m`); the last step instead returns the model's endpoint estimate
+//! noise`, with the control `u = -s grad_x V` when a value network steers, its gradient taken
+//! where [`ControlPoint`] says (the default memoryless `s` is `sigma_m`); the last step instead returns the model's endpoint estimate
 //! `E[x_1 | x_{t_{K-1}}]`, so that no noise of its own stays in the samples. Then
 //! `sample = postprocess(x_K)`, `(r, valid) = reward(sample, x_K)`, and the cost-to-go
 //! `C_k = sum_{j >= k} |u_j|^2 / 2 dt - lambda r`.
@@ -13,6 +13,7 @@ use std::ops::Range;
 use anyhow::{anyhow, bail, Result};
 use tch::{Device, Kind, Tensor};
 
+use super::control_point::ControlPoint;
 use super::diffusion::Diffusion;
 use super::drift::{endpoint_coefficients, sde_coefficients};
 use super::time_grid::{time_grid, TimeGrid};
@@ -33,9 +34,26 @@ pub struct SamplerOptions {
     pub grid: TimeGrid,
     /// The diffusion coefficient `s(t)`.
     pub diffusion: Diffusion,
+    /// Where in each step the control is evaluated.
+    pub control_point: ControlPoint,
     /// Largest number of samples simulated at once; larger requests run in chunks of this size
     /// (0: all at once).
     pub chunk_size: usize,
+}
+
+impl Default for SamplerOptions {
+    /// The run defaults: 100 steps from `t0 = 0.02` on the automatic grid, memoryless noise,
+    /// the control at each step's midpoint, all samples at once.
+    fn default() -> Self {
+        Self {
+            steps: 100,
+            t0: 0.02,
+            grid: TimeGrid::default(),
+            diffusion: Diffusion::Memoryless,
+            control_point: ControlPoint::default(),
+            chunk_size: 0,
+        }
+    }
 }
 
 /// What to sample: how many, from which seed, steered by what, and what to keep.
@@ -377,9 +395,10 @@ fn euler_maruyama_step(
     // With `g = grad value` the control is `u = -s lambda g`: its drift `s u`, its running
     // cost `(s lambda)^2 |g|^2 / 2` and its stochastic integral `-s lambda sqrt(dt) g . xi`;
     // the scalars of the last two are applied to all steps at once at the end.
-    let gradient = request
-        .control
-        .map(|steering| (value_gradient(steering, x, t), c.s * steering.scale));
+    let gradient = request.control.map(|steering| {
+        let (at, time) = options.control_point.locate(x, &drift, t, dt);
+        (value_gradient(steering, &at, time), c.s * steering.scale)
+    });
     match &gradient {
         Some((g, s_lambda)) => {
             log.gradient_squares.push(g.per_sample_sum(Tensor::square)?);
