@@ -13,7 +13,7 @@ use crate::weights::WeightPath;
 /// every vector instruction, oneDNN is faster on many rows; on few, the BLAS is.
 const ONEDNN_LINEAR_MIN_ROWS: i64 = 1024;
 
-/// A float32 CPU [`Conv2d`] of stride 1 with at least this many weights runs as one matrix
+/// A float32 CPU [`Conv2d`] with at least this many weights runs as one matrix
 /// product over the unfolded input (`im2col`, then `addmm`) when its output has at most
 /// [`GEMM_CONV_MAX_ROWS`] pixels over the batch: the direct convolution reads (and re-lays)
 /// all weights for few outputs there, while the product streams them once.
@@ -104,14 +104,13 @@ impl Conv2d {
 
     /// Applies the convolution to `[n, c, h, w]`.
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        if self.stride == 1 && self.weight.numel() as i64 >= GEMM_CONV_MIN_WEIGHTS && cpu_float32(x)
-        {
+        if self.weight.numel() as i64 >= GEMM_CONV_MIN_WEIGHTS && cpu_float32(x) {
             let size = x.size();
             let kernel = self.weight.size()[2];
-            let out_pixels = (size[2] + 2 * self.padding - kernel + 1)
-                * (size[3] + 2 * self.padding - kernel + 1);
-            if size[0] * out_pixels <= GEMM_CONV_MAX_ROWS {
-                return gemm_conv2d(x, &self.weight, self.bias.as_ref(), self.padding);
+            let edge = |d: i64| (d + 2 * self.padding - kernel) / self.stride + 1;
+            if size[0] * edge(size[2]) * edge(size[3]) <= GEMM_CONV_MAX_ROWS {
+                let (b, s, p) = (self.bias.as_ref(), self.stride, self.padding);
+                return gemm_conv2d(x, &self.weight, b, s, p);
             }
         }
         x.conv2d(
@@ -125,17 +124,29 @@ impl Conv2d {
     }
 }
 
-/// A stride-1 `torch.nn.functional.conv2d` of `[n, c, h, w]` with a square kernel as one matrix
-/// product: the unfolded input `[c k k, n h' w']` times the weight `[out, c k k]`, plus the bias;
-/// a contiguous `[n, out, h', w']`.
-pub fn gemm_conv2d(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, padding: i64) -> Tensor {
+/// `torch.nn.functional.conv2d` of `[n, c, h, w]` (square kernel, equal strides and paddings)
+/// as one matrix product: the unfolded input `[c k k, n h' w']` times the weight
+/// `[out, c k k]`, plus the bias; a contiguous `[n, out, h', w']`.
+pub fn gemm_conv2d(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    stride: i64,
+    padding: i64,
+) -> Tensor {
     let size = x.size();
     let (n, h, w) = (size[0], size[2], size[3]);
     let wsize = weight.size();
     let (out_channels, kernel) = (wsize[0], wsize[2]);
-    let (oh, ow) = (h + 2 * padding - kernel + 1, w + 2 * padding - kernel + 1);
+    let edge = |d: i64| (d + 2 * padding - kernel) / stride + 1;
+    let (oh, ow) = (edge(h), edge(w));
     let columns = x
-        .im2col([kernel, kernel], [1, 1], [padding, padding], [1, 1])
+        .im2col(
+            [kernel, kernel],
+            [1, 1],
+            [padding, padding],
+            [stride, stride],
+        )
         .permute([1, 0, 2])
         .reshape([-1, n * oh * ow]);
     let weight = weight.reshape([out_channels, -1]);
@@ -227,23 +238,27 @@ mod tests {
     }
 
     /// The matrix-product convolution is libtorch's convolution up to float32 rounding, for
-    /// 3 x 3 kernels with and without padding, 1 x 1 kernels, with and without bias, and keeps
+    /// 3 x 3 kernels with and without padding, strides 1 and 2 (on even and odd sizes), 1 x 1
+    /// kernels, with and without bias, and keeps
     /// the contiguous `[n, out, h', w']` layout.
     #[test]
     fn gemm_conv2d_is_conv2d() {
         tch::manual_seed(0);
         let _guard = tch::no_grad_guard();
-        for (n, c, o, h, w, kernel, padding, bias) in [
-            (2, 24, 40, 4, 5, 3, 1, true),
-            (3, 16, 8, 6, 6, 3, 0, true),
-            (1, 32, 48, 3, 3, 1, 0, true),
-            (2, 8, 12, 5, 4, 3, 1, false),
+        for (n, c, o, h, w, kernel, stride, padding, bias) in [
+            (2, 24, 40, 4, 5, 3, 1, 1, true),
+            (3, 16, 8, 6, 6, 3, 1, 0, true),
+            (1, 32, 48, 3, 3, 1, 1, 0, true),
+            (2, 8, 12, 5, 4, 3, 1, 1, false),
+            (2, 16, 24, 8, 8, 3, 2, 1, true),
+            (1, 16, 24, 7, 6, 3, 2, 1, true),
         ] {
             let x = randn(&[n, c, h, w]);
             let weight = randn(&[o, c, kernel, kernel]);
             let b = bias.then(|| randn(&[o]));
-            let reference = x.conv2d(&weight, b.as_ref(), [1, 1], [padding, padding], [1, 1], 1);
-            let ours = gemm_conv2d(&x, &weight, b.as_ref(), padding);
+            let (strides, paddings) = ([stride, stride], [padding, padding]);
+            let reference = x.conv2d(&weight, b.as_ref(), strides, paddings, [1, 1], 1);
+            let ours = gemm_conv2d(&x, &weight, b.as_ref(), stride, padding);
             assert_eq!(ours.size(), reference.size());
             assert!(ours.is_contiguous());
             let error = relative_error(&ours, &reference);
