@@ -4,7 +4,9 @@
 //! `plugins/images/scripts/bench_unet_eager.py`, which runs diffusers on the same folder.
 //!
 //! Each batch size runs `--warmup` untimed forwards, then `--repeat` timed ones; one JSON line
-//! per batch size gives the seconds of each timed forward.
+//! per batch size gives the seconds of each timed forward. With `--save DIR`, one more forward
+//! at the first batch size writes its inputs and output to `DIR/{x,t,context,out}.npy`, for the
+//! script to run diffusers on the same inputs.
 //!
 //! ```sh
 //! cargo xtask cargo build --release -p flowgym-images --example unet_speed
@@ -57,7 +59,13 @@ struct Cli {
     /// `float32` or `bfloat16`.
     #[arg(long, default_value = "float32")]
     dtype: String,
+    /// Write one forward's inputs and output as `.npy` files into this folder.
+    #[arg(long)]
+    save: Option<PathBuf>,
 }
+
+/// The named inputs of one forward and, last, its output (`out`).
+type Forward = Box<dyn Fn(i64) -> Vec<(&'static str, Tensor)>>;
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
@@ -77,22 +85,29 @@ fn main() -> Result<()> {
         let mut seconds = Vec::with_capacity(cli.repeat);
         for i in 0..cli.warmup + cli.repeat {
             let start = Instant::now();
-            let out = forward(batch);
+            let tensors = forward(batch);
             if i >= cli.warmup {
                 seconds.push(start.elapsed().as_secs_f64());
             }
-            drop(out);
+            drop(tensors);
         }
         println!(
             "{}",
             serde_json::json!({"batch": batch, "threads": tch::get_num_threads(), "seconds": seconds})
         );
     }
+    if let (Some(dir), Some(&batch)) = (&cli.save, cli.batches.first()) {
+        std::fs::create_dir_all(dir)?;
+        for (name, tensor) in forward(batch) {
+            let path = dir.join(format!("{name}.npy"));
+            tensor.to_kind(Kind::Float).write_npy(&path)?;
+        }
+    }
     Ok(())
 }
 
 /// The forward of the folder's UNet on random inputs of a batch size.
-fn model(cli: &Cli, weights: &Weights, kind: Kind) -> Result<Box<dyn Fn(i64) -> Tensor>> {
+fn model(cli: &Cli, weights: &Weights, kind: Kind) -> Result<Forward> {
     let config_path = cli.dir.join("config.json");
     let size = cli.size;
     Ok(match cli.arch {
@@ -103,7 +118,8 @@ fn model(cli: &Cli, weights: &Weights, kind: Kind) -> Result<Box<dyn Fn(i64) -> 
             Box::new(move |batch| {
                 let x = Tensor::randn([batch, channels, size, size], (kind, Device::Cpu));
                 let t = Tensor::full([batch], 500.0, (Kind::Float, Device::Cpu));
-                unet.forward(&x, &t)
+                let out = unet.forward(&x, &t);
+                vec![("x", x), ("t", t), ("out", out)]
             })
         }
         Arch::Sd => {
@@ -118,7 +134,8 @@ fn model(cli: &Cli, weights: &Weights, kind: Kind) -> Result<Box<dyn Fn(i64) -> 
                 let x = Tensor::randn([2 * batch, channels, latent, latent], (kind, Device::Cpu));
                 let context = Tensor::randn([2 * batch, 77, cross], (kind, Device::Cpu));
                 let t = Tensor::from_slice(&[500.0f32]);
-                unet.forward(&x, &t, &context)
+                let out = unet.forward(&x, &t, &context);
+                vec![("x", x), ("t", t), ("context", context), ("out", out)]
             })
         }
     })

@@ -13,7 +13,8 @@ Then, per architecture and thread count, it alternates rounds: the Rust example
 `--repeat` timed forwards each), then diffusers in this process (the same, under
 `torch.no_grad()` as diffusers' pipelines run). It prints, per batch size, the median seconds of
 all timed forwards of each side and their ratio Flow Gym / diffusers. The machine may be shared:
-only compare figures of one run.
+only compare figures of one run. (`bench_cifar.py` times a whole sampling step through the
+host instead; this times the UNet alone, in process, for both architectures.)
 
     cargo xtask cargo build --release -p flowgym-images --example unet_speed
     ~/.cache/flowgym/pyref/bin/python plugins/images/scripts/bench_unet_eager.py \
@@ -26,9 +27,11 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from diffusers import UNet2DConditionModel, UNet2DModel
 
@@ -83,12 +86,33 @@ def rust_seconds(args, arch, path, threads, size):
     return {line["batch"]: line["seconds"] for line in map(json.loads, out.splitlines())}
 
 
+def check(args, arch, path, size, dtype, unet):
+    """Runs one forward of each side on the Rust side's inputs and prints how far apart the
+    outputs are, relative to the output's largest magnitude."""
+    with tempfile.TemporaryDirectory(prefix="unet-speed-check-") as tmp:
+        command = [
+            str(args.bin), arch, str(path), "--batches", str(args.batches[0]), "--size", str(size),
+            "--threads", "1", "--warmup", "0", "--repeat", "0", "--dtype", args.dtype, "--save", tmp,
+        ]
+        subprocess.run(command, check=True, capture_output=True)
+        load = lambda name: torch.from_numpy(np.load(Path(tmp) / f"{name}.npy")).to(dtype)
+        inputs = [load("x"), load("t").float()] + ([load("context")] if arch == "sd" else [])
+        ours = load("out").float()
+    with torch.no_grad():
+        theirs = unet(*inputs).sample.float()
+    error = ((ours - theirs).abs().max() / theirs.abs().max()).item()
+    print(f"{arch} {args.dtype} batch {args.batches[0]}: max |Flow Gym - diffusers| / max |diffusers| = {error:.2e}")
+
+
 def bench(args, arch, threads):
     size = 32 if arch == "cifar" else args.sd_size
     path = folder(args.dir, arch)
     dtype = getattr(torch, args.dtype)
     torch.set_num_threads(threads)
     unet = CONFIGS[arch][0].from_pretrained(path, torch_dtype=dtype).eval()
+    if args.check:
+        check(args, arch, path, size, dtype, unet)
+        return
     rust = {b: [] for b in args.batches}
     python = {b: [] for b in args.batches}
     for _ in range(args.rounds):
@@ -115,12 +139,15 @@ def main():
     parser.add_argument("--sd-size", type=int, default=256, help="image edge in pixels for sd")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     parser.add_argument("--dir", type=Path, default=Path("/tmp/unet-speed"))
+    parser.add_argument("--check", action="store_true", help="compare one forward's outputs instead of timing")
     parser.add_argument("--bin", type=Path, default=ROOT / "target/release/examples/unet_speed")
     args = parser.parse_args()
+    args.threads = args.threads[:1] if args.check else args.threads
     if not args.bin.exists():
         sys.exit(f"{args.bin} is missing: cargo xtask cargo build --release -p flowgym-images --example unet_speed")
-    print("| UNet | dtype | threads | batch | Flow Gym s | diffusers s | ratio |")
-    print("|---|---|---|---|---|---|---|")
+    if not args.check:
+        print("| UNet | dtype | threads | batch | Flow Gym s | diffusers s | ratio |")
+        print("|---|---|---|---|---|---|---|")
     for arch in args.arch:
         for threads in args.threads:
             bench(args, arch, threads)
