@@ -3,9 +3,29 @@
 //! Parameter names follow PyTorch (`weight`, `bias`), so a layer at `WeightPath` `p` reads
 //! `p.weight` and `p.bias` exactly as `torch.nn` saved them.
 
-use tch::Tensor;
+use tch::{Device, Kind, Tensor};
 
 use crate::weights::WeightPath;
+
+/// Rows from which a float32 CPU [`Linear`] runs through oneDNN (as a 1 x 1 convolution over a
+/// channels-last view of its input, which copies nothing) instead of the BLAS `addmm`
+/// `torch.nn.functional.linear` calls: on processors where libtorch's BLAS (MKL) does not use
+/// every vector instruction, oneDNN is faster on many rows; on few, the BLAS is.
+const ONEDNN_LINEAR_MIN_ROWS: i64 = 1024;
+
+/// A float32 CPU [`Conv2d`] with at least this many weights runs as one matrix
+/// product over the unfolded input (`im2col`, then `addmm`) when its output has at most
+/// [`GEMM_CONV_MAX_ROWS`] pixels over the batch: the direct convolution reads (and re-lays)
+/// all weights for few outputs there, while the product streams them once.
+const GEMM_CONV_MIN_WEIGHTS: i64 = 8 << 20;
+
+/// See [`GEMM_CONV_MIN_WEIGHTS`].
+const GEMM_CONV_MAX_ROWS: i64 = 128;
+
+/// Whether `x` is a float32 tensor on the CPU (where the fast paths above were measured).
+pub(crate) fn cpu_float32(x: &Tensor) -> bool {
+    x.device() == Device::Cpu && x.kind() == Kind::Float
+}
 
 /// `torch.nn.Linear`.
 #[derive(Debug)]
@@ -25,8 +45,34 @@ impl Linear {
 
     /// `x W^T + b` over the last dimension.
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        x.linear(&self.weight, self.bias.as_ref())
+        let size = x.size();
+        let features = size.last().copied().unwrap_or(0);
+        let rows = if features > 0 {
+            x.numel() as i64 / features
+        } else {
+            0
+        };
+        if rows >= ONEDNN_LINEAR_MIN_ROWS && cpu_float32(x) && x.is_contiguous() {
+            onednn_linear(x, &self.weight, self.bias.as_ref())
+        } else {
+            x.linear(&self.weight, self.bias.as_ref())
+        }
     }
+}
+
+/// `torch.nn.functional.linear` of a contiguous `[..., in]` through oneDNN: the rows are the
+/// pixels of a channels-last `[1, in, rows, 1]` image (the same memory), the weight a 1 x 1
+/// kernel, and the channels-last output is the `[rows, out]` result in place.
+pub fn onednn_linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Tensor {
+    let mut size = x.size();
+    let features = size[size.len() - 1];
+    let (out_features, rows) = (weight.size()[0], x.numel() as i64 / features);
+    let image = x.view([1, rows, 1, features]).permute([0, 3, 1, 2]);
+    let kernel = weight.view([out_features, features, 1, 1]);
+    let out = image.mkldnn_convolution(&kernel, bias, [0, 0], [1, 1], [1, 1], 1);
+    let last = size.len() - 1;
+    size[last] = out_features;
+    out.permute([0, 2, 3, 1]).reshape(size.as_slice())
 }
 
 /// `torch.nn.Conv2d` (square kernel, equal stride and padding on both axes).
@@ -58,6 +104,15 @@ impl Conv2d {
 
     /// Applies the convolution to `[n, c, h, w]`.
     pub fn forward(&self, x: &Tensor) -> Tensor {
+        if self.weight.numel() as i64 >= GEMM_CONV_MIN_WEIGHTS && cpu_float32(x) {
+            let size = x.size();
+            let kernel = self.weight.size()[2];
+            let edge = |d: i64| (d + 2 * self.padding - kernel) / self.stride + 1;
+            if size[0] * edge(size[2]) * edge(size[3]) <= GEMM_CONV_MAX_ROWS {
+                let (b, s, p) = (self.bias.as_ref(), self.stride, self.padding);
+                return gemm_conv2d(x, &self.weight, b, s, p);
+            }
+        }
         x.conv2d(
             &self.weight,
             self.bias.as_ref(),
@@ -67,6 +122,41 @@ impl Conv2d {
             1,
         )
     }
+}
+
+/// `torch.nn.functional.conv2d` of `[n, c, h, w]` (square kernel, equal strides and paddings)
+/// as one matrix product: the unfolded input `[c k k, n h' w']` times the weight
+/// `[out, c k k]`, plus the bias; a contiguous `[n, out, h', w']`.
+pub fn gemm_conv2d(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    stride: i64,
+    padding: i64,
+) -> Tensor {
+    let size = x.size();
+    let (n, h, w) = (size[0], size[2], size[3]);
+    let wsize = weight.size();
+    let (out_channels, kernel) = (wsize[0], wsize[2]);
+    let edge = |d: i64| (d + 2 * padding - kernel) / stride + 1;
+    let (oh, ow) = (edge(h), edge(w));
+    let columns = x
+        .im2col(
+            [kernel, kernel],
+            [1, 1],
+            [padding, padding],
+            [stride, stride],
+        )
+        .permute([1, 0, 2])
+        .reshape([-1, n * oh * ow]);
+    let weight = weight.reshape([out_channels, -1]);
+    let out = match bias {
+        Some(bias) => bias.unsqueeze(1).addmm(&weight, &columns),
+        None => weight.mm(&columns),
+    };
+    out.view([out_channels, n, oh, ow])
+        .permute([1, 0, 2, 3])
+        .contiguous()
 }
 
 /// `torch.nn.GroupNorm` with affine parameters.
@@ -130,5 +220,76 @@ impl LayerNorm {
             self.eps,
             false,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn randn(shape: &[i64]) -> Tensor {
+        Tensor::randn(shape, (Kind::Float, Device::Cpu))
+    }
+
+    /// Largest difference over largest magnitude.
+    fn relative_error(ours: &Tensor, reference: &Tensor) -> f64 {
+        let scale = reference.abs().max().double_value(&[]);
+        (ours - reference).abs().max().double_value(&[]) / scale
+    }
+
+    /// The matrix-product convolution is libtorch's convolution up to float32 rounding, for
+    /// 3 x 3 kernels with and without padding, strides 1 and 2 (on even and odd sizes), 1 x 1
+    /// kernels, with and without bias, and keeps
+    /// the contiguous `[n, out, h', w']` layout.
+    #[test]
+    fn gemm_conv2d_is_conv2d() {
+        tch::manual_seed(0);
+        let _guard = tch::no_grad_guard();
+        for (n, c, o, h, w, kernel, stride, padding, bias) in [
+            (2, 24, 40, 4, 5, 3, 1, 1, true),
+            (3, 16, 8, 6, 6, 3, 1, 0, true),
+            (1, 32, 48, 3, 3, 1, 1, 0, true),
+            (2, 8, 12, 5, 4, 3, 1, 1, false),
+            (2, 16, 24, 8, 8, 3, 2, 1, true),
+            (1, 16, 24, 7, 6, 3, 2, 1, true),
+        ] {
+            let x = randn(&[n, c, h, w]);
+            let weight = randn(&[o, c, kernel, kernel]);
+            let b = bias.then(|| randn(&[o]));
+            let (strides, paddings) = ([stride, stride], [padding, padding]);
+            let reference = x.conv2d(&weight, b.as_ref(), strides, paddings, [1, 1], 1);
+            let ours = gemm_conv2d(&x, &weight, b.as_ref(), stride, padding);
+            assert_eq!(ours.size(), reference.size());
+            assert!(ours.is_contiguous());
+            let error = relative_error(&ours, &reference);
+            assert!(
+                error < 2e-6,
+                "{:?}: relative error {error}",
+                (n, c, o, kernel)
+            );
+        }
+    }
+
+    /// The oneDNN linear is `torch.nn.functional.linear` up to float32 rounding on 2-d and 3-d
+    /// inputs, with and without bias, and returns the input's leading shape.
+    #[test]
+    fn onednn_linear_is_linear() {
+        tch::manual_seed(1);
+        let _guard = tch::no_grad_guard();
+        for (shape, out, bias) in [
+            (vec![50, 24], 40, true),
+            (vec![2, 33, 16], 8, true),
+            (vec![3, 7, 32], 48, false),
+        ] {
+            let x = randn(&shape);
+            let features = shape[shape.len() - 1];
+            let weight = randn(&[out, features]);
+            let b = bias.then(|| randn(&[out]));
+            let reference = x.linear(&weight, b.as_ref());
+            let ours = onednn_linear(&x, &weight, b.as_ref());
+            assert_eq!(ours.size(), reference.size());
+            let error = relative_error(&ours, &reference);
+            assert!(error < 2e-6, "{shape:?}: relative error {error}");
+        }
     }
 }

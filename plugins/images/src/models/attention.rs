@@ -3,7 +3,7 @@
 
 use tch::Tensor;
 
-use crate::nn::{Conv2d, GroupNorm, LayerNorm, Linear};
+use crate::nn::{cpu_float32, Conv2d, GroupNorm, LayerNorm, Linear};
 use crate::weights::WeightPath;
 
 /// Settings of an [`Attention`] layer (the keyword arguments of diffusers' `Attention`).
@@ -154,7 +154,16 @@ impl Attention {
             .reshape([batch, -1, self.heads * head_dim]);
         let out = self.to_out.forward(&out);
         let out = if size.len() == 4 {
-            out.transpose(-1, -2).reshape(size.as_slice())
+            let out = out.transpose(-1, -2).reshape(size.as_slice());
+            // That is the transposed view (channels-last strides, as diffusers leaves it),
+            // which every later small CPU convolution would copy again: in float32 it is made
+            // contiguous once. Half-precision kernels round differently by layout, and there
+            // the layout stays diffusers'.
+            if cpu_float32(&out) {
+                out.contiguous()
+            } else {
+                out
+            }
         } else {
             out
         };
