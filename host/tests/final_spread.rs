@@ -5,7 +5,7 @@
 //! own noise in the samples: on a DDPM schedule 4x the exact spread at 100 steps, 8x at 50.)
 
 use flowgym_host::model::Model;
-use flowgym_host::sde::{never_stop, sample, Diffusion, SampleRequest, SamplerOptions, TimeGrid};
+use flowgym_host::sde::{never_stop, sample, SampleRequest, SamplerOptions, TimeGrid};
 use flowgym_plugin_api::{
     BaseModel, BaseModelAdapter, Batch, Kwargs, ManagedTensor, OutputType, PluginResult,
     ScheduleSpec,

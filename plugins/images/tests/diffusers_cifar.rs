@@ -16,9 +16,7 @@ use common::{
     TempDir, F32_UNIT_ROUNDOFF,
 };
 use flowgym_host::model::Model;
-use flowgym_host::sde::{
-    never_stop, sample, Diffusion, Interpolant, SampleRequest, SamplerOptions, TimeGrid,
-};
+use flowgym_host::sde::{never_stop, sample, Interpolant, SampleRequest, SamplerOptions, TimeGrid};
 use flowgym_host::state::State;
 use flowgym_images::cifar::{self, CifarArgs};
 use flowgym_images::ddpm::DdpmModel;
@@ -423,11 +421,9 @@ fn base_sampling_path_matches_diffusers() {
     let x_ref = get(&f, "x_final");
     let options = SamplerOptions {
         steps: 100,
-        t0: 0.02,
         // The reference trajectory was computed on the uniform grid.
         grid: TimeGrid::Uniform,
-        diffusion: Diffusion::Memoryless,
-        chunk_size: 0,
+        ..SamplerOptions::default()
     };
     let request = SampleRequest {
         n: x_ref.size()[0] as usize,

@@ -3,7 +3,7 @@
 //! them; the classifier on the data set, and the base model's samples judged by it.
 
 use flowgym_host::model::Model;
-use flowgym_host::sde::{never_stop, sample, Diffusion, SampleRequest, SamplerOptions, TimeGrid};
+use flowgym_host::sde::{never_stop, sample, SampleRequest, SamplerOptions};
 use flowgym_images::digit::{DigitArgs, DigitReward};
 use flowgym_images::train::data::ImageData;
 use flowgym_plugin_api::{
@@ -133,10 +133,7 @@ fn base_samples_are_digits_of_every_class() {
     let mut model = Model::new("images/digits", "images", adapter.into_box()).unwrap();
     let options = SamplerOptions {
         steps: 50,
-        t0: 0.02,
-        grid: TimeGrid::default(),
-        diffusion: Diffusion::Memoryless,
-        chunk_size: 0,
+        ..SamplerOptions::default()
     };
     let request = SampleRequest {
         n: 256,
