@@ -6,6 +6,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
 
 use common::{
     get, max_abs, max_abs_diff, read_tensors, rounding_tolerance, unet_2d_depth, unet_terms,
@@ -16,6 +17,17 @@ use flowgym_images::models::unet_2d::UNet2DConfig;
 use flowgym_images::train::base::{default_scheduler, BaseSettings, BaseTrainer};
 use flowgym_images::train::classifier::{train_classifier, ClassifierSettings};
 use tch::{Device, Kind, Tensor};
+
+/// libtorch's random generator is global, and training seeds it at every step: two tests
+/// training at once would draw from each other's seeds, and a resumed run would differ from
+/// the whole one by when the other test happened to seed.
+static ONE_TRAINING_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn training_turn() -> MutexGuard<'static, ()> {
+    ONE_TRAINING_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -64,6 +76,7 @@ fn load(folder: &Path) -> DdpmModel {
 
 #[test]
 fn the_written_folder_is_what_diffusers_loads() {
+    let _turn = training_turn();
     // The committed folder, written by train-base, against diffusers' forward pass on it.
     let model = load(&fixture("model"));
     let io = read_tensors(&fixture("model_io.safetensors"));
@@ -112,6 +125,7 @@ fn the_written_folder_is_what_diffusers_loads() {
 
 #[test]
 fn training_lowers_the_loss_and_resumes_exactly() {
+    let _turn = training_turn();
     tch::set_num_threads(1);
     let data = fixture("images.safetensors");
     let tmp = TempDir::new("train-resume");
@@ -239,6 +253,7 @@ fn time_embeddings_a_ddpm_cannot_train_are_refused() {
 
 #[test]
 fn the_classifier_trains_and_reports_its_held_out_accuracy() {
+    let _turn = training_turn();
     let tmp = TempDir::new("train-classifier");
     let settings = ClassifierSettings {
         data: fixture("images.safetensors"),
