@@ -1,9 +1,10 @@
 //! Euler-Maruyama sampling of the (controlled) memoryless SDE, recording what Value Matching
 //! trains on.
 //!
-//! `K` steps on a grid `t_0 < .. < t_K = 1` ([`TimeGrid`]): `x += dt (a x + b f(x, t) + s u) + sqrt(dt) s
-//! noise`, with the control `u = -s grad_x V` when a value network steers, its gradient taken
-//! where [`ControlPoint`] says (the default memoryless `s` is `sigma_m`); the last step instead returns the model's endpoint estimate
+//! `K` steps on a grid `t_0 < .. < t_K = 1` ([`TimeGrid`]):
+//! `x += dt (a x + b f(x, t) + s u) + sqrt(dt) s noise`, with the control `u = -s grad_x V`
+//! when a value network steers, its gradient taken where [`ControlPoint`] says (the default
+//! memoryless `s` is `sigma_m`); the last step instead returns the model's endpoint estimate
 //! `E[x_1 | x_{t_{K-1}}]`, so that no noise of its own stays in the samples. Then
 //! `sample = postprocess(x_K)`, `(r, valid) = reward(sample, x_K)`, and the cost-to-go
 //! `C_k = sum_{j >= k} |u_j|^2 / 2 dt - lambda r`.
