@@ -109,7 +109,7 @@ impl Default for RunConfig {
                 warmup: 20,
                 final_fraction: 0.1,
             },
-            fit_steps: 16,
+            fit_steps: 64,
             martingale_target: true,
             value_loss: ValueLoss::Exponential,
             replay: 0,
