@@ -1,15 +1,15 @@
-//! The divergence guard: stops training whose loss or control explodes without producing NaN
+//! The divergence guard: stops training whose fit or control explodes without producing NaN
 //! (a learning rate too high for the problem), before the exploded state is saved.
 
 use std::collections::VecDeque;
 
-/// Iterations the loss is compared over.
+/// Iterations the fit's error is compared over.
 const WINDOW: usize = 20;
-/// Iterations before the loss check starts: the first fits move fast.
+/// Iterations before the error check starts: the first fits move fast.
 const WARM_UP: usize = 10;
-/// A loss this many times the largest of the recent window (or of the targets' variance, the
-/// loss of a constant prediction) has exploded.
-const LOSS_FACTOR: f64 = 1e3;
+/// A squared error this many times the largest of the recent window (or of the targets'
+/// variance, the error of a constant prediction) has exploded.
+const ERROR_FACTOR: f64 = 1e3;
 /// A mean control cost this many times the largest the optimum can need has exploded.
 const CONTROL_FACTOR: f64 = 10.0;
 
@@ -23,10 +23,10 @@ pub struct Diverged {
     pub what: String,
 }
 
-/// Watches the loss and the control cost of successive iterations.
+/// Watches the fit's squared error and the control cost of successive iterations.
 #[derive(Debug, Clone)]
 pub struct DivergenceGuard {
-    losses: VecDeque<f64>,
+    errors: VecDeque<f64>,
     reward_low: f64,
     reward_high: f64,
 }
@@ -34,7 +34,7 @@ pub struct DivergenceGuard {
 impl Default for DivergenceGuard {
     fn default() -> Self {
         Self {
-            losses: VecDeque::with_capacity(WINDOW),
+            errors: VecDeque::with_capacity(WINDOW),
             reward_low: f64::INFINITY,
             reward_high: f64::NEG_INFINITY,
         }
@@ -68,33 +68,36 @@ impl DivergenceGuard {
         Ok(())
     }
 
-    /// Checks the loss before the optimiser steps on it. `target_variance` is the variance of
-    /// the targets it was fitted to: a network that predicts their mean does that well, so a
-    /// loss that exceeds it a thousandfold has exploded, while one that rises from zero when
-    /// a rare reward is first seen (all earlier targets equal) has not.
-    pub fn check_loss(
+    /// Checks the mean squared error of the value's predictions before the optimiser steps
+    /// on it (the squared error whatever the loss: the exponential loss grows exponentially
+    /// with the error of one rare, much better sample, which is news, not an explosion).
+    /// `target_variance` is the variance of the targets it was fitted to: a network that
+    /// predicts their mean does that well, so an error that exceeds it a thousandfold has
+    /// exploded, while one that rises from zero when a rare reward is first seen (all earlier
+    /// targets equal) has not.
+    pub fn check_error(
         &mut self,
         iteration: usize,
-        loss: f64,
+        squared_error: f64,
         target_variance: f64,
     ) -> Result<(), Diverged> {
-        if self.losses.len() >= WARM_UP {
-            let largest = self.losses.iter().copied().fold(0.0, f64::max);
+        if self.errors.len() >= WARM_UP {
+            let largest = self.errors.iter().copied().fold(0.0, f64::max);
             let reference = largest.max(target_variance);
-            if loss > LOSS_FACTOR * reference && loss > 1e-6 {
+            if squared_error > ERROR_FACTOR * reference && squared_error > 1e-6 {
                 return Err(Diverged {
                     iteration,
                     what: format!(
-                        "the loss {loss:.3e} is more than {LOSS_FACTOR} times the largest of the last {} iterations, {largest:.3e}, and the targets' variance, {target_variance:.3e}",
-                        self.losses.len()
+                        "the value's squared error {squared_error:.3e} is more than {ERROR_FACTOR} times the largest of the last {} iterations, {largest:.3e}, and the targets' variance, {target_variance:.3e}",
+                        self.errors.len()
                     ),
                 });
             }
         }
-        if self.losses.len() == WINDOW {
-            self.losses.pop_front();
+        if self.errors.len() == WINDOW {
+            self.errors.pop_front();
         }
-        self.losses.push_back(loss);
+        self.errors.push_back(squared_error);
         Ok(())
     }
 }
@@ -107,13 +110,13 @@ mod tests {
     fn steady_training_passes_and_explosions_are_named() {
         let mut guard = DivergenceGuard::default();
         for i in 0..30 {
-            guard.check_loss(i, 0.4 / (1.0 + i as f64), 0.1).unwrap();
+            guard.check_error(i, 0.4 / (1.0 + i as f64), 0.1).unwrap();
             guard.check_control(i, 2.0, (0.0, 1.0), 5.0).unwrap();
         }
-        let err = guard.check_loss(30, 500.0, 0.1).unwrap_err();
+        let err = guard.check_error(30, 500.0, 0.1).unwrap_err();
         assert_eq!(err.iteration, 30);
         assert!(err.to_string().starts_with(
-            "Value Matching diverged at iteration 30: the loss 5.000e2 is more than 1000 times the largest of the last 20 iterations"
+            "Value Matching diverged at iteration 30: the value's squared error 5.000e2 is more than 1000 times the largest of the last 20 iterations"
         ));
         let err = guard.check_control(31, 60.0, (0.0, 1.0), 5.0).unwrap_err();
         assert!(
@@ -126,7 +129,7 @@ mod tests {
     fn the_first_iterations_may_move_fast() {
         let mut guard = DivergenceGuard::default();
         for (i, loss) in [1e-6, 1.0, 1e-3, 10.0].into_iter().enumerate() {
-            guard.check_loss(i, loss, 0.0).unwrap();
+            guard.check_error(i, loss, 0.0).unwrap();
         }
     }
 
@@ -135,10 +138,10 @@ mod tests {
         let mut guard = DivergenceGuard::default();
         // A rare reward: every target equal, so every fit is exact, until one sample scores.
         for i in 0..16 {
-            guard.check_loss(i, 0.0, 0.0).unwrap();
+            guard.check_error(i, 0.0, 0.0).unwrap();
         }
-        guard.check_loss(16, 0.07, 0.008).unwrap();
-        let err = guard.check_loss(17, 100.0, 0.008).unwrap_err();
+        guard.check_error(16, 0.07, 0.008).unwrap();
+        let err = guard.check_error(17, 100.0, 0.008).unwrap_err();
         assert!(
             err.to_string().contains("the targets' variance, 8.000e-3"),
             "{err}"
