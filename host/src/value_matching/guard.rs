@@ -3,9 +3,9 @@
 
 use std::collections::VecDeque;
 
-/// Iterations the fit's error is compared over.
+/// Optimiser steps the fit's error is compared over.
 const WINDOW: usize = 20;
-/// Iterations before the error check starts: the first fits move fast.
+/// Optimiser steps before the error check starts: the first fits move fast.
 const WARM_UP: usize = 10;
 /// A squared error this many times the largest of the recent window (or of the targets'
 /// variance, the error of a constant prediction) has exploded.
@@ -23,7 +23,8 @@ pub struct Diverged {
     pub what: String,
 }
 
-/// Watches the fit's squared error and the control cost of successive iterations.
+/// Watches the fit's squared error at successive optimiser steps and the control cost of
+/// successive iterations.
 #[derive(Debug, Clone)]
 pub struct DivergenceGuard {
     errors: VecDeque<f64>,
@@ -88,7 +89,7 @@ impl DivergenceGuard {
                 return Err(Diverged {
                     iteration,
                     what: format!(
-                        "the value's squared error {squared_error:.3e} is more than {ERROR_FACTOR} times the largest of the last {} iterations, {largest:.3e}, and the targets' variance, {target_variance:.3e}",
+                        "the value's squared error {squared_error:.3e} is more than {ERROR_FACTOR} times the largest of the last {} optimiser steps, {largest:.3e}, and the targets' variance, {target_variance:.3e}",
                         self.errors.len()
                     ),
                 });
@@ -116,7 +117,7 @@ mod tests {
         let err = guard.check_error(30, 500.0, 0.1).unwrap_err();
         assert_eq!(err.iteration, 30);
         assert!(err.to_string().starts_with(
-            "Value Matching diverged at iteration 30: the value's squared error 5.000e2 is more than 1000 times the largest of the last 20 iterations"
+            "Value Matching diverged at iteration 30: the value's squared error 5.000e2 is more than 1000 times the largest of the last 20 optimiser steps"
         ));
         let err = guard.check_control(31, 60.0, (0.0, 1.0), 5.0).unwrap_err();
         assert!(
