@@ -343,15 +343,13 @@ impl ValueMatching {
         self.team.sum_f64(&mut denominators);
         let (mut loss_sum, mut grad_norm) = (0.0, 0.0);
         for ((picked, indices), denominator) in steps.iter().zip(denominators) {
-            let Fitted {
-                loss,
-                squared_error,
-            } = self.loss_and_gradient(&batch, indices, denominator.max(1.0))?;
+            let fitted = self.loss_and_gradient(&batch, indices, denominator.max(1.0))?;
+            let loss = fitted.loss;
             if !loss.is_finite() {
                 bail!("the Value Matching loss became {loss} at iteration {iteration}");
             }
             self.guard
-                .check_error(iteration, squared_error, target_variance)?;
+                .check_error(iteration, fitted.squared_error, target_variance)?;
             grad_norm = self.adam.step(self.settings.grad_clip);
             if !grad_norm.is_finite() {
                 bail!("the value network's gradient became {grad_norm} at iteration {iteration}");
