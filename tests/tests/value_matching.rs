@@ -188,7 +188,7 @@ fn learns(
 /// `host/tests/exact_control.rs` shows the exact optimal control on the same 100-step grid
 /// reaches within about 0.006 of E_p*[r] with W1 below 0.02, the discretisation floor. The goal the
 /// quality suite sets is 95% of the possible improvement and W1 at most 0.05. The default
-/// configuration reaches W1 0.009-0.019 and 96-98% of the improvement on this problem over
+/// configuration reaches W1 0.013-0.019 and 97-98% of the improvement on this problem over
 /// seeds 0-2 (docs/value-matching-quality.md); the test asserts the W1 goal and 90% of the
 /// improvement, so that losing a tenth of what Value Matching gains here fails it.
 #[test]
@@ -535,8 +535,11 @@ fn samples_come_from_the_saved_value_network() {
         mean("adapted"),
         mean("base")
     );
+    // The run steered with the moving average of its weights (the default), so sampling
+    // from it does too.
     assert!(
-        stderr(&adapted).contains("steering with MLP"),
+        stderr(&adapted).contains("steering with MLP")
+            && stderr(&adapted).contains("the moving average of its weights"),
         "{}",
         stderr(&adapted)
     );

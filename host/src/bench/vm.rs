@@ -79,6 +79,7 @@ pub fn value_matching(
         martingale_target: false,
         value_loss: crate::value_matching::ValueLoss::Squared,
         replay: 1,
+        value_average: 0.0,
     };
     tch::manual_seed(0);
     let example = State::new(

@@ -74,7 +74,7 @@ pub struct ConfigFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reward_scale: Option<f64>,
-    /// Adam learning rate [default: 3e-4].
+    /// Adam learning rate, the peak of its schedule [default: 1e-3].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lr: Option<f64>,
@@ -91,6 +91,11 @@ pub struct ConfigFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub replay: Option<usize>,
+    /// Decay per iteration of a moving average of the value network's weights, which then
+    /// steers sampling (0: none).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value_average: Option<f64>,
     /// Gradient-norm clip [default: 1].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -96,11 +96,24 @@ fn saved_value(
         model.sample_p0(2, 0)?.0
     };
     let mut network = value::build(config.value_net, &example, device)?;
-    value::load(network.as_mut(), &tensors)
+    // A run that averaged its weights was steered by the average: sample with it too.
+    let averaged = tensors
+        .iter()
+        .any(|(name, _)| name.starts_with(value::AVERAGE_PREFIX));
+    let prefix = match averaged {
+        true => value::AVERAGE_PREFIX,
+        false => value::PREFIX,
+    };
+    value::load(network.as_mut(), &tensors, prefix)
         .with_context(|| format!("loading {}", path.display()))?;
     eprintln!(
-        "steering with {} from {} (after {done} iterations)",
+        "steering with {}{} from {} (after {done} iterations)",
         network.describe(),
+        if averaged {
+            ", the moving average of its weights"
+        } else {
+            ""
+        },
         path.display()
     );
     Ok(network)

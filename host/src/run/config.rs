@@ -48,6 +48,9 @@ pub struct RunConfig {
     /// Batches fitted each iteration: the newest and up to `replay - 1` before it (0: 4 for
     /// the MLP value network, 1 for the CNN, whose image batches are large).
     pub replay: usize,
+    /// Decay per iteration of a moving average of the value network's weights, which steers
+    /// sampling in place of the latest weights (0: none).
+    pub value_average: f64,
     /// Gradient-norm clip.
     pub grad_clip: f64,
     /// First time of the grid.
@@ -113,6 +116,7 @@ impl Default for RunConfig {
             martingale_target: true,
             value_loss: ValueLoss::Exponential,
             replay: 0,
+            value_average: 0.95,
             grad_clip: 1.0,
             t0: 0.02,
             time_grid: TimeGrid::Auto,
@@ -238,6 +242,12 @@ impl RunConfig {
                 bail!("`lr_schedule.final_fraction` must lie in [0, 1], got {final_fraction}");
             }
         }
+        if !(0.0..1.0).contains(&self.value_average) {
+            bail!(
+                "`value_average` is a decay per iteration in [0, 1), got {}",
+                self.value_average
+            );
+        }
         if self.grad_clip.is_nan() || self.grad_clip <= 0.0 {
             bail!("`grad_clip` must be positive, got {}", self.grad_clip);
         }
@@ -305,6 +315,14 @@ mod tests {
         assert_eq!(
             config.validate().unwrap_err().to_string(),
             "`steps` must be at least 1"
+        );
+        let config = RunConfig {
+            value_average: 1.0,
+            ..RunConfig::default()
+        };
+        assert_eq!(
+            config.validate().unwrap_err().to_string(),
+            "`value_average` is a decay per iteration in [0, 1), got 1"
         );
     }
 }

@@ -201,6 +201,7 @@ fn trainer_settings(config: &RunConfig, device: Device) -> VmSettings {
         martingale_target: config.martingale_target,
         value_loss: config.value_loss,
         replay: config.replay,
+        value_average: config.value_average,
     }
 }
 
@@ -262,7 +263,10 @@ impl Run {
             let cnn = value::resolve(config.value_net, &example)? == value::ValueArch::Cnn;
             settings.replay = if cnn { 1 } else { 4 };
         }
-        let mut trainer = ValueMatching::new(network, settings).with_team(team.clone());
+        let twin = value::build(config.value_net, &example, device)?;
+        let mut trainer = ValueMatching::new(network, settings)
+            .with_twin(twin)
+            .with_team(team.clone());
         // The configuration is written once it has been checked against the plugins, so a
         // run that cannot start leaves no directory that looks like a run.
         if team.is_root() {

@@ -134,16 +134,24 @@ pub fn autograd_gradient<V: ValueNetwork + ?Sized>(
 /// The prefix of the value network's weights in checkpoints: `value.<variable name>`.
 pub const PREFIX: &str = "value.";
 
-/// Copies the `value.<name>` tensors of a checkpoint into the network's variables, checking
-/// names and shapes.
-pub fn load(value: &mut dyn ValueNetwork, tensors: &[(String, Tensor)]) -> Result<()> {
+/// The prefix of the averaged weights that steer sampling when the run averages them
+/// (`value_average`): `value_average.<variable name>`.
+pub const AVERAGE_PREFIX: &str = "value_average.";
+
+/// Copies the `<prefix><name>` tensors of a checkpoint into the network's variables, checking
+/// names and shapes; `prefix` is [`PREFIX`] or [`AVERAGE_PREFIX`].
+pub fn load(
+    value: &mut dyn ValueNetwork,
+    tensors: &[(String, Tensor)],
+    prefix: &str,
+) -> Result<()> {
     let _guard = tch::no_grad_guard();
     let mut variables = value.var_store_mut().variables();
     let mut names: Vec<&String> = variables.keys().collect();
     names.sort();
     let mut missing = Vec::new();
     for name in names.clone() {
-        let key = format!("{PREFIX}{name}");
+        let key = format!("{prefix}{name}");
         match tensors.iter().find(|(n, _)| *n == key) {
             Some((_, saved)) => {
                 let target = variables.get(name).expect("listed above");
@@ -165,7 +173,7 @@ pub fn load(value: &mut dyn ValueNetwork, tensors: &[(String, Tensor)]) -> Resul
         );
     }
     for (name, target) in variables.iter_mut() {
-        let key = format!("{PREFIX}{name}");
+        let key = format!("{prefix}{name}");
         let (_, saved) = tensors
             .iter()
             .find(|(n, _)| *n == key)
@@ -173,4 +181,73 @@ pub fn load(value: &mut dyn ValueNetwork, tensors: &[(String, Tensor)]) -> Resul
         target.copy_(&saved.to_device(target.device()));
     }
     Ok(())
+}
+
+/// Moves `averaged`'s weights towards `value`'s: `averaged = decay averaged + (1 - decay) value`
+/// (the two networks of one architecture; decay 0 copies).
+pub fn average_into(averaged: &mut dyn ValueNetwork, value: &dyn ValueNetwork, decay: f64) {
+    let _guard = tch::no_grad_guard();
+    let source = value.var_store().variables();
+    for (name, mut target) in averaged.var_store_mut().variables() {
+        let current = &source[&name];
+        let moved = &target * decay + current * (1.0 - decay);
+        target.copy_(&moved);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn weights(value: &dyn ValueNetwork) -> Vec<(String, Tensor)> {
+        let mut named: Vec<(String, Tensor)> = value.var_store().variables().into_iter().collect();
+        named.sort_by(|a, b| a.0.cmp(&b.0));
+        named
+    }
+
+    #[test]
+    fn the_average_moves_by_one_minus_the_decay_and_loads_by_its_prefix() {
+        tch::manual_seed(5);
+        let mut latest = mlp::MlpValue::new(Device::Cpu, 3);
+        let mut averaged = mlp::MlpValue::new(Device::Cpu, 3);
+        tch::no_grad(|| {
+            for (_, mut t) in latest.var_store_mut().variables() {
+                t.copy_(&t.randn_like());
+            }
+        });
+        average_into(&mut averaged, &latest, 0.0);
+        for ((name, a), (_, l)) in weights(&averaged).iter().zip(weights(&latest)) {
+            assert!(a.equal(&l), "decay 0 copies, but {name} differs");
+        }
+        let before = weights(&averaged)
+            .into_iter()
+            .map(|(n, t)| (n, t.copy()))
+            .collect::<Vec<_>>();
+        tch::no_grad(|| {
+            for (_, mut t) in latest.var_store_mut().variables() {
+                let moved = &t + 1.0;
+                t.copy_(&moved);
+            }
+        });
+        average_into(&mut averaged, &latest, 0.75);
+        for ((name, a), (_, b)) in weights(&averaged).iter().zip(&before) {
+            // 0.75 b + 0.25 (b + 1) = b + 0.25.
+            let error = (a - (b + 0.25)).abs().max().double_value(&[]);
+            assert!(error < 1e-6, "{name}: off by {error}");
+        }
+        let saved: Vec<(String, Tensor)> = weights(&averaged)
+            .into_iter()
+            .map(|(n, t)| (format!("{AVERAGE_PREFIX}{n}"), t))
+            .collect();
+        let mut fresh = mlp::MlpValue::new(Device::Cpu, 3);
+        let err = load(&mut fresh, &saved, PREFIX).unwrap_err().to_string();
+        assert!(
+            err.contains("missing value.") && !err.contains("value_average."),
+            "{err}"
+        );
+        load(&mut fresh, &saved, AVERAGE_PREFIX).unwrap();
+        for ((name, f), (_, a)) in weights(&fresh).iter().zip(weights(&averaged)) {
+            assert!(f.equal(&a), "{name} was not loaded");
+        }
+    }
 }

@@ -62,6 +62,11 @@ pub struct VmSettings {
     /// the newest). Older batches' targets stay unbiased for the exponential loss with
     /// the martingale target, whose minimiser does not depend on the control that drew them.
     pub replay: usize,
+    /// Decay per iteration of an exponential moving average of the value network's weights,
+    /// which then steers sampling in place of the latest weights (0: no average). Early
+    /// iterations average over fewer: the decay of iteration `i` is at most
+    /// `(1 + i) / (10 + i)`.
+    pub value_average: f64,
 }
 
 /// How the value network's prediction `v` is compared with the target `c` (both in units of
@@ -152,6 +157,8 @@ pub struct ValueMatching {
     target_offset: Option<f64>,
     /// The ranks sharing each batch ([`distributed::Solo`] in a single process).
     team: TeamRef,
+    /// The moving average of the value's weights, when the settings ask for one: it steers.
+    averaged: Option<Box<dyn ValueNetwork>>,
 }
 
 /// The checkpoint name of the target offset.
@@ -181,6 +188,26 @@ impl ValueMatching {
             replayed: std::collections::VecDeque::new(),
             target_offset: None,
             team: distributed::solo(),
+            averaged: None,
+        }
+    }
+
+    /// Keeps a moving average of the weights in `twin` (a second network of the same
+    /// architecture, whose own weights are replaced) when the settings ask for one.
+    pub fn with_twin(mut self, mut twin: Box<dyn ValueNetwork>) -> Self {
+        if self.settings.value_average > 0.0 {
+            value::average_into(twin.as_mut(), self.value.as_ref(), 0.0);
+            self.averaged = Some(twin);
+        }
+        self
+    }
+
+    /// Moves the average towards the weights just fitted in iteration `iteration`.
+    fn update_average(&mut self, iteration: usize) {
+        if let Some(averaged) = self.averaged.as_mut() {
+            let warming = (1 + iteration) as f64 / (10 + iteration) as f64;
+            let decay = self.settings.value_average.min(warming);
+            value::average_into(averaged.as_mut(), self.value.as_ref(), decay);
         }
     }
 
@@ -705,6 +732,7 @@ impl ValueMatching {
             self.settings.reward_scale,
         )?;
         let (loss, grad_norm) = self.fit(&trajectory, iteration)?;
+        self.update_average(iteration);
         let stats = RewardStats::of(&reward, &valid);
         Ok(IterationStats {
             iteration,
@@ -718,10 +746,10 @@ impl ValueMatching {
         })
     }
 
-    /// The control that steers sampling now.
+    /// The control that steers sampling now: the averaged weights' when there are any.
     pub fn control(&self) -> Option<Control<'_>> {
         Some(Control {
-            value: self.value.as_ref(),
+            value: self.averaged.as_deref().unwrap_or(self.value.as_ref()),
             scale: self.settings.reward_scale,
         })
     }
@@ -737,6 +765,15 @@ impl ValueMatching {
             .into_iter()
             .map(|(name, t)| (format!("{}{name}", value::PREFIX), t))
             .collect();
+        if let Some(averaged) = &self.averaged {
+            named.extend(
+                averaged
+                    .var_store()
+                    .variables()
+                    .into_iter()
+                    .map(|(name, t)| (format!("{}{name}", value::AVERAGE_PREFIX), t)),
+            );
+        }
         named.sort_by(|a, b| a.0.cmp(&b.0));
         named.extend(self.adam.state());
         for (i, points) in self.replayed.iter().enumerate() {
@@ -750,7 +787,18 @@ impl ValueMatching {
 
     /// Restores what [`ValueMatching::state`] saved.
     pub fn load_state(&mut self, tensors: Vec<(String, Tensor)>) -> Result<()> {
-        value::load(self.value.as_mut(), &tensors)?;
+        value::load(self.value.as_mut(), &tensors, value::PREFIX)?;
+        if let Some(averaged) = self.averaged.as_mut() {
+            let saved = tensors
+                .iter()
+                .any(|(name, _)| name.starts_with(value::AVERAGE_PREFIX));
+            if saved {
+                value::load(averaged.as_mut(), &tensors, value::AVERAGE_PREFIX)?;
+            } else {
+                // A checkpoint of a run without an average: it starts from the weights.
+                value::average_into(averaged.as_mut(), self.value.as_ref(), 0.0);
+            }
+        }
         self.adam.load_state(&tensors)?;
         self.replayed = Points::from_named(&tensors, self.settings.device)
             .into_iter()
