@@ -97,9 +97,7 @@ fn saved_value(
     };
     let mut network = value::build(config.value_net, &example, device)?;
     // A run that averaged its weights was steered by the average: sample with it too.
-    let averaged = tensors
-        .iter()
-        .any(|(name, _)| name.starts_with(value::AVERAGE_PREFIX));
+    let averaged = value::has_average(&tensors);
     let prefix = match averaged {
         true => value::AVERAGE_PREFIX,
         false => value::PREFIX,

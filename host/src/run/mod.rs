@@ -263,10 +263,10 @@ impl Run {
             let cnn = value::resolve(config.value_net, &example)? == value::ValueArch::Cnn;
             settings.replay = if cnn { 1 } else { 4 };
         }
-        let twin = value::build(config.value_net, &example, device)?;
-        let mut trainer = ValueMatching::new(network, settings)
-            .with_twin(twin)
-            .with_team(team.clone());
+        let mut trainer = ValueMatching::new(network, settings).with_team(team.clone());
+        if config.value_average > 0.0 {
+            trainer = trainer.with_twin(value::build(config.value_net, &example, device)?);
+        }
         // The configuration is written once it has been checked against the plugins, so a
         // run that cannot start leaves no directory that looks like a run.
         if team.is_root() {

@@ -183,6 +183,23 @@ pub fn load(
     Ok(())
 }
 
+/// The network's weights named as [`load`] reads them back: `<prefix><variable name>`.
+pub fn named_weights(value: &dyn ValueNetwork, prefix: &str) -> Vec<(String, Tensor)> {
+    value
+        .var_store()
+        .variables()
+        .into_iter()
+        .map(|(name, t)| (format!("{prefix}{name}"), t))
+        .collect()
+}
+
+/// Whether a checkpoint holds averaged weights (`value_average.*`).
+pub fn has_average(tensors: &[(String, Tensor)]) -> bool {
+    tensors
+        .iter()
+        .any(|(name, _)| name.starts_with(AVERAGE_PREFIX))
+}
+
 /// Moves `averaged`'s weights towards `value`'s: `averaged = decay averaged + (1 - decay) value`
 /// (the two networks of one architecture; decay 0 copies).
 pub fn average_into(averaged: &mut dyn ValueNetwork, value: &dyn ValueNetwork, decay: f64) {
@@ -235,10 +252,8 @@ mod tests {
             let error = (a - (b + 0.25)).abs().max().double_value(&[]);
             assert!(error < 1e-6, "{name}: off by {error}");
         }
-        let saved: Vec<(String, Tensor)> = weights(&averaged)
-            .into_iter()
-            .map(|(n, t)| (format!("{AVERAGE_PREFIX}{n}"), t))
-            .collect();
+        let saved = named_weights(&averaged, AVERAGE_PREFIX);
+        assert!(has_average(&saved) && !has_average(&named_weights(&latest, PREFIX)));
         let mut fresh = mlp::MlpValue::new(Device::Cpu, 3);
         let err = load(&mut fresh, &saved, PREFIX).unwrap_err().to_string();
         assert!(

@@ -192,13 +192,11 @@ impl ValueMatching {
         }
     }
 
-    /// Keeps a moving average of the weights in `twin` (a second network of the same
-    /// architecture, whose own weights are replaced) when the settings ask for one.
+    /// Keeps the moving average of the weights (decay `value_average`) in `twin`, a second
+    /// network of the same architecture whose own weights are replaced.
     pub fn with_twin(mut self, mut twin: Box<dyn ValueNetwork>) -> Self {
-        if self.settings.value_average > 0.0 {
-            value::average_into(twin.as_mut(), self.value.as_ref(), 0.0);
-            self.averaged = Some(twin);
-        }
+        value::average_into(twin.as_mut(), self.value.as_ref(), 0.0);
+        self.averaged = Some(twin);
         self
     }
 
@@ -758,21 +756,12 @@ impl ValueMatching {
     /// (`value.*`), the optimiser's state and the replayed batches, whole (on a team, every
     /// rank must call it: the ranks' shares of the batches are gathered).
     pub fn state(&self) -> Result<Vec<(String, Tensor)>> {
-        let mut named: Vec<(String, Tensor)> = self
-            .value
-            .var_store()
-            .variables()
-            .into_iter()
-            .map(|(name, t)| (format!("{}{name}", value::PREFIX), t))
-            .collect();
+        let mut named = value::named_weights(self.value.as_ref(), value::PREFIX);
         if let Some(averaged) = &self.averaged {
-            named.extend(
-                averaged
-                    .var_store()
-                    .variables()
-                    .into_iter()
-                    .map(|(name, t)| (format!("{}{name}", value::AVERAGE_PREFIX), t)),
-            );
+            named.extend(value::named_weights(
+                averaged.as_ref(),
+                value::AVERAGE_PREFIX,
+            ));
         }
         named.sort_by(|a, b| a.0.cmp(&b.0));
         named.extend(self.adam.state());
@@ -789,10 +778,7 @@ impl ValueMatching {
     pub fn load_state(&mut self, tensors: Vec<(String, Tensor)>) -> Result<()> {
         value::load(self.value.as_mut(), &tensors, value::PREFIX)?;
         if let Some(averaged) = self.averaged.as_mut() {
-            let saved = tensors
-                .iter()
-                .any(|(name, _)| name.starts_with(value::AVERAGE_PREFIX));
-            if saved {
+            if value::has_average(&tensors) {
                 value::load(averaged.as_mut(), &tensors, value::AVERAGE_PREFIX)?;
             } else {
                 // A checkpoint of a run without an average: it starts from the weights.
