@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::{args, warn_refused, Cli};
 use crate::reward::RewardStats;
 use crate::run::{Run, RunConfig, RunEnd, Start};
-use crate::sde::{ControlPoint, Diffusion, TimeGrid};
+use crate::sde::{ControlPoint, Diffusion, FinalStep, TimeGrid};
 use crate::value::ValueArch;
 use crate::value_matching::ValueLoss;
 
@@ -114,6 +114,12 @@ pub struct ConfigFlags {
     #[arg(long, value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub control_point: Option<ControlPoint>,
+    /// What the last step returns when a control steers [default: tilted: the steered
+    /// process's endpoint estimate; base: the base model's]. Training batches always end at
+    /// the base model's.
+    #[arg(long, value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub final_step: Option<FinalStep>,
     /// Diffusion coefficient: `memoryless` or a constant level such as `0.5` [default: memoryless].
     #[arg(long, value_parser = args::diffusion)]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::sde::{ControlPoint, Diffusion, TimeGrid};
+use crate::sde::{ControlPoint, Diffusion, FinalStep, TimeGrid};
 use crate::value::ValueArch;
 use crate::value_matching::{LrSchedule, ValueLoss};
 
@@ -63,6 +63,10 @@ pub struct RunConfig {
     /// Where in each step the control is evaluated: `midpoint` (half a step of the base drift
     /// ahead) or `start` (the Euler-Maruyama rule).
     pub control_point: ControlPoint,
+    /// What the last step returns when a control steers: `tilted` (the steered process's
+    /// endpoint estimate) or `base` (the base model's). Training batches always end at the
+    /// base model's, so that the fit's targets stay those of the chain it estimates.
+    pub final_step: FinalStep,
     /// Value network: `auto`, `mlp` or `cnn`.
     pub value_net: ValueArch,
     /// Largest number of trajectories simulated at once (0: the whole batch).
@@ -122,6 +126,7 @@ impl Default for RunConfig {
             time_grid: TimeGrid::Auto,
             noise: Diffusion::Memoryless,
             control_point: ControlPoint::Midpoint,
+            final_step: FinalStep::Tilted,
             value_net: ValueArch::Auto,
             sample_chunk: 0,
             train_chunk: 0,
@@ -308,6 +313,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("unknown field `learning_rate`"), "{err}");
+        let err = toml::from_str::<RunConfig>("final_step = \"sideways\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("unknown variant `sideways`, expected `tilted` or `base`"),
+            "{err}"
+        );
+        let base: RunConfig = toml::from_str("final_step = \"base\"").unwrap();
+        assert_eq!(base.final_step, FinalStep::Base);
         let config = RunConfig {
             steps: 0,
             ..RunConfig::default()

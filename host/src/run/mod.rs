@@ -123,6 +123,7 @@ pub fn sampler_options(config: &RunConfig) -> SamplerOptions {
         grid: config.time_grid,
         diffusion: config.noise,
         control_point: config.control_point,
+        final_step: config.final_step,
         chunk_size: config.sample_chunk,
     }
 }

@@ -6,6 +6,7 @@
 pub mod control_point;
 pub mod diffusion;
 pub mod drift;
+pub mod final_step;
 pub mod interpolant;
 pub mod sampler;
 pub mod time_grid;
@@ -16,6 +17,7 @@ pub use drift::{
     endpoint_coefficients, sde_coefficients, DriftCoefficients, EndpointCoefficients,
     SdeCoefficients,
 };
+pub use final_step::FinalStep;
 pub use interpolant::{Interpolant, InterpolantAt};
 pub use sampler::{
     never_stop, sample, Control, Interrupted, SampleRequest, SamplerOptions, Trajectory,

@@ -4,8 +4,9 @@
 //! `K` steps on a grid `t_0 < .. < t_K = 1` ([`TimeGrid`]):
 //! `x += dt (a x + b f(x, t) + s u) + sqrt(dt) s noise`, with the control `u = -s grad_x V`
 //! when a value network steers, its gradient taken where [`ControlPoint`] says (the default
-//! memoryless `s` is `sigma_m`); the last step instead returns the model's endpoint estimate
-//! `E[x_1 | x_{t_{K-1}}]`, so that no noise of its own stays in the samples. Then
+//! memoryless `s` is `sigma_m`); the last step instead returns an endpoint estimate
+//! `E[x_1 | x_{t_{K-1}}]`, the base model's or the steered process's ([`FinalStep`]), so
+//! that no noise of its own stays in the samples. Then
 //! `sample = postprocess(x_K)`, `(r, valid) = reward(sample, x_K)`, and the cost-to-go
 //! `C_k = sum_{j >= k} |u_j|^2 / 2 dt - lambda r`.
 
@@ -17,6 +18,7 @@ use tch::{Device, Kind, Tensor};
 use super::control_point::ControlPoint;
 use super::diffusion::Diffusion;
 use super::drift::{endpoint_coefficients, sde_coefficients};
+use super::final_step::FinalStep;
 use super::time_grid::{time_grid, TimeGrid};
 use crate::kwargs::HostKwargs;
 use crate::model::Model;
@@ -37,6 +39,8 @@ pub struct SamplerOptions {
     pub diffusion: Diffusion,
     /// Where in each step the control is evaluated.
     pub control_point: ControlPoint,
+    /// Whose endpoint estimate the last step returns when a control steers.
+    pub final_step: FinalStep,
     /// Largest number of samples simulated at once; larger requests run in chunks of this size
     /// (0: all at once).
     pub chunk_size: usize,
@@ -44,7 +48,8 @@ pub struct SamplerOptions {
 
 impl Default for SamplerOptions {
     /// The run defaults: 100 steps from `t0 = 0.02` on the automatic grid, memoryless noise,
-    /// the control at each step's midpoint, all samples at once.
+    /// the control at each step's midpoint, the steered endpoint estimate at the end, all
+    /// samples at once.
     fn default() -> Self {
         Self {
             steps: 100,
@@ -52,6 +57,7 @@ impl Default for SamplerOptions {
             grid: TimeGrid::default(),
             diffusion: Diffusion::Memoryless,
             control_point: ControlPoint::default(),
+            final_step: FinalStep::default(),
             chunk_size: 0,
         }
     }
@@ -325,7 +331,7 @@ fn sample_chunk(
         let f = model.forward(&x, t, &kwargs)?;
         log.model_ok.push(f.all_finite());
         let next = if k + 1 == options.steps {
-            endpoint_step(model, options, t, &x, &f, &mut log)
+            endpoint_step(model, options, request, t, (&x, &f), &mut log)
         } else {
             let noise = match &cut {
                 None => x.map_floating(Tensor::randn_like),
@@ -362,22 +368,32 @@ fn sample_chunk(
     })
 }
 
-/// The last step returns the model's estimate of the endpoint instead of an Euler-Maruyama
-/// step, whose noise would stay in the samples (docs/mathematics.md, section 6). No control
-/// acts on it, so it costs nothing.
+/// The last step returns an estimate of the endpoint instead of an Euler-Maruyama step, whose
+/// noise would stay in the samples (docs/mathematics.md, section 6): the base model's, or with
+/// a control and [`FinalStep::Tilted`] the steered process's, which moves it by
+/// `-(beta^2 / alpha) lambda grad v`. Neither draws noise, so no running cost is recorded.
 fn endpoint_step(
     model: &Model,
     options: &SamplerOptions,
+    request: &SampleRequest<'_>,
     t: f64,
-    x: &State,
-    f: &State,
+    (x, f): (&State, &State),
     log: &mut StepLog,
 ) -> State {
     let c = sde_coefficients(&model.interpolant, options.diffusion, model.output_type, t);
     let e = endpoint_coefficients(model.output_type, &c.interpolant);
     log.diffusion.push(0.0);
     log.no_control();
-    x.zip_floating(f, |x, f| x * e.x + f * e.f)
+    let endpoint = x.zip_floating(f, |x, f| x * e.x + f * e.f);
+    match (request.control, options.final_step) {
+        (Some(steering), FinalStep::Tilted) => {
+            let (alpha, beta) = (c.interpolant.alpha, c.interpolant.beta);
+            let shift = beta * beta / alpha * steering.scale;
+            let gradient = value_gradient(steering, x, t);
+            endpoint.zip_floating(&gradient, |y, g| y - g * shift)
+        }
+        _ => endpoint,
+    }
 }
 
 /// `x + dt (a x + b f + s u) + sqrt(dt) s noise`, recording the control's cost and, for

@@ -18,7 +18,7 @@ use crate::distributed::{self, TeamRef};
 use crate::model::Model;
 use crate::reward::{Reward, RewardStats};
 use crate::sde::sampler::sample_part;
-use crate::sde::{Control, SampleRequest, SamplerOptions, Trajectory};
+use crate::sde::{Control, FinalStep, SampleRequest, SamplerOptions, Trajectory};
 use crate::seed::derive_seed;
 use crate::state::State;
 use crate::value::{self, ValueNetwork};
@@ -711,8 +711,15 @@ impl ValueMatching {
             device: self.settings.device,
             stop_after_step,
         };
+        // Training batches end at the base model's endpoint estimate: the tilted one moves the
+        // sample by the value's own gradient, and a fit that saw rewards of moved samples could
+        // learn to move them further for nothing (the shift has no running cost).
+        let options = SamplerOptions {
+            final_step: FinalStep::Base,
+            ..self.settings.sampler
+        };
         let part = self.team.share(self.settings.batch_size);
-        let sampled = sample_part(model, Some(reward), &self.settings.sampler, &request, part);
+        let sampled = sample_part(model, Some(reward), &options, &request, part);
         // Sampling and scoring are each rank's own work: the ranks agree on its outcome
         // before they exchange anything else.
         let trajectory = self.team.agree(sampled)?;
