@@ -14,9 +14,9 @@
 
 use flowgym_host::model::Model;
 use flowgym_host::reward::Reward;
-use flowgym_host::sde::Interpolant;
 use flowgym_host::sde::{
-    never_stop, sample, Control, ControlPoint, FinalStep, SampleRequest, SamplerOptions, TimeGrid,
+    never_stop, sample, Control, ControlPoint, FinalStep, Interpolant, SampleRequest,
+    SamplerOptions, TimeGrid, Trajectory,
 };
 use flowgym_host::state::State;
 use flowgym_host::value::ValueNetwork;
@@ -118,12 +118,12 @@ fn against_optimum(samples: &[f64]) -> (f64, f64) {
 /// two tests sampling at once would reseed each other's noise mid-run.
 static ONE_SAMPLER_AT_A_TIME: Mutex<()> = Mutex::new(());
 
-fn exact_samples(
-    steps: usize,
+/// Samples of the toy steered by `value`.
+fn toy_samples(
+    value: &dyn ValueNetwork,
+    options: &SamplerOptions,
     n: usize,
-    control_point: ControlPoint,
-    final_step: FinalStep,
-) -> (Vec<f64>, f64, f64) {
+) -> anyhow::Result<Trajectory> {
     let _turn = ONE_SAMPLER_AT_A_TIME
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -142,9 +142,29 @@ fn exact_samples(
         Capabilities::default(),
         RewardAdapter::new("1d/binary", Box::new(binary)).into_box(),
     );
+    let request = SampleRequest {
+        n,
+        seed: 5,
+        control: Some(Control {
+            value,
+            scale: LAMBDA,
+        }),
+        record: false,
+        device: Device::Cpu,
+        stop_after_step: &never_stop,
+    };
+    sample(&mut model, Some(&mut reward), options, &request)
+}
+
+fn exact_samples(
+    steps: usize,
+    n: usize,
+    control_point: ControlPoint,
+    final_step: FinalStep,
+) -> (Vec<f64>, f64, f64) {
     let value = ExactValue {
         vs: nn::VarStore::new(Device::Cpu),
-        mixture,
+        mixture: Mixture::from_args(&GmmArgs::default()).unwrap(),
     };
     let options = SamplerOptions {
         steps,
@@ -152,19 +172,7 @@ fn exact_samples(
         final_step,
         ..SamplerOptions::default()
     };
-    let control = Control {
-        value: &value,
-        scale: LAMBDA,
-    };
-    let request = SampleRequest {
-        n,
-        seed: 5,
-        control: Some(control),
-        record: false,
-        device: Device::Cpu,
-        stop_after_step: &never_stop,
-    };
-    let trajectory = sample(&mut model, Some(&mut reward), &options, &request).unwrap();
+    let trajectory = toy_samples(&value, &options, n).unwrap();
     let x = Vec::<f64>::try_from(
         trajectory
             .sample
@@ -182,6 +190,62 @@ fn exact_samples(
         .double_value(&[]);
     let mean = r.iter().sum::<f64>() / r.len() as f64;
     (x, mean, cost)
+}
+
+/// A value whose gradient is 0 before `t = 0.99` and NaN after: on the toy's 100-step grid only
+/// the last step (`t = 0.9902`) sees the NaN.
+struct NanAtTheEnd {
+    vs: nn::VarStore,
+}
+
+impl ValueNetwork for NanAtTheEnd {
+    fn forward(&self, x: &State, t: &Tensor) -> Tensor {
+        let x = x.floating().next().unwrap().view([-1]);
+        let late = t.to_kind(Kind::Double).view([-1]).double_value(&[0]) >= 0.99;
+        x * if late { f64::NAN } else { 0.0 }
+    }
+
+    fn var_store(&self) -> &nn::VarStore {
+        &self.vs
+    }
+
+    fn var_store_mut(&mut self) -> &mut nn::VarStore {
+        &mut self.vs
+    }
+
+    fn describe(&self) -> String {
+        "NaN after t = 0.99".into()
+    }
+}
+
+/// The steered endpoint estimate's shift costs nothing, but a NaN in it is reported as the
+/// control's, at the last step, as at any other; the base estimate does not use the gradient.
+#[test]
+fn a_nan_gradient_at_the_last_step_is_named_as_the_control() {
+    let value = NanAtTheEnd {
+        vs: nn::VarStore::new(Device::Cpu),
+    };
+    let tilted = SamplerOptions::default();
+    let err = toy_samples(&value, &tilted, 16).unwrap_err().to_string();
+    assert!(
+        err.contains("the value network's control became NaN or infinite at step 99"),
+        "{err}"
+    );
+    let base = SamplerOptions {
+        final_step: FinalStep::Base,
+        ..SamplerOptions::default()
+    };
+    let trajectory = toy_samples(&value, &base, 16).unwrap();
+    assert!(bool::try_from(
+        trajectory
+            .sample
+            .floating()
+            .next()
+            .unwrap()
+            .isfinite()
+            .all()
+    )
+    .unwrap());
 }
 
 /// With the exact value and 400 steps the samples follow p*: the mean reward within 0.01 of

@@ -331,7 +331,7 @@ fn sample_chunk(
         let f = model.forward(&x, t, &kwargs)?;
         log.model_ok.push(f.all_finite());
         let next = if k + 1 == options.steps {
-            endpoint_step(model, options, request, t, (&x, &f), &mut log)
+            endpoint_step(model, options, request, t, (&x, &f), &mut log)?
         } else {
             let noise = match &cut {
                 None => x.map_floating(Tensor::randn_like),
@@ -379,20 +379,28 @@ fn endpoint_step(
     t: f64,
     (x, f): (&State, &State),
     log: &mut StepLog,
-) -> State {
+) -> Result<State> {
     let c = sde_coefficients(&model.interpolant, options.diffusion, model.output_type, t);
     let e = endpoint_coefficients(model.output_type, &c.interpolant);
     log.diffusion.push(0.0);
-    log.no_control();
     let endpoint = x.zip_floating(f, |x, f| x * e.x + f * e.f);
     match (request.control, options.final_step) {
         (Some(steering), FinalStep::Tilted) => {
             let (alpha, beta) = (c.interpolant.alpha, c.interpolant.beta);
             let shift = beta * beta / alpha * steering.scale;
             let gradient = value_gradient(steering, x, t);
-            endpoint.zip_floating(&gradient, |y, g| y - g * shift)
+            // Counted at a cost of nothing, so that a NaN gradient is still reported as the
+            // control's by the finiteness check (0 * NaN is NaN).
+            log.gradient_squares
+                .push(gradient.per_sample_sum(Tensor::square)?);
+            log.cost_scales.push(0.0);
+            log.no_martingale();
+            Ok(endpoint.zip_floating(&gradient, |y, g| y - g * shift))
         }
-        _ => endpoint,
+        _ => {
+            log.no_control();
+            Ok(endpoint)
+        }
     }
 }
 
