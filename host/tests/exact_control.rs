@@ -31,6 +31,13 @@ use tch::{nn, Device, Kind, Tensor};
 
 const LAMBDA: f64 = 5.0;
 
+/// `V* / lambda = -log(1 + (e^lambda - 1) p) / lambda` for an indicator reward, from the
+/// probability `p` of ending where it is 1.
+fn indicator_value(p: Tensor) -> Tensor {
+    let h = p * (LAMBDA.exp() - 1.0) + 1.0;
+    (-h.log() / LAMBDA).to_kind(Kind::Float)
+}
+
 /// `V* / lambda` for the toy and the binary reward.
 struct ExactValue {
     vs: nn::VarStore,
@@ -60,9 +67,7 @@ impl ValueNetwork for ExactValue {
         let phi = |z: Tensor| (z / std::f64::consts::SQRT_2).erf() * 0.5 + 0.5;
         let sd = var.sqrt();
         let inside = phi((mean.ones_like() - &mean) / &sd) - phi((-&mean) / &sd);
-        let p = (posterior * inside).sum_dim_intlist(1, false, Kind::Double);
-        let h = p * (LAMBDA.exp() - 1.0) + 1.0;
-        (-h.log() / LAMBDA).to_kind(Kind::Float)
+        indicator_value((posterior * inside).sum_dim_intlist(1, false, Kind::Double))
     }
 
     fn var_store(&self) -> &nn::VarStore {
@@ -390,9 +395,7 @@ impl ValueNetwork for ExactBoxValue {
         let d2 = x.select(1, 1) - a * BOX_MEAN[1];
         let m1 = (&d1 * (a * g[0][0]) + &d2 * (a * g[0][1])) + BOX_MEAN[0];
         let m2 = (&d1 * (a * g[1][0]) + &d2 * (a * g[1][1])) + BOX_MEAN[1];
-        let p = box_probability(&m1, &m2, [c11, c12, c22], 96);
-        let h = p * (LAMBDA.exp() - 1.0) + 1.0;
-        (-h.log() / LAMBDA).to_kind(Kind::Float)
+        indicator_value(box_probability(&m1, &m2, [c11, c12, c22], 96))
     }
 
     fn var_store(&self) -> &nn::VarStore {
