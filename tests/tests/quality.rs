@@ -39,6 +39,16 @@ fn the_default_configuration_reaches_the_optimum_of_the_fast_problems() {
             after <= 0.05 * before,
             "{name}: distance to p* {after:.4}, from {before:.4} before training\n{text}"
         );
+        // Against two exact samples of p* of the same size (the floor, averaged over 8 pairs):
+        // seeds 0 to 4 put these three problems at 1.0-3.2 times it; the control at the start
+        // of each step with 16 optimiser steps had put them at up to 9.6 times (against one
+        // pair), so 5 catches that kind of regression and leaves room for another machine's
+        // rounding.
+        let ratio = row["distance_ratio"].as_f64().unwrap();
+        assert!(
+            ratio <= 5.0,
+            "{name}: distance to p* {ratio:.2} times its noise floor\n{text}"
+        );
     }
     assert!(sandbox.path("q/quality.csv").exists());
 }
