@@ -244,6 +244,15 @@ impl StepLog {
         }
     }
 
+    /// A controlled step's running cost: `cost_scale |g|^2` per sample, for the value's
+    /// gradient `g`.
+    fn control(&mut self, gradient: &State, cost_scale: f64) -> Result<()> {
+        self.gradient_squares
+            .push(gradient.per_sample_sum(Tensor::square)?);
+        self.cost_scales.push(cost_scale);
+        Ok(())
+    }
+
     /// A step without control, or whose stochastic integral is not recorded.
     fn no_control(&mut self) {
         self.gradient_squares.push(self.zeros.shallow_clone());
@@ -391,9 +400,7 @@ fn endpoint_step(
             let gradient = value_gradient(steering, x, t);
             // Counted at a cost of nothing, so that a NaN gradient is still reported as the
             // control's by the finiteness check (0 * NaN is NaN).
-            log.gradient_squares
-                .push(gradient.per_sample_sum(Tensor::square)?);
-            log.cost_scales.push(0.0);
+            log.control(&gradient, 0.0)?;
             log.no_martingale();
             Ok(endpoint.zip_floating(&gradient, |y, g| y - g * shift))
         }
@@ -426,8 +433,7 @@ fn euler_maruyama_step(
     });
     match &gradient {
         Some((g, s_lambda)) => {
-            log.gradient_squares.push(g.per_sample_sum(Tensor::square)?);
-            log.cost_scales.push(0.5 * s_lambda * s_lambda);
+            log.control(g, 0.5 * s_lambda * s_lambda)?;
             drift = drift.zip_floating(g, |d, g| d - g * (c.s * s_lambda));
         }
         None => log.no_control(),
