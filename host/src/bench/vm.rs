@@ -86,7 +86,12 @@ pub fn value_matching(
         "1d",
         vec![("x".into(), Tensor::zeros([1, 1], (Kind::Float, device)))],
     );
-    let network = crate::value::build(crate::value::ValueArch::Mlp, &example, device)?;
+    let network = crate::value::build(
+        crate::value::ValueArch::Mlp,
+        &example,
+        device,
+        &Interpolant::OptimalTransport,
+    )?;
     let mut trainer = ValueMatching::new(network, settings);
     // Host and floor iterations alternate, so that both see the same machine load.
     let warmup = 2;
@@ -161,7 +166,7 @@ struct DirectLoop {
 impl DirectLoop {
     fn new(batch_size: usize, steps: usize, device: Device) -> Self {
         tch::manual_seed(0);
-        let value = MlpValue::new(device, 1);
+        let value = MlpValue::new(device, 1, Interpolant::OptimalTransport);
         let adam = Adam::new(value.var_store(), 1e-3);
         let row = |v: &[f32]| Tensor::from_slice(v).view([1, -1]).to_device(device);
         Self {

@@ -95,7 +95,7 @@ fn saved_value(
         let _guard = tch::no_grad_guard();
         model.sample_p0(2, 0)?.0
     };
-    let mut network = value::build(config.value_net, &example, device)?;
+    let mut network = value::build(config.value_net, &example, device, &model.interpolant)?;
     // A run that averaged its weights was steered by the average: sample with it too.
     let averaged = value::has_average(&tensors);
     let prefix = match averaged {

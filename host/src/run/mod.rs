@@ -266,7 +266,12 @@ impl Run {
         }
         let mut trainer = ValueMatching::new(network, settings).with_team(team.clone());
         if config.value_average > 0.0 {
-            trainer = trainer.with_twin(value::build(config.value_net, &example, device)?);
+            trainer = trainer.with_twin(value::build(
+                config.value_net,
+                &example,
+                device,
+                &model.interpolant,
+            )?);
         }
         // The configuration is written once it has been checked against the plugins, so a
         // run that cannot start leaves no directory that looks like a run.
@@ -356,7 +361,7 @@ impl Run {
             tch::set_num_threads(threads as i32);
         }
         tch::manual_seed(derive_seed(config.seed, "init", 0) as i64);
-        let network = value::build(config.value_net, &example, device)?;
+        let network = value::build(config.value_net, &example, device, &model.interpolant)?;
         Ok((device, model, reward, example, network))
     }
 

@@ -1,27 +1,45 @@
-//! MLP value network for flat data: `[x flattened, time embedding] -> hidden -> ... -> 1`.
+//! MLP value network for flat data: `[x flattened, time embedding] -> hidden -> ... -> 1`,
+//! with the first layer also reading `[x, 1] / beta(t)`.
+//!
+//! Near the end of sampling the optimal value changes across a reward's edge over the
+//! posterior's width, which is `beta(t)` in `x_t`. A first layer that sees only `x` needs
+//! weights of order `1 / beta` to draw such an edge; reading `[x, 1] / beta(t)` as well, its
+//! units can be `(w . x - c) / beta(t)`: edges that sharpen as the noise goes, drawn with
+//! weights of order one. The weights on that input start at zero, so the network starts as the
+//! plain MLP.
 
 use tch::nn::{self, Module};
-use tch::{Device, Tensor};
+use tch::{Device, Kind, Tensor};
 
 use super::embedding::sinusoidal;
 use super::{parameter_count, zero_init, ValueNetwork};
+use crate::sde::interpolant::Interpolant;
 use crate::state::State;
 
 const TIME_DIM: i64 = 64;
 const HIDDEN: i64 = 128;
 const HIDDEN_LAYERS: usize = 3;
+/// The noise level the scaled input divides by is `sqrt(beta^2 + NOISE_FLOOR^2)`: at most 100
+/// times the input, which DDPM's cleanest step (`beta = 0.01`) and OT's last step of a 100-step
+/// grid (`beta ~ 0.01`) reach, and finite at `beta = 0`.
+const NOISE_FLOOR: f64 = 0.01;
 
 /// MLP with SiLU activations; the output layer starts at zero.
 pub struct MlpValue {
     vs: nn::VarStore,
     hidden: Vec<nn::Linear>,
+    /// `[x, 1] / beta(t)` into the first hidden layer (no bias; starts at zero).
+    scaled: nn::Linear,
     out: nn::Linear,
     features: i64,
+    /// The base model's schedule, for `beta(t)`.
+    noise: Interpolant,
 }
 
 impl MlpValue {
-    /// For samples with `features` floating elements each.
-    pub fn new(device: Device, features: i64) -> Self {
+    /// For samples with `features` floating elements each, from a base model with the
+    /// schedule `noise`.
+    pub fn new(device: Device, features: i64, noise: Interpolant) -> Self {
         let vs = nn::VarStore::new(device);
         let root = vs.root();
         let mut width = features + TIME_DIM;
@@ -31,13 +49,41 @@ impl MlpValue {
             hidden.push(nn::linear(layer, width, HIDDEN, Default::default()));
             width = HIDDEN;
         }
+        let scaled = nn::linear(
+            &root / "scaled",
+            features + 1,
+            HIDDEN,
+            nn::LinearConfig {
+                ws_init: nn::Init::Const(0.0),
+                bs_init: None,
+                bias: false,
+            },
+        );
         let out = nn::linear(&root / "out", width, 1, zero_init());
         Self {
             vs,
             hidden,
+            scaled,
             out,
             features,
+            noise,
         }
+    }
+
+    /// `1 / sqrt(beta(t)^2 + NOISE_FLOOR^2)`.
+    fn inverse_noise(&self, t: f64) -> f64 {
+        1.0 / self.noise.at(t).beta.hypot(NOISE_FLOOR)
+    }
+
+    /// [`Self::inverse_noise`] of each time in `t` (`[n]`), as `[n, 1]` like `like`.
+    fn inverse_noise_column(&self, t: &Tensor, like: &Tensor) -> Tensor {
+        let times = Vec::<f64>::try_from(t.to_kind(Kind::Double).flatten(0, -1))
+            .expect("a flattened tensor converts to a vector");
+        let inverse: Vec<f64> = times.iter().map(|&t| self.inverse_noise(t)).collect();
+        Tensor::from_slice(&inverse)
+            .to_kind(like.kind())
+            .to_device(like.device())
+            .view([-1, 1])
     }
 
     /// The floating leaves side by side: `[n, features]`.
@@ -51,9 +97,14 @@ impl MlpValue {
 impl ValueNetwork for MlpValue {
     fn forward(&self, x: &State, t: &Tensor) -> Tensor {
         let n = x.len() as i64;
-        let mut h = Tensor::cat(&[Self::inputs(x), sinusoidal(t, TIME_DIM)], 1);
-        for layer in &self.hidden {
-            h = layer.forward(&h).silu();
+        let inputs = Self::inputs(x);
+        let ones = Tensor::ones([n, 1], (inputs.kind(), inputs.device()));
+        let scaled = self.scaled.forward(&Tensor::cat(&[&inputs, &ones], 1))
+            * self.inverse_noise_column(t, &inputs);
+        let mut h = Tensor::cat(&[inputs, sinusoidal(t, TIME_DIM)], 1);
+        for (i, layer) in self.hidden.iter().enumerate() {
+            let a = layer.forward(&h);
+            h = if i == 0 { a + &scaled } else { a }.silu();
         }
         self.out.forward(&h).view([n])
     }
@@ -64,12 +115,13 @@ impl ValueNetwork for MlpValue {
     fn gradient(&self, x: &State, t: f64) -> Vec<Tensor> {
         let _no_grad = tch::no_grad_guard();
         let first = &self.hidden[0];
-        let (weights_x, weights_t) = (
-            first.ws.narrow(1, 0, self.features),
-            first.ws.narrow(1, self.features, TIME_DIM),
-        );
+        let inverse = self.inverse_noise(t);
+        let weights_x = first.ws.narrow(1, 0, self.features)
+            + self.scaled.ws.narrow(1, 0, self.features) * inverse;
+        let weights_t = first.ws.narrow(1, self.features, TIME_DIM);
         let time = Tensor::from_slice(&[t as f32]).to_device(first.ws.device());
-        let mut bias = sinusoidal(&time, TIME_DIM).matmul(&weights_t.tr());
+        let mut bias = sinusoidal(&time, TIME_DIM).matmul(&weights_t.tr())
+            + self.scaled.ws.narrow(1, self.features, 1).view([1, -1]) * inverse;
         if let Some(b) = &first.bs {
             bias += b;
         }
@@ -109,7 +161,7 @@ impl ValueNetwork for MlpValue {
 
     fn describe(&self) -> String {
         format!(
-            "MLP ({} features + {TIME_DIM}-d time embedding, {HIDDEN_LAYERS} x {HIDDEN} SiLU, {} parameters)",
+            "MLP ({} features, the same over the noise level, {TIME_DIM}-d time embedding, {HIDDEN_LAYERS} x {HIDDEN} SiLU, {} parameters)",
             self.features,
             parameter_count(&self.vs)
         )
@@ -120,18 +172,28 @@ impl ValueNetwork for MlpValue {
 mod tests {
     use super::*;
     use crate::value::autograd_gradient;
-    use tch::Kind;
 
     #[test]
     fn direct_gradient_matches_autograd_for_every_leaf() {
         tch::manual_seed(3);
-        let mut value = MlpValue::new(Device::Cpu, 5);
+        let mut value = MlpValue::new(
+            Device::Cpu,
+            5,
+            Interpolant::Discrete {
+                alpha_bar: vec![0.999, 0.9, 0.5, 0.1],
+            },
+        );
         // The output layer starts at zero (a zero gradient proves nothing): give it weights.
         tch::no_grad(|| {
             value
                 .out
                 .ws
-                .copy_(&Tensor::randn([1, HIDDEN], (Kind::Float, Device::Cpu)))
+                .copy_(&Tensor::randn([1, HIDDEN], (Kind::Float, Device::Cpu)));
+            let scaled = value.scaled.ws.size();
+            value
+                .scaled
+                .ws
+                .copy_(&(Tensor::randn(scaled, (Kind::Float, Device::Cpu)) * 0.1));
         });
         let x = State::new(
             "test",

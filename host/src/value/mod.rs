@@ -12,6 +12,7 @@ use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Tensor};
 
+use crate::sde::interpolant::Interpolant;
 use crate::state::State;
 
 /// Which architecture to use.
@@ -99,7 +100,13 @@ pub fn resolve(arch: ValueArch, example: &State) -> Result<ValueArch> {
 }
 
 /// Builds the value network for data shaped like `example` on `device`.
-pub fn build(arch: ValueArch, example: &State, device: Device) -> Result<Box<dyn ValueNetwork>> {
+/// `noise` is the base model's schedule, whose noise level scales part of the MLP's input.
+pub fn build(
+    arch: ValueArch,
+    example: &State,
+    device: Device,
+    noise: &Interpolant,
+) -> Result<Box<dyn ValueNetwork>> {
     Ok(match resolve(arch, example)? {
         ValueArch::Cnn => {
             let x = example.floating().next().expect("resolve checked the leaf");
@@ -111,7 +118,7 @@ pub fn build(arch: ValueArch, example: &State, device: Device) -> Result<Box<dyn
                 .floating()
                 .map(|t| t.size().iter().skip(1).product::<i64>())
                 .sum();
-            Box::new(mlp::MlpValue::new(device, features))
+            Box::new(mlp::MlpValue::new(device, features, noise.clone()))
         }
     })
 }
@@ -225,8 +232,8 @@ mod tests {
     #[test]
     fn the_average_moves_by_one_minus_the_decay_and_loads_by_its_prefix() {
         tch::manual_seed(5);
-        let mut latest = mlp::MlpValue::new(Device::Cpu, 3);
-        let mut averaged = mlp::MlpValue::new(Device::Cpu, 3);
+        let mut latest = mlp::MlpValue::new(Device::Cpu, 3, Interpolant::OptimalTransport);
+        let mut averaged = mlp::MlpValue::new(Device::Cpu, 3, Interpolant::OptimalTransport);
         tch::no_grad(|| {
             for (_, mut t) in latest.var_store_mut().variables() {
                 t.copy_(&t.randn_like());
@@ -254,7 +261,7 @@ mod tests {
         }
         let saved = named_weights(&averaged, AVERAGE_PREFIX);
         assert!(has_average(&saved) && !has_average(&named_weights(&latest, PREFIX)));
-        let mut fresh = mlp::MlpValue::new(Device::Cpu, 3);
+        let mut fresh = mlp::MlpValue::new(Device::Cpu, 3, Interpolant::OptimalTransport);
         let err = load(&mut fresh, &saved, PREFIX).unwrap_err().to_string();
         assert!(
             err.contains("missing value.") && !err.contains("value_average."),
