@@ -12,12 +12,14 @@
 //! accumulate half-precision inputs in float32 inside the kernels and round each result to the
 //! format). On the machine that wrote the fixtures the outputs agree to the last bit, except the
 //! VAE's final `x / 2 + 0.5`, which this crate maps in float32 and diffusers in the half format:
-//! one rounding. [`half_tolerance`] allows `4 u` relative to the output's scale, `u` the format's
-//! unit roundoff (2^-9 for bfloat16's 8 significant bits, 2^-12 for float16's 11): a rounding of
-//! the result on each side plus one reordered step, for kernels that a processor with other
-//! vector instructions may pick. The half-precision references lie 4 to 10 `u x scale` from the
-//! float32 ones, and a wrong layer, weight conversion or scaling far more; that each component
-//! really computes in the format asked for is asserted by its output's kind.
+//! one rounding. [`half_tolerance`] allows `16 u` relative to the output's scale, `u` the format's
+//! unit roundoff (2^-9 for bfloat16's 8 significant bits, 2^-12 for float16's 11). On a processor
+//! with other vector instructions libtorch picks other kernels: on an Intel Xeon with AVX512-FP16
+//! and AMX, against fixtures written on an AMD EPYC, the float16 VAE differed by 11 `u x scale`,
+//! the float16 UNet of `gray16` by 7 and the bfloat16 VAE by 4, where
+//! `4 u` had been allowed (the rest by at most 2.1). A wrong layer, weight conversion or scaling moves the output by far
+//! more than 16 `u x scale` (it is 3% of the scale in bfloat16, 0.4% in float16); that each
+//! component really computes in the format asked for is asserted by its output's kind.
 
 mod common;
 
@@ -50,9 +52,9 @@ fn cases() -> BTreeMap<String, Tensor> {
     read_tensors(&fixtures("precision/cases.safetensors"))
 }
 
-/// `4 u scale` (see the module documentation).
+/// `16 u scale` (see the module documentation).
 fn half_tolerance(unit_roundoff: f64, scale: f64) -> f64 {
-    4.0 * unit_roundoff * scale
+    16.0 * unit_roundoff * scale
 }
 
 /// Asserts `|ours - reference| < half_tolerance(u, max |reference|)`.
