@@ -16,9 +16,9 @@
 //! unit roundoff (2^-9 for bfloat16's 8 significant bits, 2^-12 for float16's 11). On a processor
 //! with other vector instructions libtorch picks other kernels: on an Intel Xeon with AVX512-FP16
 //! and AMX, against fixtures written on an AMD EPYC, the float16 VAE differed by 11 `u x scale`,
-//! the float16 UNet of `gray16` by 7 and the bfloat16 VAE by 4, where
-//! `4 u` had been allowed (the rest by at most 2.1). A wrong layer, weight conversion or scaling moves the output by far
-//! more than 16 `u x scale` (it is 3% of the scale in bfloat16, 0.4% in float16); that each
+//! the float16 UNet of `gray16` by 7 and the bfloat16 VAE by 4, where `4 u` had been allowed
+//! (the rest by at most 2.1). A wrong layer, weight conversion or scaling moves the output by
+//! far more than 16 `u x scale` (3% of the scale in bfloat16, 0.4% in float16); that each
 //! component really computes in the format asked for is asserted by its output's kind.
 
 mod common;
