@@ -2,9 +2,9 @@
 //! (so the tests pass from an empty target directory), run the host binary in a sandbox, and
 //! read what it wrote.
 //!
-//! Each test gets a sandbox directory holding a copy of the host executable, so that the
-//! executable-directory search finds exactly the plugins the test puts there, and a private
-//! user directory and `FLOWGYM_PLUGIN_PATH`.
+//! Each test gets a sandbox directory holding the host executable (hard-linked, or copied
+//! across file systems), so that the executable-directory search finds exactly the plugins the
+//! test puts there, and a private user directory and `FLOWGYM_PLUGIN_PATH`.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -160,24 +160,47 @@ pub fn host() -> PathBuf {
         .join(format!("flowgym-host{}", std::env::consts::EXE_SUFFIX))
 }
 
-/// A private directory with a copy of the host and the plugins a test puts there.
+/// Puts `exe` into `dir` so that it can be run at once.
+///
+/// A hard link when `dir` is on the same file system. Otherwise a copy, which is not enough on
+/// its own: while this process holds the copy open for writing, a process that another test
+/// thread forks inherits that descriptor until it calls `exec`, and running the copy in that
+/// window fails with "Text file busy". Once one run of the copy has started, no writer is left
+/// and none can appear, so the copy is run (`--version`) until it starts.
+fn place_executable(exe: &Path, dir: &Path) {
+    let to = dir.join(exe.file_name().expect("a file"));
+    if std::fs::hard_link(exe, &to).is_ok() {
+        return;
+    }
+    std::fs::copy(exe, &to).expect("copy the host");
+    for _ in 0..200 {
+        match Command::new(&to).arg("--version").output() {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy => {
+                std::thread::sleep(std::time::Duration::from_millis(10))
+            }
+            started => {
+                started.expect("the copied host starts");
+                return;
+            }
+        }
+    }
+    panic!("{to:?} stayed busy for 2 s after it was copied");
+}
+
+/// A private directory with the host (a hard link or a copy) and the plugins a test puts there.
 pub struct Sandbox {
     /// The sandbox root (removed on drop).
     pub root: PathBuf,
 }
 
 impl Sandbox {
-    /// A fresh sandbox holding a copy of the host, named after the test.
+    /// A fresh sandbox holding the host, named after the test.
     pub fn new(name: &str) -> Self {
         let root = std::env::temp_dir().join(format!("flowgym-e2e-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(root.join("bin")).expect("temp dir");
         std::fs::create_dir_all(root.join("home")).expect("temp dir");
-        std::fs::copy(
-            host(),
-            root.join("bin").join(host().file_name().expect("a file")),
-        )
-        .expect("copy the host");
+        place_executable(&host(), &root.join("bin"));
         Self { root }
     }
 
