@@ -7,7 +7,7 @@ velocity (0.5 N(0, 1) + 0.5 N(3, 0.4^2) on the optimal-transport path), the bina
 -s * lambda * grad v from autograd at every step, the cost-to-go, and one Adam step (lr 1e-3,
 clip 1) on the weighted squared loss; the value network is the host's MLP (one feature plus a
 64-d sinusoidal time embedding, 3 x 128 SiLU, zero-initialised output; its first layer also
-reads `[x, 1] / beta(t)` through zero-initialised weights). It runs in eager mode,
+reads `[x, alpha(t)] / beta(t)` through zero-initialised weights). It runs in eager mode,
 as the Python original does.
 
 The host's figure is `flowgym-host bench vm` on the same loop (batch 128, 100 steps). Blocks of
@@ -55,9 +55,11 @@ class Value(nn.Module):
         self.rest = nn.Sequential(*layers[1:], out)
 
     def forward(self, x, t):
-        # beta = 1 - t on the optimal-transport path, floored as the host floors it.
-        inverse = 1.0 / torch.sqrt((1.0 - t.view(-1, 1)) ** 2 + 1e-4)
-        scaled = self.scaled(torch.cat([x, torch.ones_like(x)], dim=1)) * inverse
+        # alpha = t and beta = 1 - t on the optimal-transport path, beta floored as the host
+        # floors it.
+        alpha = t.view(-1, 1)
+        inverse = 1.0 / torch.sqrt((1.0 - alpha) ** 2 + 1e-4)
+        scaled = self.scaled(torch.cat([x, alpha], dim=1) * inverse)
         h = self.first(torch.cat([x, sinusoidal(t)], dim=1)) + scaled
         return self.rest(h).view(-1)
 

@@ -1,12 +1,14 @@
 //! MLP value network for flat data: `[x flattened, time embedding] -> hidden -> ... -> 1`,
-//! with the first layer also reading `[x, 1] / beta(t)`.
+//! with the first layer also reading `[x, alpha(t)] / beta(t)`.
 //!
 //! Near the end of sampling the optimal value changes across a reward's edge over the
 //! posterior's width, which is `beta(t)` in `x_t`. A first layer that sees only `x` needs
-//! weights of order `1 / beta` to draw such an edge; reading `[x, 1] / beta(t)` as well, its
-//! units can be `(w . x - c) / beta(t)`: edges that sharpen as the noise goes, drawn with
-//! weights of order one. The weights on that input start at zero, so the network starts as the
-//! plain MLP.
+//! weights of order `1 / beta` to draw such an edge; reading `[x, alpha(t)] / beta(t)` as well,
+//! its units can be `(w . x - c alpha(t)) / beta(t)`: edges that sharpen as the noise goes,
+//! drawn with weights of order one, and that stay where the reward's edge `w . x_1 = c` is as
+//! `x_t ~ alpha(t) x_1` shrinks towards it (a constant in place of `alpha` would pin each edge
+//! to one place in `x_t`). The weights on that input start at zero, so the network starts as
+//! the plain MLP.
 
 use tch::nn::{self, Module};
 use tch::{Device, Kind, Tensor};
@@ -28,7 +30,7 @@ const NOISE_FLOOR: f64 = 0.01;
 pub struct MlpValue {
     vs: nn::VarStore,
     hidden: Vec<nn::Linear>,
-    /// `[x, 1] / beta(t)` into the first hidden layer (no bias; starts at zero).
+    /// `[x, alpha(t)] / beta(t)` into the first hidden layer (no bias; starts at zero).
     scaled: nn::Linear,
     out: nn::Linear,
     features: i64,
@@ -70,20 +72,26 @@ impl MlpValue {
         }
     }
 
-    /// `1 / sqrt(beta(t)^2 + NOISE_FLOOR^2)`.
-    fn inverse_noise(&self, t: f64) -> f64 {
-        1.0 / self.noise.at(t).beta.hypot(NOISE_FLOOR)
+    /// `(1, alpha(t)) / sqrt(beta(t)^2 + NOISE_FLOOR^2)`.
+    fn inverse_noise(&self, t: f64) -> (f64, f64) {
+        let at = self.noise.at(t);
+        let inverse = 1.0 / at.beta.hypot(NOISE_FLOOR);
+        (inverse, at.alpha * inverse)
     }
 
-    /// [`Self::inverse_noise`] of each time in `t` (`[n]`), as `[n, 1]` like `like`.
-    fn inverse_noise_column(&self, t: &Tensor, like: &Tensor) -> Tensor {
+    /// [`Self::inverse_noise`] of each time in `t` (`[n]`), as two `[n, 1]` columns like `like`.
+    fn inverse_noise_columns(&self, t: &Tensor, like: &Tensor) -> (Tensor, Tensor) {
         let times = Vec::<f64>::try_from(t.to_kind(Kind::Double).flatten(0, -1))
             .expect("a flattened tensor converts to a vector");
-        let inverse: Vec<f64> = times.iter().map(|&t| self.inverse_noise(t)).collect();
-        Tensor::from_slice(&inverse)
-            .to_kind(like.kind())
-            .to_device(like.device())
-            .view([-1, 1])
+        let (inverse, alpha_inverse): (Vec<f64>, Vec<f64>) =
+            times.iter().map(|&t| self.inverse_noise(t)).unzip();
+        let column = |values: &[f64]| {
+            Tensor::from_slice(values)
+                .to_kind(like.kind())
+                .to_device(like.device())
+                .view([-1, 1])
+        };
+        (column(&inverse), column(&alpha_inverse))
     }
 
     /// The floating leaves side by side: `[n, features]`.
@@ -98,9 +106,10 @@ impl ValueNetwork for MlpValue {
     fn forward(&self, x: &State, t: &Tensor) -> Tensor {
         let n = x.len() as i64;
         let inputs = Self::inputs(x);
-        let ones = Tensor::ones([n, 1], (inputs.kind(), inputs.device()));
-        let scaled = self.scaled.forward(&Tensor::cat(&[&inputs, &ones], 1))
-            * self.inverse_noise_column(t, &inputs);
+        let (inverse, alpha_inverse) = self.inverse_noise_columns(t, &inputs);
+        let scaled = self
+            .scaled
+            .forward(&Tensor::cat(&[&inputs * inverse, alpha_inverse], 1));
         let mut h = Tensor::cat(&[inputs, sinusoidal(t, TIME_DIM)], 1);
         for (i, layer) in self.hidden.iter().enumerate() {
             let a = layer.forward(&h);
@@ -115,13 +124,13 @@ impl ValueNetwork for MlpValue {
     fn gradient(&self, x: &State, t: f64) -> Vec<Tensor> {
         let _no_grad = tch::no_grad_guard();
         let first = &self.hidden[0];
-        let inverse = self.inverse_noise(t);
+        let (inverse, alpha_inverse) = self.inverse_noise(t);
         let weights_x = first.ws.narrow(1, 0, self.features)
             + self.scaled.ws.narrow(1, 0, self.features) * inverse;
         let weights_t = first.ws.narrow(1, self.features, TIME_DIM);
         let time = Tensor::from_slice(&[t as f32]).to_device(first.ws.device());
         let mut bias = sinusoidal(&time, TIME_DIM).matmul(&weights_t.tr())
-            + self.scaled.ws.narrow(1, self.features, 1).view([1, -1]) * inverse;
+            + self.scaled.ws.narrow(1, self.features, 1).view([1, -1]) * alpha_inverse;
         if let Some(b) = &first.bs {
             bias += b;
         }
