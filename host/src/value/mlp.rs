@@ -5,10 +5,10 @@
 //! posterior's width, which is `beta(t)` in `x_t`. A first layer that sees only `x` needs
 //! weights of order `1 / beta` to draw such an edge; reading `[x, alpha(t)] / beta(t)` as well,
 //! its units can be `(w . x - c alpha(t)) / beta(t)`: edges that sharpen as the noise goes,
-//! drawn with weights of order one, and that stay where the reward's edge `w . x_1 = c` is as
-//! `x_t ~ alpha(t) x_1` shrinks towards it (a constant in place of `alpha` would pin each edge
-//! to one place in `x_t`). The weights on that input start at zero, so the network starts as
-//! the plain MLP.
+//! drawn with weights of order one, and that stay on a reward's edge `w . x_1 = c`, which lies
+//! at `w . x_t = c alpha(t)` late in sampling (a constant in place of `alpha` would pin each
+//! edge to one place in `x_t`). The weights on that input start at zero, so the network starts
+//! as the plain MLP.
 
 use tch::nn::{self, Module};
 use tch::{Device, Kind, Tensor};
