@@ -552,13 +552,13 @@ fn a_stiff_constant_diffusion_is_refused_before_anything_is_written() {
     let out = sandbox.run(&["run", "--noise", "0.5", "--out", "run"]);
     assert_exit(&out, 1);
     let err = stderr(&out);
-    // OT on 100 steps: beta = 2 dt at the last Euler step, so the largest stable level is
-    // 2 beta / sqrt(dt) = 4 sqrt(dt) = 4 sqrt(0.0098) = 0.396.
+    // OT on the 200 steps of flat data: beta = 2 dt at the last Euler step, so the largest
+    // stable level is 2 beta / sqrt(dt) = 4 sqrt(dt) = 4 sqrt(0.98 / 200) = 0.28.
     assert!(
-        err.contains("the constant diffusion level 0.5 is too stiff for 100 steps"),
+        err.contains("the constant diffusion level 0.5 is too stiff for 200 steps"),
         "{err}"
     );
-    assert!(err.contains("a level of at most 0.3960"), "{err}");
+    assert!(err.contains("a level of at most 0.2800"), "{err}");
     assert!(
         !sandbox.path("run").exists(),
         "a refused run leaves no directory"

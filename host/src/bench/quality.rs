@@ -31,6 +31,8 @@ pub struct QualityFigures {
     pub dimension: usize,
     /// `lambda`.
     pub reward_scale: f64,
+    /// Sampling steps of the run.
+    pub steps: usize,
     /// `E_base[r]`, exact or to high precision.
     pub base_reward: f64,
     /// Mean reward of the adapted model's evaluation samples.
@@ -114,6 +116,7 @@ pub fn run_problem(
         problem: problem.name.clone(),
         dimension: problem.dim(),
         reward_scale: problem.lambda,
+        steps: run.config().steps,
         base_reward: base,
         adapted_reward,
         optimum_reward: best,

@@ -256,9 +256,16 @@ fn quality(registry: &crate::plugins::Registry, args: &QualityArgs) -> Result<Ex
 }
 
 fn print_quality_table(config: &RunConfig, rows: &[bench::QualityFigures]) {
+    let mut steps: Vec<usize> = rows.iter().map(|row| row.steps).collect();
+    steps.sort_unstable();
+    steps.dedup();
+    let steps: Vec<String> = steps.iter().map(usize::to_string).collect();
     println!(
         "Value Matching quality, default configuration ({} iterations, batch {}, {} steps, lr {}):",
-        config.iterations, config.batch_size, config.steps, config.lr
+        config.iterations,
+        config.batch_size,
+        steps.join(" or "),
+        config.lr
     );
     println!(
         "{:<28} {:>3} {:>4} {:>8} {:>8} {:>8} {:>7} {:>8} {:>8} {:>8} {:>6}",

@@ -66,7 +66,8 @@ pub struct ConfigFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub batch_size: Option<usize>,
-    /// Euler-Maruyama steps [default: 100].
+    /// Euler-Maruyama steps [default: 200 for flat data and point sets, 100 for images and
+    /// latents, 50 for images of 16 pixels a side or less].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub steps: Option<usize>,
@@ -87,7 +88,8 @@ pub struct ConfigFlags {
     #[arg(long, value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub value_loss: Option<ValueLoss>,
-    /// Batches fitted each iteration (the newest and the ones before it).
+    /// Batches fitted each iteration (the newest and the ones before it) [default: 1 for images
+    /// and latents, 4 for other data].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub replay: Option<usize>,
@@ -199,56 +201,6 @@ impl ConfigFlags {
     }
 }
 
-/// The run settings for models of small images (both sides of 16 pixels or less, such as
-/// `images/digits`) where neither the config file nor a flag sets them: such models sample in
-/// milliseconds a step, and these make a run of a few minutes on two CPU cores.
-pub const SMALL_IMAGE_DEFAULTS: [(&str, i64); 3] =
-    [("iterations", 40), ("batch_size", 64), ("steps", 50)];
-
-/// Whether the base model `id` declares images of both sides at most 16 pixels.
-fn small_images(registry: &crate::plugins::Registry, id: &str) -> bool {
-    use flowgym_plugin_api::{Dim, EntryKind};
-    let Ok(entry) = registry.resolve(id, EntryKind::BaseModel) else {
-        return false;
-    };
-    let small = |d: &Dim| matches!(d, Dim::Fixed(side) if *side <= 16);
-    entry.meta.leaves.iter().any(|leaf| {
-        let dims = leaf.shape.as_slice();
-        dims.len() == 4 && small(&dims[2]) && small(&dims[3])
-    })
-}
-
-/// `config` with [`SMALL_IMAGE_DEFAULTS`] for the keys neither `file` nor `flags` set, when the
-/// model makes small images.
-fn with_model_defaults(
-    registry: &crate::plugins::Registry,
-    config: RunConfig,
-    file: Option<&Path>,
-    flags: &toml::Table,
-) -> Result<RunConfig> {
-    if !small_images(registry, &config.model) {
-        return Ok(config);
-    }
-    let in_file: toml::Table = match file {
-        Some(path) => toml::from_str(&std::fs::read_to_string(path)?)?,
-        None => toml::Table::new(),
-    };
-    let defaults: toml::Table = SMALL_IMAGE_DEFAULTS
-        .iter()
-        .filter(|(key, _)| !in_file.contains_key(*key) && !flags.contains_key(*key))
-        .map(|(key, value)| (key.to_string(), toml::Value::Integer(*value)))
-        .collect();
-    if !defaults.is_empty() {
-        let list: Vec<String> = defaults.iter().map(|(k, v)| format!("{k} = {v}")).collect();
-        eprintln!(
-            "{} makes small images: {} (set them to change)",
-            config.model,
-            list.join(", ")
-        );
-    }
-    config.with_overrides(defaults)
-}
-
 /// `runs/<date>-<time>-<model>-<reward>` with `/` in ids replaced.
 fn default_run_dir(config: &RunConfig) -> PathBuf {
     let stamp = chrono::Local::now().format("%Y%m%d-%H%M%S");
@@ -295,7 +247,7 @@ fn start_of(args: &RunArgs, registry: &crate::plugins::Registry) -> Result<Start
         }
         None => {
             let config = args.flags.resolve(args.config.as_deref())?;
-            let config = with_model_defaults(
+            let config = crate::run::defaults::with_model_defaults(
                 registry,
                 config,
                 args.config.as_deref(),

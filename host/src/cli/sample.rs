@@ -11,10 +11,11 @@ use super::{args, warn_refused, Cli};
 use crate::compose::{check_pair, construct_context, open_model, open_reward};
 use crate::device::parse_device;
 use crate::interrupt;
-use crate::model::Model;
 use crate::report::plot;
-use crate::run::{checkpoint, sampler_options, samples, RunConfig, RunDir};
+use crate::run::{checkpoint, defaults, sampler_options, samples, RunConfig, RunDir};
+use crate::sde::Interpolant;
 use crate::sde::{sample, Control, SampleRequest};
+use crate::state::State;
 use crate::value::{self, ValueNetwork};
 
 /// Arguments of `sample`.
@@ -42,7 +43,8 @@ pub struct SampleArgs {
     /// Number of samples.
     #[arg(short = 'n', long, default_value_t = 16)]
     pub samples: usize,
-    /// Euler-Maruyama steps [default: the run's, else 100].
+    /// Euler-Maruyama steps [default: the run's, else the data's: 200 for flat data and point
+    /// sets, 100 for images and latents].
     #[arg(long)]
     pub steps: Option<usize>,
     /// Largest number of samples simulated at once (0: all).
@@ -84,18 +86,15 @@ fn saved_value(
     run: &Path,
     checkpoint: Option<&Path>,
     config: &RunConfig,
-    model: &mut Model,
+    example: &State,
+    interpolant: &Interpolant,
     device: tch::Device,
 ) -> Result<Box<dyn ValueNetwork>> {
     let path = checkpoint
         .map(Path::to_path_buf)
         .unwrap_or_else(|| RunDir::at(run).latest_checkpoint());
     let (done, tensors) = checkpoint::load(&path)?;
-    let example = {
-        let _guard = tch::no_grad_guard();
-        model.sample_p0(2, 0)?.0
-    };
-    let mut network = value::build(config.value_net, &example, device, &model.interpolant)?;
+    let mut network = value::build(config.value_net, example, device, interpolant)?;
     // A run that averaged its weights was steered by the average: sample with it too.
     let averaged = value::has_average(&tensors);
     let prefix = match averaged {
@@ -141,18 +140,27 @@ pub fn run(cli: &Cli, args: &SampleArgs) -> Result<ExitCode> {
         true => Some(open_reward(&registry, &config.reward, &config.reward_args_json()?, &ctx)?.0),
         false => None,
     };
+    let example = {
+        let _guard = tch::no_grad_guard();
+        model.sample_p0(2, 0)?.0
+    };
     let network = match &args.run {
         Some(dir) => Some(saved_value(
             dir,
             args.checkpoint.as_deref(),
             &config,
-            &mut model,
+            &example,
+            &model.interpolant,
             device,
         )?),
         None => None,
     };
     let mut options = sampler_options(&config);
-    options.steps = args.steps.unwrap_or(config.steps);
+    options.steps = match (args.steps, config.steps) {
+        (Some(steps), _) => steps,
+        (None, 0) => defaults::steps(&example),
+        (None, steps) => steps,
+    };
     options.chunk_size = args.sample_chunk;
     let stop = |_| interrupt::requested();
     let request = SampleRequest {

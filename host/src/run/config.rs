@@ -30,7 +30,8 @@ pub struct RunConfig {
     pub iterations: usize,
     /// Trajectories per iteration.
     pub batch_size: usize,
-    /// Euler-Maruyama steps per trajectory.
+    /// Euler-Maruyama steps per trajectory (0: 200 for flat data and point sets, 100 for images
+    /// and latents, where each step is a call of an image network).
     pub steps: usize,
     /// Reward scale `lambda`: the target is `p_base(x) exp(lambda r(x))`.
     pub reward_scale: f64,
@@ -109,7 +110,7 @@ impl Default for RunConfig {
             eval_reward_args: toml::Table::new(),
             iterations: 300,
             batch_size: 128,
-            steps: 100,
+            steps: 0,
             reward_scale: 5.0,
             lr: 1e-3,
             lr_schedule: LrSchedule::Cosine {
@@ -227,7 +228,6 @@ impl RunConfig {
     pub fn validate(&self) -> Result<()> {
         let positive = [
             ("batch_size", self.batch_size),
-            ("steps", self.steps),
             ("checkpoint_every", self.checkpoint_every),
             ("fit_steps", self.fit_steps),
         ];
@@ -285,7 +285,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(config.model, "images/cifar");
-        assert_eq!(config.steps, 100);
+        assert_eq!(config.steps, 0, "left to the data");
         assert_eq!(config.noise, Diffusion::Constant(0.5));
         assert_eq!(config.reward_args_json().unwrap(), r#"{"quality":50}"#);
         let again: RunConfig = toml::from_str(&config.to_toml().unwrap()).unwrap();
@@ -323,12 +323,12 @@ mod tests {
         let base: RunConfig = toml::from_str("final_step = \"base\"").unwrap();
         assert_eq!(base.final_step, FinalStep::Base);
         let config = RunConfig {
-            steps: 0,
+            fit_steps: 0,
             ..RunConfig::default()
         };
         assert_eq!(
             config.validate().unwrap_err().to_string(),
-            "`steps` must be at least 1"
+            "`fit_steps` must be at least 1"
         );
         let config = RunConfig {
             value_average: 1.0,

@@ -9,6 +9,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod defaults;
 pub mod dir;
 pub mod evaluation;
 #[cfg(feature = "figures")]
@@ -206,25 +207,6 @@ fn trainer_settings(config: &RunConfig, device: Device) -> VmSettings {
     }
 }
 
-/// Samples for the figures when the configuration leaves it to the data: 16 images (256 of
-/// small images, 16 pixels a side or less, which are cheap and shown 64 to a grid), or
-/// 10,000 points of flat data.
-fn default_eval_samples(example: &crate::state::State) -> usize {
-    if samples::is_image(example) {
-        let small = example
-            .floating()
-            .next()
-            .is_some_and(|x| x.size()[2].max(x.size()[3]) <= 16);
-        if small {
-            256
-        } else {
-            16
-        }
-    } else {
-        10_000
-    }
-}
-
 impl Run {
     /// Opens a new or resumed run: resolves and checks the pair, constructs the model and the
     /// reward, builds the value network and restores the latest checkpoint.
@@ -254,16 +236,15 @@ impl Run {
             Ok(None)
         })?;
         let value_description = network.describe();
-        let eval_samples = match config.eval_samples {
-            0 => default_eval_samples(&example),
-            n => n,
-        };
+        let small_images = defaults::small_images(registry, &config.model);
+        let config = team.agree(defaults::fill(config, &example, small_images))?;
+        team.agree(crate::sde::sampler::check_stability(
+            &sampler_options(&config),
+            &model.interpolant,
+        ))?;
+        let eval_samples = config.eval_samples;
         ranks::check_shares(team.as_ref(), config.batch_size, eval_samples)?;
-        let mut settings = trainer_settings(&config, device);
-        if settings.replay == 0 {
-            let cnn = value::resolve(config.value_net, &example)? == value::ValueArch::Cnn;
-            settings.replay = if cnn { 1 } else { 4 };
-        }
+        let settings = trainer_settings(&config, device);
         let mut trainer = ValueMatching::new(network, settings).with_team(team.clone());
         if config.value_average > 0.0 {
             trainer = trainer.with_twin(value::build(
@@ -349,7 +330,6 @@ impl Run {
         let ctx = construct_context(device, &config.weights)?;
         let (mut model, _) = open_model(registry, &config.model, &config.model_args_json()?, &ctx)?;
         let reward = open_run_reward(registry, config, &ctx)?;
-        crate::sde::sampler::check_stability(&sampler_options(config), &model.interpolant)?;
         let example = {
             let _guard = tch::no_grad_guard();
             tch::manual_seed(derive_seed(config.seed, "shape", 0) as i64);
@@ -405,6 +385,11 @@ impl Run {
     /// The run directory.
     pub fn dir(&self) -> &RunDir {
         &self.dir
+    }
+
+    /// The run's configuration, with the keys it left to the data filled in.
+    pub fn config(&self) -> &RunConfig {
+        &self.config
     }
 
     /// The base model's evaluation samples, once drawn.

@@ -47,9 +47,9 @@ pub struct SamplerOptions {
 }
 
 impl Default for SamplerOptions {
-    /// The run defaults: 100 steps from `t0 = 0.02` on the automatic grid, memoryless noise,
-    /// the control at each step's midpoint, the steered endpoint estimate at the end, all
-    /// samples at once.
+    /// The run defaults for images: 100 steps (flat data run 200) from `t0 = 0.02` on the
+    /// automatic grid, memoryless noise, the control at each step's midpoint, the steered
+    /// endpoint estimate at the end, all samples at once.
     fn default() -> Self {
         Self {
             steps: 100,

@@ -68,6 +68,13 @@ pub fn parameter_count(vs: &nn::VarStore) -> i64 {
         .sum()
 }
 
+/// Whether `example` is a batch of images or image latents: one floating leaf shaped
+/// `[n, C, H, W]` (any number of channels), which the CNN value network reads.
+pub fn image_shaped(example: &State) -> bool {
+    let mut floating = example.floating();
+    matches!((floating.next(), floating.next()), (Some(x), None) if x.dim() == 4)
+}
+
 /// The architecture `arch` resolves to for data shaped like `example`.
 pub fn resolve(arch: ValueArch, example: &State) -> Result<ValueArch> {
     if let Some(layout) = example.layout() {
@@ -83,8 +90,7 @@ pub fn resolve(arch: ValueArch, example: &State) -> Result<ValueArch> {
     if arch == ValueArch::Set {
         bail!("the set value network needs a data type with a custom layout that declares its per-element leaves; `{}` is plain data", example.data_type);
     }
-    let floating: Vec<&Tensor> = example.floating().collect();
-    let image_like = floating.len() == 1 && floating[0].dim() == 4;
+    let image_like = image_shaped(example);
     match arch {
         ValueArch::Auto => Ok(if image_like {
             ValueArch::Cnn
@@ -92,6 +98,7 @@ pub fn resolve(arch: ValueArch, example: &State) -> Result<ValueArch> {
             ValueArch::Mlp
         }),
         ValueArch::Cnn if !image_like => {
+            let floating: Vec<&Tensor> = example.floating().collect();
             let shapes: Vec<Vec<i64>> = floating.iter().map(|t| t.size()).collect();
             bail!("the CNN value network needs one floating leaf shaped [n, C, H, W]; these samples have floating leaves of shapes {shapes:?}")
         }
