@@ -13,8 +13,7 @@ use crate::device::parse_device;
 use crate::interrupt;
 use crate::report::plot;
 use crate::run::{checkpoint, defaults, sampler_options, samples, RunConfig, RunDir};
-use crate::sde::Interpolant;
-use crate::sde::{sample, Control, SampleRequest};
+use crate::sde::{sample, Control, Interpolant, SampleRequest};
 use crate::state::State;
 use crate::value::{self, ValueNetwork};
 
