@@ -2,7 +2,7 @@
 //! default configuration, on exact problems whose optimum `host/src/quality` computes
 //! independently (closed forms here), through the third-party-style `exact-problems` plugin.
 
-use flowgym_tests::{assert_exit, plugin, stdout, Sandbox};
+use flowgym_tests::{assert_exit, plugin, stderr, stdout, Sandbox};
 
 #[test]
 fn the_default_configuration_reaches_the_optimum_of_the_fast_problems() {
@@ -51,4 +51,34 @@ fn the_default_configuration_reaches_the_optimum_of_the_fast_problems() {
         );
     }
     assert!(sandbox.path("q/quality.csv").exists());
+}
+
+#[test]
+fn a_problem_that_cannot_run_is_named_and_the_table_says_none_was_judged() {
+    let sandbox = Sandbox::new("quality-refused").with_toys();
+    sandbox.install(&plugin("exact-problems"));
+    // The CNN value network reads images; the suite's problems are flat vectors.
+    std::fs::write(sandbox.path("cnn.toml"), "value_net = \"cnn\"\n").unwrap();
+    let out = sandbox.run(&[
+        "bench",
+        "quality",
+        "--problems",
+        "2d-gaussian-linear",
+        "--config",
+        "cnn.toml",
+        "--out",
+        "q",
+    ]);
+    assert_exit(&out, 1);
+    let err = stderr(&out);
+    assert!(
+        err.contains("quality: 2d-gaussian-linear not judged: ")
+            && err.contains("the CNN value network needs one floating leaf shaped [n, C, H, W]"),
+        "{err}"
+    );
+    assert!(
+        stdout(&out).contains("Value Matching quality: no problem was judged"),
+        "{}",
+        stdout(&out)
+    );
 }

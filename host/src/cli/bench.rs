@@ -256,6 +256,10 @@ fn quality(registry: &crate::plugins::Registry, args: &QualityArgs) -> Result<Ex
 }
 
 fn print_quality_table(config: &RunConfig, rows: &[bench::QualityFigures]) {
+    if rows.is_empty() {
+        println!("Value Matching quality: no problem was judged");
+        return;
+    }
     let mut steps: Vec<usize> = rows.iter().map(|row| row.steps).collect();
     steps.sort_unstable();
     steps.dedup();
