@@ -154,12 +154,10 @@ pub fn run(cli: &Cli, args: &SampleArgs) -> Result<ExitCode> {
         )?),
         None => None,
     };
+    let small_images = defaults::small_images(&registry, &config.model);
+    let config = defaults::fill(config, &example, small_images)?;
     let mut options = sampler_options(&config);
-    options.steps = match (args.steps, config.steps) {
-        (Some(steps), _) => steps,
-        (None, 0) => defaults::steps(&example),
-        (None, steps) => steps,
-    };
+    options.steps = args.steps.unwrap_or(config.steps);
     options.chunk_size = args.sample_chunk;
     let stop = |_| interrupt::requested();
     let request = SampleRequest {

@@ -72,7 +72,7 @@ pub fn with_model_defaults(
 }
 
 /// Sampling steps for data shaped like `example` (a batch of the model's initial state).
-pub fn steps(example: &State) -> usize {
+fn steps(example: &State) -> usize {
     if value::image_shaped(example) {
         IMAGE_STEPS
     } else {
@@ -82,7 +82,7 @@ pub fn steps(example: &State) -> usize {
 
 /// Samples drawn before and after training for the figures: 16 images (256 of small images,
 /// which are cheap and shown 64 to a grid), or 10,000 points of other data.
-pub fn eval_samples(example: &State, small_images: bool) -> usize {
+fn eval_samples(example: &State, small_images: bool) -> usize {
     match (value::image_shaped(example), small_images) {
         (true, true) => 256,
         (true, false) => 16,
@@ -91,7 +91,7 @@ pub fn eval_samples(example: &State, small_images: bool) -> usize {
 }
 
 /// Batches fitted each iteration: 1 for the CNN, whose image batches are large, 4 otherwise.
-pub fn replay(arch: ValueArch) -> usize {
+fn replay(arch: ValueArch) -> usize {
     match arch {
         ValueArch::Cnn => 1,
         _ => 4,

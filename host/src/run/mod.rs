@@ -94,8 +94,6 @@ pub struct Run {
     reward: Reward,
     trainer: ValueMatching,
     value_description: String,
-    /// Samples drawn before and after training for the figures.
-    eval_samples: usize,
     iterations_done: usize,
     /// The metrics file (rank 0 alone writes the run directory).
     metrics: Option<MetricsLog>,
@@ -242,8 +240,7 @@ impl Run {
             &sampler_options(&config),
             &model.interpolant,
         ))?;
-        let eval_samples = config.eval_samples;
-        ranks::check_shares(team.as_ref(), config.batch_size, eval_samples)?;
+        ranks::check_shares(team.as_ref(), config.batch_size, config.eval_samples)?;
         let settings = trainer_settings(&config, device);
         let mut trainer = ValueMatching::new(network, settings).with_team(team.clone());
         if config.value_average > 0.0 {
@@ -296,7 +293,6 @@ impl Run {
             reward,
             trainer,
             value_description,
-            eval_samples,
             iterations_done,
             metrics,
             history,
@@ -555,7 +551,7 @@ impl Run {
     /// Samples for the figures, from the same noise before and after training.
     fn evaluate(&mut self, controlled: bool, what: &str) -> Result<Trajectory> {
         let options = sampler_options(&self.config);
-        let n = self.eval_samples;
+        let n = self.config.eval_samples;
         let chunks = match options.chunk_size {
             0 => 1,
             size => n.div_ceil(size),
