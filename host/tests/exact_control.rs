@@ -13,7 +13,12 @@
 //! `P(X_1 in box | X_t = x)` is a one-dimensional integral.
 
 use flowgym_host::model::Model;
+use flowgym_host::quality::{
+    sliced_wasserstein1, suite, ModelSchedule, OptimumOptions, Problem, RewardSpec,
+};
 use flowgym_host::reward::Reward;
+use flowgym_host::run::defaults::FLAT_DATA_STEPS;
+use flowgym_host::run::{sampler_options, RunConfig};
 use flowgym_host::sde::{
     never_stop, sample, Control, ControlPoint, FinalStep, Interpolant, SampleRequest,
     SamplerOptions, TimeGrid, Trajectory,
@@ -33,9 +38,9 @@ const LAMBDA: f64 = 5.0;
 
 /// `V* / lambda = -log(1 + (e^lambda - 1) p) / lambda` for an indicator reward, from the
 /// probability `p` of ending where it is 1.
-fn indicator_value(p: Tensor) -> Tensor {
-    let h = p * (LAMBDA.exp() - 1.0) + 1.0;
-    (-h.log() / LAMBDA).to_kind(Kind::Float)
+fn indicator_value(p: Tensor, lambda: f64) -> Tensor {
+    let h = p * (lambda.exp() - 1.0) + 1.0;
+    (-h.log() / lambda).to_kind(Kind::Float)
 }
 
 /// `V* / lambda` for the toy and the binary reward.
@@ -67,7 +72,10 @@ impl ValueNetwork for ExactValue {
         let phi = |z: Tensor| (z / std::f64::consts::SQRT_2).erf() * 0.5 + 0.5;
         let sd = var.sqrt();
         let inside = phi((mean.ones_like() - &mean) / &sd) - phi((-&mean) / &sd);
-        indicator_value((posterior * inside).sum_dim_intlist(1, false, Kind::Double))
+        indicator_value(
+            (posterior * inside).sum_dim_intlist(1, false, Kind::Double),
+            LAMBDA,
+        )
     }
 
     fn var_store(&self) -> &nn::VarStore {
@@ -395,7 +403,7 @@ impl ValueNetwork for ExactBoxValue {
         let d2 = x.select(1, 1) - a * BOX_MEAN[1];
         let m1 = (&d1 * (a * g[0][0]) + &d2 * (a * g[0][1])) + BOX_MEAN[0];
         let m2 = (&d1 * (a * g[1][0]) + &d2 * (a * g[1][1])) + BOX_MEAN[1];
-        indicator_value(box_probability(&m1, &m2, [c11, c12, c22], 96))
+        indicator_value(box_probability(&m1, &m2, [c11, c12, c22], 96), LAMBDA)
     }
 
     fn var_store(&self) -> &nn::VarStore {
@@ -494,5 +502,228 @@ fn the_tilted_endpoint_reaches_the_box_optimum_on_a_diffusion_schedule() {
     assert!(
         tilted > base + 0.015,
         "tilted {tilted:.3} vs base {base:.3}"
+    );
+}
+
+/// `P(Y in [low, high])` for `Y ~ N(mean_n, L L^T)`, one per row of `mean` (`[n, d]`), by the
+/// GHK simulator: coordinate by coordinate, the probability of landing inside the box given the
+/// coordinates before it, times a draw from the normal truncated to the box there, each draw
+/// from the fixed uniforms `u` (`[M, d]`). The estimate is a smooth function of `mean`, so its
+/// gradient can steer.
+fn ghk_box_probability(
+    mean: &Tensor,
+    l: &[Vec<f64>],
+    low: &[f64],
+    high: &[f64],
+    u: &Tensor,
+) -> Tensor {
+    let (n, m) = (mean.size()[0], u.size()[0]);
+    let mut inside: Vec<Tensor> = Vec::with_capacity(low.len());
+    let mut z: Vec<Tensor> = Vec::with_capacity(low.len());
+    for i in 0..low.len() {
+        let start = mean.select(1, i as i64).view([-1, 1]).expand([n, m], false);
+        let shift = z
+            .iter()
+            .enumerate()
+            .fold(start, |shift, (j, zj)| shift + zj * l[i][j]);
+        let below = normal_cdf(&((low[i] - &shift) / l[i][i]));
+        let here = normal_cdf(&((high[i] - &shift) / l[i][i])) - &below;
+        if i + 1 < low.len() {
+            let v =
+                (&below + &here * u.select(1, i as i64).view([1, -1])).clamp(1e-15, 1.0 - 1e-15);
+            z.push((v * 2.0 - 1.0).erfinv() * std::f64::consts::SQRT_2);
+        }
+        inside.push(here);
+    }
+    Tensor::stack(&inside, 0)
+        .prod_dim_int(0, false, Kind::Double)
+        .mean_dim(1, false, Kind::Double)
+}
+
+/// `V* / lambda` of a quality-suite problem whose base is a Gaussian mixture and whose reward is
+/// a box: given `X_t = x`, component `k` has posterior weight `∝ pi_k N(x; a m_k, A_k)` and
+/// `X_1` follows `N(m_k + a S_k A_k^-1 (x - a m_k), S_k - a^2 S_k A_k^-1 S_k)` in it, with
+/// `A_k = a^2 S_k + b^2 I` at the problem's `alpha`, `beta`; the box probability of each
+/// component's posterior comes from [`ghk_box_probability`].
+struct ExactMixtureBoxValue {
+    vs: nn::VarStore,
+    problem: Problem,
+    interpolant: Interpolant,
+    uniforms: Tensor,
+}
+
+impl ExactMixtureBoxValue {
+    /// The value of `problem` with `draws` GHK draws per sample.
+    fn new(problem: &Problem, draws: i64) -> Self {
+        let interpolant = match problem.schedule {
+            ModelSchedule::OptimalTransport => Interpolant::OptimalTransport,
+            ModelSchedule::Ddpm => Interpolant::Discrete {
+                alpha_bar: exact_problems::gmm::ddpm_alpha_bar(),
+            },
+        };
+        tch::manual_seed(11);
+        Self {
+            vs: nn::VarStore::new(Device::Cpu),
+            problem: problem.clone(),
+            interpolant,
+            uniforms: Tensor::rand([draws, problem.dim() as i64], (Kind::Double, Device::Cpu)),
+        }
+    }
+}
+
+impl ValueNetwork for ExactMixtureBoxValue {
+    fn forward(&self, x: &State, t: &Tensor) -> Tensor {
+        let RewardSpec::Box { low, high } = &self.problem.reward else {
+            panic!("not a box reward: {:?}", self.problem.reward);
+        };
+        let d = self.problem.dim() as i64;
+        let x = x
+            .floating()
+            .next()
+            .unwrap()
+            .to_kind(Kind::Double)
+            .view([-1, d]);
+        let at = self
+            .interpolant
+            .at(t.to_kind(Kind::Double).view([-1]).double_value(&[0]));
+        let (a, b) = (at.alpha, at.beta);
+        let eye = Tensor::eye(d, (Kind::Double, Device::Cpu));
+        let base = &self.problem.base;
+        let (mut log_weights, mut inside) = (Vec::new(), Vec::new());
+        for k in 0..base.components() {
+            let s = Tensor::from_slice(&base.covariances[k].concat()).view([d, d]);
+            let m = Tensor::from_slice(&base.means[k]).view([1, d]);
+            let a_k = &s * (a * a) + &eye * (b * b);
+            let a_inv = a_k.inverse();
+            let gain = s.matmul(&a_inv);
+            let dev = &x - &m * a;
+            let mean = dev.matmul(&gain.tr()) * a + &m;
+            let c = &s - gain.matmul(&s) * (a * a);
+            let c = (&c + c.tr()) * 0.5 + &eye * 1e-12;
+            let l = Vec::<Vec<f64>>::try_from(c.linalg_cholesky(false)).unwrap();
+            log_weights.push(
+                (dev.matmul(&a_inv) * &dev).sum_dim_intlist(1, false, Kind::Double) * -0.5
+                    + base.weights[k].ln()
+                    - a_k.logdet().double_value(&[]) * 0.5,
+            );
+            inside.push(ghk_box_probability(&mean, &l, low, high, &self.uniforms));
+        }
+        let posterior = Tensor::stack(&log_weights, 1).softmax(1, Kind::Double);
+        let p = (posterior * Tensor::stack(&inside, 1)).sum_dim_intlist(1, false, Kind::Double);
+        indicator_value(p, self.problem.lambda)
+    }
+
+    fn var_store(&self) -> &nn::VarStore {
+        &self.vs
+    }
+
+    fn var_store_mut(&mut self) -> &mut nn::VarStore {
+        &mut self.vs
+    }
+
+    fn describe(&self) -> String {
+        format!("exact V* of {}", self.problem.name)
+    }
+}
+
+/// `n` samples of a box problem of the quality suite steered by `value`, on the grid a run of
+/// flat data uses by default, and their mean reward.
+fn box_problem_samples(
+    problem: &Problem,
+    n: usize,
+    value: &dyn ValueNetwork,
+) -> (Vec<Vec<f64>>, f64) {
+    let _turn = ONE_SAMPLER_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let ctx = ConstructContext::cpu();
+    let args = exact_problems::gmm::GmmArgs::from_json(&problem.model_args_json).unwrap();
+    let flow = exact_problems::gmm::ExactFlow::from_args(&args).unwrap();
+    let mut model = Model::new(
+        "vec/gmm",
+        "vec",
+        BaseModelAdapter::new("vec/gmm", Box::new(flow)).into_box(),
+    )
+    .unwrap();
+    let args = exact_problems::rewards::BoxArgs::from_json(&problem.reward_args_json).unwrap();
+    let box_reward = exact_problems::rewards::BoxReward::new(args, &ctx).unwrap();
+    let mut reward = Reward::new(
+        "vec/box",
+        Capabilities::default(),
+        RewardAdapter::new("vec/box", Box::new(box_reward)).into_box(),
+    );
+    let options = sampler_options(&RunConfig {
+        steps: FLAT_DATA_STEPS,
+        ..RunConfig::default()
+    });
+    let request = SampleRequest {
+        n,
+        seed: 5,
+        control: Some(Control {
+            value,
+            scale: problem.lambda,
+        }),
+        record: false,
+        device: Device::Cpu,
+        stop_after_step: &never_stop,
+    };
+    let trajectory = sample(&mut model, Some(&mut reward), &options, &request).unwrap();
+    let d = problem.dim() as i64;
+    let x = trajectory
+        .sample
+        .floating()
+        .next()
+        .unwrap()
+        .to_kind(Kind::Double)
+        .view([-1, d]);
+    let points = Vec::<Vec<f64>>::try_from(x).unwrap();
+    let reward = trajectory
+        .scores
+        .reward
+        .to_kind(Kind::Double)
+        .mean(Kind::Double)
+        .double_value(&[]);
+    (points, reward)
+}
+
+/// The quality suite's 8-d box (a two-mode mixture with correlated components, OT schedule,
+/// velocity output, lambda 5), steered by its exact value on the default 200-step grid: what
+/// the sampler reaches when the value is not the limit. Learned values reach 0.939-0.962 of
+/// the possible improvement there (seeds 0-2); the exact one reached 0.995, its distance to
+/// `p*` 0.8 times the floor. The bound is about four standard errors of 2000 samples (0.008)
+/// below that, still above the goal of 0.95: the test fails when the sampler or the grid would
+/// hold a perfect value under the goal.
+#[test]
+fn the_exact_value_reaches_the_8d_box_optimum_on_the_default_grid() {
+    let problem = suite()
+        .into_iter()
+        .find(|p| p.name == "8d-two-modes-box")
+        .unwrap();
+    let n = 2000;
+    let value = ExactMixtureBoxValue::new(&problem, 64);
+    let (points, reward) = box_problem_samples(&problem, n, &value);
+    let optimum = problem
+        .optimum(8 * n, 3, &OptimumOptions::default())
+        .unwrap();
+    let (base, best) = (optimum.base_reward_mean.value, optimum.reward_mean.value);
+    let normalised = (reward - base) / (best - base);
+    let draws: Vec<&[Vec<f64>]> = optimum.samples.chunks(n).collect();
+    let distance = |a: &[Vec<f64>], b: &[Vec<f64>]| sliced_wasserstein1(a, b, 64, 7);
+    let to_optimum = draws.iter().map(|b| distance(&points, b)).sum::<f64>() / 8.0;
+    let floor = draws
+        .chunks(2)
+        .map(|pair| distance(pair[0], pair[1]))
+        .sum::<f64>()
+        / 4.0;
+    eprintln!(
+        "8-d box, exact value, {FLAT_DATA_STEPS} steps, {n} samples: mean reward {reward:.4} \
+         (base {base:.4}, E_p*[r] {best:.4}), normalised improvement {normalised:.3}; \
+         sliced W1 to p* {to_optimum:.4}, noise floor {floor:.4}, ratio {:.2}",
+        to_optimum / floor
+    );
+    assert!(normalised > 0.965, "normalised improvement {normalised:.3}");
+    assert!(
+        to_optimum < 1.5 * floor,
+        "{to_optimum:.4} vs floor {floor:.4}"
     );
 }
