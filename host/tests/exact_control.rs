@@ -419,32 +419,36 @@ impl ValueNetwork for ExactBoxValue {
     }
 }
 
-/// The mean reward of `n` samples of the 2-d box steered by its exact value.
-fn exact_box_reward(n: usize, final_step: FinalStep) -> f64 {
-    let _turn = ONE_SAMPLER_AT_A_TIME
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    let ctx = ConstructContext::cpu();
-    let args = exact_problems::gmm::GmmArgs::from_json(
-        r#"{"weights": [1.0], "means": [[1.0, -0.5]], "covariances": [[[1.0, 0.6], [0.6, 0.5]]],
-            "output": "epsilon", "schedule": "ddpm"}"#,
-    )
-    .unwrap();
+/// `exact-problems`' `vec/gmm` and `vec/box`, from their arguments as JSON.
+fn gmm_and_box(model_args: &str, reward_args: &str) -> (Model, Reward) {
+    let args = exact_problems::gmm::GmmArgs::from_json(model_args).unwrap();
     let flow = exact_problems::gmm::ExactFlow::from_args(&args).unwrap();
-    let mut model = Model::new(
+    let model = Model::new(
         "vec/gmm",
         "vec",
         BaseModelAdapter::new("vec/gmm", Box::new(flow)).into_box(),
     )
     .unwrap();
-    let args =
-        exact_problems::rewards::BoxArgs::from_json(r#"{"low": [1.5, -1.5], "high": [3.0, -0.5]}"#)
-            .unwrap();
-    let box_reward = exact_problems::rewards::BoxReward::new(args, &ctx).unwrap();
-    let mut reward = Reward::new(
+    let args = exact_problems::rewards::BoxArgs::from_json(reward_args).unwrap();
+    let box_reward =
+        exact_problems::rewards::BoxReward::new(args, &ConstructContext::cpu()).unwrap();
+    let reward = Reward::new(
         "vec/box",
         Capabilities::default(),
         RewardAdapter::new("vec/box", Box::new(box_reward)).into_box(),
+    );
+    (model, reward)
+}
+
+/// The mean reward of `n` samples of the 2-d box steered by its exact value.
+fn exact_box_reward(n: usize, final_step: FinalStep) -> f64 {
+    let _turn = ONE_SAMPLER_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let (mut model, mut reward) = gmm_and_box(
+        r#"{"weights": [1.0], "means": [[1.0, -0.5]], "covariances": [[[1.0, 0.6], [0.6, 0.5]]],
+            "output": "epsilon", "schedule": "ddpm"}"#,
+        r#"{"low": [1.5, -1.5], "high": [3.0, -0.5]}"#,
     );
     let value = ExactBoxValue {
         vs: nn::VarStore::new(Device::Cpu),
@@ -636,22 +640,7 @@ fn box_problem_samples(
     let _turn = ONE_SAMPLER_AT_A_TIME
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
-    let ctx = ConstructContext::cpu();
-    let args = exact_problems::gmm::GmmArgs::from_json(&problem.model_args_json).unwrap();
-    let flow = exact_problems::gmm::ExactFlow::from_args(&args).unwrap();
-    let mut model = Model::new(
-        "vec/gmm",
-        "vec",
-        BaseModelAdapter::new("vec/gmm", Box::new(flow)).into_box(),
-    )
-    .unwrap();
-    let args = exact_problems::rewards::BoxArgs::from_json(&problem.reward_args_json).unwrap();
-    let box_reward = exact_problems::rewards::BoxReward::new(args, &ctx).unwrap();
-    let mut reward = Reward::new(
-        "vec/box",
-        Capabilities::default(),
-        RewardAdapter::new("vec/box", Box::new(box_reward)).into_box(),
-    );
+    let (mut model, mut reward) = gmm_and_box(&problem.model_args_json, &problem.reward_args_json);
     let options = sampler_options(&RunConfig {
         steps: FLAT_DATA_STEPS,
         ..RunConfig::default()
