@@ -128,6 +128,23 @@ impl Weights {
         kind: Kind,
         device: Device,
     ) -> Self {
+        // Convolution kernels (the only 4-d weights) laid out once for the layout their
+        // inputs will have; one tensor at a time, so the peak grows by the largest of them.
+        let tensors = if crate::nn::channels_last(kind, device) {
+            tensors
+                .into_iter()
+                .map(|(name, t)| {
+                    let t = if t.dim() == 4 && t.is_floating_point() {
+                        crate::nn::to_channels_last(&t.to_kind(kind))
+                    } else {
+                        t
+                    };
+                    (name, t)
+                })
+                .collect()
+        } else {
+            tensors
+        };
         Self {
             state: Rc::new(RefCell::new(State {
                 source: source.into(),

@@ -6,7 +6,7 @@
 //! outputs in `tests/fixtures/precision/cases.safetensors`; the `dtype` argument of the entries;
 //! and the error a float16 overflow gives.
 //!
-//! **Tolerances.** Both sides call the same libtorch kernels in the same order (diffusers'
+//! **Tolerances.** In NCHW both sides call the same libtorch kernels in the same order (diffusers'
 //! `AttnProcessor2_0` and transformers' `sdpa` attention are the fused
 //! `scaled_dot_product_attention` this crate calls; convolutions, matrix products and norms
 //! accumulate half-precision inputs in float32 inside the kernels and round each result to the
@@ -17,9 +17,16 @@
 //! with other vector instructions libtorch picks other kernels: on an Intel Xeon with AVX512-FP16
 //! and AMX, against fixtures written on an AMD EPYC, the float16 VAE differed by 11 `u x scale`,
 //! the float16 UNet of `gray16` by 7 and the bfloat16 VAE by 4, where `4 u` had been allowed
-//! (the rest by at most 2.1). A wrong layer, weight conversion or scaling moves the output by
-//! far more than 16 `u x scale` (3% of the scale in bfloat16, 0.4% in float16); that each
-//! component really computes in the format asked for is asserted by its output's kind.
+//! (the rest by at most 2.1). In bfloat16 on the CPU this crate keeps images channels-last and
+//! runs the convolutions of big weights on small images as matrix products (`nn::Conv2d`),
+//! where diffusers runs NCHW kernels: other kernels, other roundings. On an Intel Xeon with AMX
+//! the bfloat16 UNet of `gray16` then differed by 2.4 `u x scale` and that of `sd2` by 4.9
+//! (0 in NCHW). At full size (`scripts/bench_unet_eager.py --check`) the UNets of CIFAR and SD
+//! differed from diffusers by 1.0% and 1.2% of the scale, as much as diffusers' own
+//! channels-last run differs from its NCHW one, and each of them from float32. A wrong layer,
+//! weight conversion or scaling moves the output by far more than 16 `u x scale` (3% of the
+//! scale in bfloat16, 0.4% in float16); that each component really computes in the format asked
+//! for is asserted by its output's kind.
 
 mod common;
 

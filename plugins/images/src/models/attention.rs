@@ -414,9 +414,15 @@ impl Transformer2DModel {
         }
         let to_image = |h: Tensor| {
             let channels = h.size()[2];
-            h.reshape([batch, height, width, channels])
-                .permute([0, 3, 1, 2])
-                .contiguous()
+            let image = h
+                .reshape([batch, height, width, channels])
+                .permute([0, 3, 1, 2]);
+            // The permuted view is already the channels-last layout.
+            if crate::nn::channels_last(image.kind(), image.device()) {
+                image
+            } else {
+                image.contiguous()
+            }
         };
         let out = match &self.proj_out {
             Projection::Conv(conv) => conv.forward(&to_image(h)),

@@ -378,11 +378,13 @@ impl UNet2DModel {
             Some(skip_sample) => out + skip_sample,
             None => out,
         };
-        if self.config.time_embedding_type == "fourier" {
+        let out = if self.config.time_embedding_type == "fourier" {
             out / timesteps.to_kind(x.kind()).reshape([-1, 1, 1, 1])
         } else {
             out
-        }
+        };
+        // NCHW again whatever the layout inside (a no-op unless it was channels-last).
+        out.contiguous()
     }
 }
 

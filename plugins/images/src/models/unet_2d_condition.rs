@@ -620,7 +620,8 @@ impl UNet2DConditionModel {
             };
         }
         let x = self.conv_act.forward(&self.conv_norm_out.forward(&x));
-        self.conv_out.forward(&x)
+        // NCHW again whatever the layout inside (a no-op unless it was channels-last).
+        self.conv_out.forward(&x).contiguous()
     }
 }
 

@@ -214,8 +214,10 @@ impl Encoder {
             x = block.forward(&x, None).0;
         }
         let x = self.mid_block.forward(&x, None);
+        // NCHW again whatever the layout inside (a no-op unless it was channels-last).
         self.conv_out
             .forward(&self.act.forward(&self.conv_norm_out.forward(&x)))
+            .contiguous()
     }
 }
 
@@ -272,8 +274,10 @@ impl Decoder {
         for block in &self.up_blocks {
             x = block.forward(&x);
         }
+        // NCHW again whatever the layout inside (a no-op unless it was channels-last).
         self.conv_out
             .forward(&self.act.forward(&self.conv_norm_out.forward(&x)))
+            .contiguous()
     }
 }
 
