@@ -157,8 +157,9 @@ impl Attention {
             let out = out.transpose(-1, -2).reshape(size.as_slice());
             // That is the transposed view (channels-last strides, as diffusers leaves it),
             // which every later small CPU convolution would copy again: in float32 it is made
-            // contiguous once. Half-precision kernels round differently by layout, and there
-            // the layout stays diffusers'.
+            // contiguous once. In bfloat16 on the CPU channels-last is the layout wanted
+            // (`nn::channels_last`); in float16 it stays diffusers', whose kernels round by
+            // layout.
             if cpu_float32(&out) {
                 out.contiguous()
             } else {
