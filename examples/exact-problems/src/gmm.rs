@@ -42,8 +42,8 @@ arguments! {
         /// What `forward` returns.
         output: String = "velocity".to_string()
             => one_of("velocity", "epsilon", "score", "endpoint");
-        /// Noise schedule: `ot` (alpha = t, beta = 1 - t) or `ddpm` (DDPM's linear betas, 1000 steps; forward receives the step).
-        schedule: String = "ot".to_string() => one_of("ot", "ddpm");
+        /// Noise schedule: `ot` (alpha = t, beta = 1 - t), `cosine` (alpha = sin^2(pi t / 2), beta = 1 - alpha) or `ddpm` (DDPM's linear betas, 1000 steps; forward receives the step).
+        schedule: String = "ot".to_string() => one_of("ot", "cosine", "ddpm");
     }
 }
 
@@ -209,6 +209,8 @@ pub struct Coefficients {
 pub enum Schedule {
     /// `alpha = t`, `beta = 1 - t`.
     OptimalTransport,
+    /// `alpha = sin^2(pi t / 2)`, `beta = 1 - alpha`: the host's cosine schedule with `nu = 1`.
+    Cosine,
     /// DDPM's discrete schedule: `alpha_bar[k]`, `k = 0..K`, index 0 the cleanest.
     Ddpm {
         /// The cumulative products.
@@ -235,11 +237,12 @@ impl Schedule {
     pub fn from_name(name: &str) -> PluginResult<Self> {
         match name {
             "ot" => Ok(Schedule::OptimalTransport),
+            "cosine" => Ok(Schedule::Cosine),
             "ddpm" => Ok(Schedule::Ddpm {
                 alpha_bar: ddpm_alpha_bar(),
             }),
             other => Err(format!(
-                "argument `schedule` is \"{other}\" (accepted: one of \"ot\", \"ddpm\")"
+                "argument `schedule` is \"{other}\" (accepted: one of \"ot\", \"cosine\", \"ddpm\")"
             )
             .into()),
         }
@@ -249,26 +252,42 @@ impl Schedule {
     pub fn schedule(&self) -> ScheduleSpec {
         match self {
             Schedule::OptimalTransport => ScheduleSpec::OptimalTransport,
+            Schedule::Cosine => ScheduleSpec::Cosine { nu: 1.0 },
             Schedule::Ddpm { alpha_bar } => ScheduleSpec::DiscreteDiffusion {
                 alpha_bar: alpha_bar.clone().into(),
             },
         }
     }
 
-    /// The coefficients at the time `forward` receives: `t` in `[0, 1]` (`ot`) or the step `k`
-    /// (`ddpm`, rounded to the nearest integer).
+    /// The coefficients at the time `forward` receives: `t` in `[0, 1]` (`ot`, `cosine`) or the
+    /// step `k` (`ddpm`, rounded to the nearest integer).
     pub fn coefficients(&self, time: f64) -> PluginResult<Coefficients> {
+        let unit_time = || {
+            if (-1e-6..=1.0 + 1e-6).contains(&time) {
+                Ok(time.clamp(0.0, 1.0))
+            } else {
+                Err(PluginError::from(format!("time {time} is outside [0, 1]")))
+            }
+        };
         match self {
             Schedule::OptimalTransport => {
-                if !(-1e-6..=1.0 + 1e-6).contains(&time) {
-                    return Err(format!("time {time} is outside [0, 1]").into());
-                }
-                let t = time.clamp(0.0, 1.0);
+                let t = unit_time()?;
                 Ok(Coefficients {
                     alpha: t,
                     beta: 1.0 - t,
                     alpha_dot: 1.0,
                     beta_dot: -1.0,
+                })
+            }
+            Schedule::Cosine => {
+                let phase = std::f64::consts::FRAC_PI_2 * unit_time()?;
+                let alpha = phase.sin().powi(2);
+                let alpha_dot = std::f64::consts::FRAC_PI_2 * (2.0 * phase).sin();
+                Ok(Coefficients {
+                    alpha,
+                    beta: 1.0 - alpha,
+                    alpha_dot,
+                    beta_dot: -alpha_dot,
                 })
             }
             Schedule::Ddpm { alpha_bar } => {
@@ -622,20 +641,25 @@ mod tests {
     /// differences against the independent density.
     #[test]
     fn velocity_solves_the_continuity_equation() {
-        let flow = two_components("velocity", "ot");
-        let mixture = flow.mixture().clone();
-        let p = |x: [f64; 2], t: f64| density_2d(&mixture, t, 1.0 - t, x);
-        let h = 1e-4;
-        for &t in &[0.1, 0.5, 0.9] {
-            for x in points() {
-                let dp_dt = (p(x, t + h) - p(x, t - h)) / (2.0 * h);
-                let flux = |y: [f64; 2], j: usize| p(y, t) * predict(&flow, y, t)[j];
-                let div = (flux([x[0] + h, x[1]], 0) - flux([x[0] - h, x[1]], 0)) / (2.0 * h)
-                    + (flux([x[0], x[1] + h], 1) - flux([x[0], x[1] - h], 1)) / (2.0 * h);
-                assert!(
-                    (dp_dt + div).abs() < 1e-6,
-                    "continuity violated at x={x:?}, t={t}: {dp_dt} + {div}"
-                );
+        for schedule in ["ot", "cosine"] {
+            let flow = two_components("velocity", schedule);
+            let mixture = flow.mixture().clone();
+            let p = |x: [f64; 2], t: f64| {
+                let c = flow.schedule().coefficients(t).unwrap();
+                density_2d(&mixture, c.alpha, c.beta, x)
+            };
+            let h = 1e-4;
+            for &t in &[0.1, 0.5, 0.9] {
+                for x in points() {
+                    let dp_dt = (p(x, t + h) - p(x, t - h)) / (2.0 * h);
+                    let flux = |y: [f64; 2], j: usize| p(y, t) * predict(&flow, y, t)[j];
+                    let div = (flux([x[0] + h, x[1]], 0) - flux([x[0] - h, x[1]], 0)) / (2.0 * h)
+                        + (flux([x[0], x[1] + h], 1) - flux([x[0], x[1] - h], 1)) / (2.0 * h);
+                    assert!(
+                        (dp_dt + div).abs() < 1e-6,
+                        "{schedule}: continuity violated at x={x:?}, t={t}: {dp_dt} + {div}"
+                    );
+                }
             }
         }
     }
@@ -643,15 +667,15 @@ mod tests {
     #[test]
     fn outputs_satisfy_the_path_identities() {
         let outputs = ["velocity", "epsilon", "score", "endpoint"];
-        for schedule in ["ot", "ddpm"] {
+        for schedule in ["ot", "cosine", "ddpm"] {
             let flows: Vec<ExactFlow> = outputs
                 .iter()
                 .map(|o| two_components(o, schedule))
                 .collect();
-            let times: &[f64] = if schedule == "ot" {
-                &[0.0, 0.3, 0.7, 1.0]
-            } else {
+            let times: &[f64] = if schedule == "ddpm" {
                 &[0.0, 10.0, 500.0, 999.0]
+            } else {
+                &[0.0, 0.3, 0.7, 1.0]
             };
             for &time in times {
                 let c = flows[0].schedule().coefficients(time).unwrap();
@@ -910,10 +934,10 @@ mod tests {
             "argument `output` is \"noise\" (accepted: one of \"velocity\", \"epsilon\", \"score\", \"endpoint\")"
         );
         assert_eq!(
-            GmmArgs::from_json(r#"{"schedule": "cosine"}"#)
+            GmmArgs::from_json(r#"{"schedule": "vp"}"#)
                 .unwrap_err()
                 .to_string(),
-            "argument `schedule` is \"cosine\" (accepted: one of \"ot\", \"ddpm\")"
+            "argument `schedule` is \"vp\" (accepted: one of \"ot\", \"cosine\", \"ddpm\")"
         );
     }
 

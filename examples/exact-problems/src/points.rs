@@ -208,8 +208,8 @@ arguments! {
         /// What `forward` returns.
         output: String = "velocity".to_string()
             => one_of("velocity", "epsilon", "score", "endpoint");
-        /// Noise schedule: `ot` or `ddpm`.
-        schedule: String = "ot".to_string() => one_of("ot", "ddpm");
+        /// Noise schedule: `ot`, `cosine` or `ddpm` (as `vec/gmm`'s).
+        schedule: String = "ot".to_string() => one_of("ot", "cosine", "ddpm");
     }
 }
 
