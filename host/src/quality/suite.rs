@@ -52,6 +52,8 @@ impl ModelOutput {
 pub enum ModelSchedule {
     /// `alpha = t`, `beta = 1 - t`.
     OptimalTransport,
+    /// `alpha = sin^2(pi t / 2)`, `beta = 1 - alpha` (the cosine schedule with `nu = 1`).
+    Cosine,
     /// DDPM's linear betas from `1e-4` to `0.02` over 1000 steps.
     Ddpm,
 }
@@ -61,6 +63,7 @@ impl ModelSchedule {
     pub fn name(self) -> &'static str {
         match self {
             ModelSchedule::OptimalTransport => "ot",
+            ModelSchedule::Cosine => "cosine",
             ModelSchedule::Ddpm => "ddpm",
         }
     }
@@ -465,7 +468,7 @@ fn tuning_problems() -> Vec<Problem> {
 /// dimensions, outputs and rewards; the defaults were not tuned on them.
 fn later_problems() -> Vec<Problem> {
     use ModelOutput::{Endpoint, Epsilon, Score, Velocity};
-    use ModelSchedule::{Ddpm, OptimalTransport as Ot};
+    use ModelSchedule::{Cosine, Ddpm, OptimalTransport as Ot};
     vec![
         Problem::new(
             "3d-gaussian-halfspace",
@@ -526,6 +529,52 @@ fn later_problems() -> Vec<Problem> {
                 offset: 6.0,
             },
             10.0,
+        ),
+        Problem::new(
+            "5d-three-modes-bump",
+            "pull a 5-d mixture of three modes into the gap between them (cosine schedule)",
+            gmm(
+                vec![0.5, 0.3, 0.2],
+                vec![
+                    vec![-1.5, 0.5, 0.0, -0.5, 0.0],
+                    vec![1.5, -0.5, 0.5, 0.0, 0.5],
+                    vec![0.0, 1.5, -1.0, 1.0, -0.5],
+                ],
+                vec![
+                    ar1(&[0.6, 0.7, 0.5, 0.6, 0.7], 0.3),
+                    ar1(&[0.5, 0.6, 0.7, 0.5, 0.6], -0.2),
+                    ar1(&[0.7, 0.5, 0.6, 0.7, 0.5], 0.5),
+                ],
+            ),
+            Epsilon,
+            Cosine,
+            RewardSpec::Bump {
+                center: vec![0.0, 0.3, 0.0, 0.0, 0.0],
+                width: 1.0,
+            },
+            10.0,
+        ),
+        Problem::new(
+            "6d-two-modes-halfspace",
+            "switch a 6-d mixture to its 25% mode across an oblique half-space (cosine schedule)",
+            gmm(
+                vec![0.75, 0.25],
+                vec![
+                    vec![-1.0, 0.5, -0.5, 0.0, 1.0, -1.0],
+                    vec![1.0, -0.5, 0.5, 1.0, 0.0, 0.5],
+                ],
+                vec![
+                    ar1(&[0.8; 6], 0.4),
+                    ar1(&[0.6, 0.9, 0.7, 0.8, 0.6, 0.9], 0.1),
+                ],
+            ),
+            Velocity,
+            Cosine,
+            RewardSpec::HalfSpace {
+                normal: vec![1.0, -0.5, 0.5, 0.5, -0.5, 1.0],
+                offset: 1.0,
+            },
+            5.0,
         ),
     ]
 }
@@ -632,7 +681,11 @@ mod tests {
         for output in [ModelOutput::Velocity, ModelOutput::Epsilon] {
             assert!(problems.iter().any(|p| p.output == output), "{output:?}");
         }
-        for schedule in [ModelSchedule::OptimalTransport, ModelSchedule::Ddpm] {
+        for schedule in [
+            ModelSchedule::OptimalTransport,
+            ModelSchedule::Cosine,
+            ModelSchedule::Ddpm,
+        ] {
             assert!(
                 problems.iter().any(|p| p.schedule == schedule),
                 "{schedule:?}"
