@@ -561,6 +561,7 @@ impl ExactMixtureBoxValue {
     fn new(problem: &Problem, draws: i64) -> Self {
         let interpolant = match problem.schedule {
             ModelSchedule::OptimalTransport => Interpolant::OptimalTransport,
+            ModelSchedule::Cosine => Interpolant::Cosine { nu: 1.0 },
             ModelSchedule::Ddpm => Interpolant::Discrete {
                 alpha_bar: exact_problems::gmm::ddpm_alpha_bar(),
             },
